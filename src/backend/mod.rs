@@ -1,0 +1,359 @@
+//! The Backend trait: every tensor operation the model needs, as `<op>_forward` / `<op>_backward`
+//! pairs over packed, unpadded batches. `model/bert.rs` is written once against this trait.
+//!
+//! Conventions (see the dimension legend in `lib.rs`):
+//! - matrices are row-major; Linear weights are PyTorch-style `(OC, IC)` and `y = x·Wᵀ + b`;
+//! - parameter gradients **accumulate** (`+=`); activation gradients **overwrite** unless the
+//!   argument says otherwise;
+//! - every shape is in the argument's doc comment.
+
+pub mod cpu;
+
+use crate::error::Result;
+use crate::float::Float;
+use crate::rng::Dropout;
+use std::ops::Range;
+
+/// Element-wise activation functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// max(x, 0) (d2l's FFN).
+    Relu,
+    /// Exact erf GELU (Hugging Face `gelu`).
+    Gelu,
+    /// tanh-approximated GELU (Hugging Face `gelu_new`).
+    GeluTanh,
+    /// tanh (the pooler).
+    Tanh,
+}
+
+/// The host-side description of a packed batch, shared by every backend.
+///
+/// Sequence `b` occupies rows `cu_seqlens[b]..cu_seqlens[b+1]` of every `(T, ·)` tensor.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BatchLayout {
+    /// (B+1,) prefix sums of sequence lengths; `cu_seqlens[B] == T`.
+    pub cu_seqlens: Vec<usize>,
+    /// (B+1,) prefix sums of `len_b²`: sequence `b`'s attention matrices for head `h` start at
+    /// `nh * att_offsets[b] + h * len_b²` in the `att` buffer.
+    pub att_offsets: Vec<usize>,
+}
+
+impl BatchLayout {
+    /// Layout for sequences of the given lengths.
+    pub fn new(lens: &[usize]) -> Self {
+        let mut cu = Vec::with_capacity(lens.len() + 1);
+        let mut att = Vec::with_capacity(lens.len() + 1);
+        cu.push(0);
+        att.push(0);
+        for &l in lens {
+            cu.push(cu.last().copied().unwrap_or(0) + l);
+            att.push(att.last().copied().unwrap_or(0) + l * l);
+        }
+        BatchLayout { cu_seqlens: cu, att_offsets: att }
+    }
+    /// Number of sequences B.
+    pub fn b(&self) -> usize {
+        self.cu_seqlens.len().saturating_sub(1)
+    }
+    /// Total number of tokens T.
+    pub fn t(&self) -> usize {
+        self.cu_seqlens.last().copied().unwrap_or(0)
+    }
+    /// Length of sequence `b`.
+    pub fn len(&self, b: usize) -> usize {
+        self.cu_seqlens[b + 1] - self.cu_seqlens[b]
+    }
+    /// Whether the batch has no sequences.
+    pub fn is_empty(&self) -> bool {
+        self.b() == 0
+    }
+    /// Elements of the attention-probability buffer for `nh` heads.
+    pub fn att_len(&self, nh: usize) -> usize {
+        nh * self.att_offsets.last().copied().unwrap_or(0)
+    }
+}
+
+/// A packed batch resident on a backend: host layout plus the integer inputs on the device.
+pub struct DeviceBatch<B: Backend + ?Sized> {
+    /// Host copy of the layout.
+    pub layout: BatchLayout,
+    /// (T,) token ids.
+    pub tokens: B::IBuf,
+    /// (T,) segment ids in {0, 1}.
+    pub segments: B::IBuf,
+    /// (T,) position ids (0..len_b per sequence).
+    pub positions: B::IBuf,
+    /// (B+1,) prefix sums of sequence lengths.
+    pub cu_seqlens: B::IBuf,
+    /// (B+1,) prefix sums of squared lengths (see [`BatchLayout::att_offsets`]).
+    pub att_offsets: B::IBuf,
+    /// (B,) labels in {0, 1, 2}.
+    pub labels: B::IBuf,
+    /// Host copy of the labels.
+    pub labels_host: Vec<i32>,
+}
+
+/// Hyper-parameters of one Adam/AdamW step, with the bias corrections computed on the host in
+/// f64 exactly as PyTorch's `_single_tensor_adam` does.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamStep {
+    /// Learning rate.
+    pub lr: f64,
+    /// β1.
+    pub beta1: f64,
+    /// β2.
+    pub beta2: f64,
+    /// ε.
+    pub eps: f64,
+    /// Weight decay (L2 added to the gradient for Adam, decoupled for AdamW).
+    pub weight_decay: f64,
+    /// AdamW (decoupled weight decay) instead of Adam.
+    pub decoupled: bool,
+    /// Step number, from 1.
+    pub t: u64,
+}
+
+impl AdamStep {
+    /// `lr / (1 - β1^t)`.
+    pub fn step_size(&self) -> f64 {
+        self.lr / (1.0 - self.beta1.powi(self.t as i32))
+    }
+    /// `sqrt(1 - β2^t)`.
+    pub fn bias_correction2_sqrt(&self) -> f64 {
+        (1.0 - self.beta2.powi(self.t as i32)).sqrt()
+    }
+}
+
+/// The operations of the model, implemented by every backend.
+pub trait Backend {
+    /// Storage scalar of parameters and activations (CPU: f32 or f64).
+    type F: Float;
+    /// An owned device buffer of `F`.
+    type Buf: Send;
+    /// An owned device buffer of `i32`.
+    type IBuf: Send;
+    /// A shared view of part of a `Buf`.
+    type Slice<'a>: Copy
+    where
+        Self: 'a;
+    /// A mutable view of part of a `Buf`.
+    type SliceMut<'a>
+    where
+        Self: 'a;
+
+    /// Human-readable device name, e.g. `cpu (2 threads)`.
+    fn name(&self) -> String;
+
+    // ---- memory -------------------------------------------------------------------------
+    /// A zeroed buffer of `n` elements.
+    fn alloc(&self, n: usize) -> Result<Self::Buf>;
+    /// A buffer holding `host`.
+    fn upload(&self, host: &[Self::F]) -> Result<Self::Buf>;
+    /// A device copy of integer data.
+    fn upload_i32(&self, host: &[i32]) -> Result<Self::IBuf>;
+    /// Host copy of a view.
+    fn download(&self, s: Self::Slice<'_>) -> Result<Vec<Self::F>>;
+    /// Length of a buffer.
+    fn buf_len(&self, b: &Self::Buf) -> usize;
+    /// A view of a whole buffer.
+    fn view<'a>(&self, b: &'a Self::Buf) -> Self::Slice<'a>;
+    /// A view of `r` of a buffer.
+    fn slice<'a>(&self, b: &'a Self::Buf, r: Range<usize>) -> Self::Slice<'a>;
+    /// A mutable view of a whole buffer.
+    fn view_mut<'a>(&self, b: &'a mut Self::Buf) -> Self::SliceMut<'a>;
+    /// A mutable view of `r` of a buffer.
+    fn slice_mut<'a>(&self, b: &'a mut Self::Buf, r: Range<usize>) -> Self::SliceMut<'a>;
+    /// Disjoint mutable views of a buffer; `ranges` must be sorted and non-overlapping.
+    fn split_mut<'a>(&self, b: &'a mut Self::Buf, ranges: &[Range<usize>]) -> Vec<Self::SliceMut<'a>>;
+    /// Sets a view to zero.
+    fn zero(&self, s: Self::SliceMut<'_>);
+
+    // ---- embedding ----------------------------------------------------------------------
+    /// `out[i] = wte[tokens[i]] + wse[segments[i]] + wpe[positions[i]]`.
+    /// out (T,C); wte (V,C); wse (S,C); wpe (P,C).
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_forward(
+        &self,
+        out: Self::SliceMut<'_>,
+        batch: &DeviceBatch<Self>,
+        wte: Self::Slice<'_>,
+        wse: Self::Slice<'_>,
+        wpe: Self::Slice<'_>,
+        c: usize,
+    );
+    /// Scatter-adds dout (T,C) into dwte (V,C), dwse (S,C) and, unless frozen, dwpe (P,C).
+    fn embedding_backward(
+        &self,
+        dwte: Self::SliceMut<'_>,
+        dwse: Self::SliceMut<'_>,
+        dwpe: Option<Self::SliceMut<'_>>,
+        dout: Self::Slice<'_>,
+        batch: &DeviceBatch<Self>,
+        c: usize,
+    );
+
+    // ---- linear -------------------------------------------------------------------------
+    /// out (N,OC) = inp (N,IC) · weight (OC,IC)ᵀ + bias (OC).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_forward(
+        &self,
+        out: Self::SliceMut<'_>,
+        inp: Self::Slice<'_>,
+        weight: Self::Slice<'_>,
+        bias: Option<Self::Slice<'_>>,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    );
+    /// dinp (N,IC) = dout·weight (overwritten, or added when `accumulate_dinp`);
+    /// dweight (OC,IC) += doutᵀ·inp; dbias (OC) += Σ_rows dout.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_backward(
+        &self,
+        dinp: Option<Self::SliceMut<'_>>,
+        accumulate_dinp: bool,
+        dweight: Self::SliceMut<'_>,
+        dbias: Option<Self::SliceMut<'_>>,
+        dout: Self::Slice<'_>,
+        inp: Self::Slice<'_>,
+        weight: Self::Slice<'_>,
+        n: usize,
+        ic: usize,
+        oc: usize,
+    );
+
+    // ---- attention ----------------------------------------------------------------------
+    /// Multi-head scaled dot-product attention over each packed sequence, d2l semantics: keys
+    /// beyond a sequence never enter its softmax; dropout on the probabilities.
+    /// qkv (T,3C) holds [Q | K | V], head h in columns h·hs..(h+1)·hs of each; out (T,C);
+    /// att (nh·Σ len²) receives the pre-dropout probabilities for backward.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_forward(
+        &self,
+        out: Self::SliceMut<'_>,
+        att: Self::SliceMut<'_>,
+        qkv: Self::Slice<'_>,
+        batch: &DeviceBatch<Self>,
+        nh: usize,
+        c: usize,
+        dropout: Dropout,
+    );
+    /// dqkv (T,3C) overwritten from dout (T,C), the saved att and qkv.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        dqkv: Self::SliceMut<'_>,
+        dout: Self::Slice<'_>,
+        att: Self::Slice<'_>,
+        qkv: Self::Slice<'_>,
+        batch: &DeviceBatch<Self>,
+        nh: usize,
+        c: usize,
+        dropout: Dropout,
+    );
+
+    // ---- AddNorm ------------------------------------------------------------------------
+    /// d2l's AddNorm: `out = LayerNorm(dropout(sub) + res)` over rows of length C.
+    /// out, sum (T,C) (sum = the pre-norm input, saved); mean, rstd (T,); weight, bias (C,).
+    /// With `sub = None` this is a plain LayerNorm of `res` (HF embedding LayerNorm).
+    #[allow(clippy::too_many_arguments)]
+    fn addnorm_forward(
+        &self,
+        out: Self::SliceMut<'_>,
+        sum: Self::SliceMut<'_>,
+        mean: Self::SliceMut<'_>,
+        rstd: Self::SliceMut<'_>,
+        res: Self::Slice<'_>,
+        sub: Option<Self::Slice<'_>>,
+        weight: Self::Slice<'_>,
+        bias: Self::Slice<'_>,
+        eps: f64,
+        dropout: Dropout,
+        t: usize,
+        c: usize,
+    );
+    /// dres (T,C) overwritten with ∂L/∂sum; dsub (T,C) overwritten with the dropout applied;
+    /// dweight, dbias (C,) accumulate.
+    #[allow(clippy::too_many_arguments)]
+    fn addnorm_backward(
+        &self,
+        dres: Self::SliceMut<'_>,
+        dsub: Option<Self::SliceMut<'_>>,
+        dweight: Self::SliceMut<'_>,
+        dbias: Self::SliceMut<'_>,
+        dout: Self::Slice<'_>,
+        sum: Self::Slice<'_>,
+        mean: Self::Slice<'_>,
+        rstd: Self::Slice<'_>,
+        weight: Self::Slice<'_>,
+        dropout: Dropout,
+        t: usize,
+        c: usize,
+    );
+
+    // ---- activations --------------------------------------------------------------------
+    /// out = act(inp), element-wise over n elements.
+    fn act_forward(&self, out: Self::SliceMut<'_>, inp: Self::Slice<'_>, act: Activation);
+    /// dinp = act'(inp) · dout (overwrites); `out` is the forward output (used by ReLU/tanh).
+    fn act_backward(
+        &self,
+        dinp: Self::SliceMut<'_>,
+        dout: Self::Slice<'_>,
+        inp: Self::Slice<'_>,
+        out: Self::Slice<'_>,
+        act: Activation,
+    );
+
+    // ---- <cls> gather -------------------------------------------------------------------
+    /// out (B,C) = x (T,C) at the first row of each sequence.
+    fn cls_forward(&self, out: Self::SliceMut<'_>, x: Self::Slice<'_>, batch: &DeviceBatch<Self>, c: usize);
+    /// dx (T,C) = 0 except the first row of each sequence, which gets dout (B,C).
+    fn cls_backward(
+        &self,
+        dx: Self::SliceMut<'_>,
+        dout: Self::Slice<'_>,
+        batch: &DeviceBatch<Self>,
+        c: usize,
+    );
+
+    // ---- dropout (HF sites) -------------------------------------------------------------
+    /// out = dropout(inp) (inverted scaling); with `Dropout::OFF` a copy.
+    fn dropout_forward(&self, out: Self::SliceMut<'_>, inp: Self::Slice<'_>, dropout: Dropout);
+    /// dinp = dout · mask / (1-p).
+    fn dropout_backward(&self, dinp: Self::SliceMut<'_>, dout: Self::Slice<'_>, dropout: Dropout);
+
+    // ---- loss ---------------------------------------------------------------------------
+    /// Softmax cross-entropy per example: losses (B,) = -log softmax(logits)[label];
+    /// probs (B,K) saved for backward. logits (B,K).
+    fn crossentropy_forward(
+        &self,
+        losses: Self::SliceMut<'_>,
+        probs: Self::SliceMut<'_>,
+        logits: Self::Slice<'_>,
+        batch: &DeviceBatch<Self>,
+        k: usize,
+    );
+    /// dlogits (B,K) = scale · (probs − onehot(label)) (gradient of `scale · Σ losses`).
+    fn crossentropy_backward(
+        &self,
+        dlogits: Self::SliceMut<'_>,
+        probs: Self::Slice<'_>,
+        batch: &DeviceBatch<Self>,
+        k: usize,
+        scale: f64,
+    );
+
+    // ---- optimizer ----------------------------------------------------------------------
+    /// One Adam/AdamW step on a parameter range with PyTorch's exact arithmetic:
+    /// m ← lerp(m, g, 1-β1); v ← β2·v + (1-β2)·g²; p ← p − step_size · m / (√v / bc2 + ε).
+    fn adam_update(
+        &self,
+        params: Self::SliceMut<'_>,
+        grads: Self::Slice<'_>,
+        m: Self::SliceMut<'_>,
+        v: Self::SliceMut<'_>,
+        step: &AdamStep,
+    );
+}
