@@ -118,11 +118,11 @@ pub struct AdamStep {
 impl AdamStep {
     /// `lr / (1 - β1^t)`.
     pub fn step_size(&self) -> f64 {
-        self.lr / (1.0 - self.beta1.powi(self.t as i32))
+        self.lr / (1.0 - self.beta1.powf(self.t as f64))
     }
     /// `sqrt(1 - β2^t)`.
     pub fn bias_correction2_sqrt(&self) -> f64 {
-        (1.0 - self.beta2.powi(self.t as i32)).sqrt()
+        (1.0 - self.beta2.powf(self.t as f64)).sqrt()
     }
 }
 
