@@ -7,7 +7,15 @@
 //!   (`'A' + c + 'Σ'` ends in `ς` while `c + 'Σ'` does not);
 //! - `CASED`: the remaining characters that count as cased there (`c + 'Σ'` ends in `ς`).
 //!
-//! Ranges are inclusive and sorted. Do not edit by hand.
+//! Ranges are inclusive and sorted. Do not edit by hand; regenerate with python3.11:
+//!
+//! ```text
+//! fin = lambda s: s.lower()[-1] == 'ς'
+//! chars = [chr(i) for i in range(0x110000) if not 0xD800 <= i <= 0xDFFF]
+//! lower_changes = [c for c in chars if c.lower() != c]          # then grouped into stride runs
+//! case_ignorable = [c for c in chars if fin('A' + c + 'Σ') and not fin(c + 'Σ')]
+//! cased = [c for c in chars if fin(c + 'Σ')]                    # then grouped into ranges
+//! ```
 
 /// Characters Python 3.11 lower-cases, as inclusive `(first, last, stride)` runs.
 #[rustfmt::skip]
