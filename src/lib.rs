@@ -31,6 +31,7 @@
 //! [`rng`] → [`backend`] (the trait) → [`backend::cpu`] (the reference ops) → [`model::params`] →
 //! [`model::bert`] (forward/backward) → [`train`] → [`data`] → [`model::checkpoint`].
 
+pub mod app;
 pub mod backend;
 pub mod data;
 pub mod demo;

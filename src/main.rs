@@ -1,1 +1,421 @@
-fn main() {}
+//! `nli-bert`: fine-tune, evaluate and run BERT for natural-language inference.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 usage error.
+
+use clap::{Args, Parser, Subcommand};
+use nli_bert::app::{self, DeviceArg, FinetuneArgs, LoadedModel, Precision, ScratchArgs};
+use nli_bert::data::batch::Truncate;
+use nli_bert::data::hub;
+use nli_bert::data::snli::{read_dataset, LABELS};
+use nli_bert::train::optim::AdamConfig;
+use nli_bert::train::trainer::TrainOptions;
+use nli_bert::{Error, Result};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "nli-bert",
+    version,
+    about = "Fine-tune BERT for natural-language inference (d2l's chapter, exactly, then faster)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Fine-tune a pretrained (or fresh) BERT on an NLI dataset, as d2l's chapter does.
+    ///
+    /// Defaults are the seed's: bert.small, SNLI, 5 epochs, batch 512, Adam lr 1e-4, max_len 128,
+    /// dropout 0.2. Example:
+    ///   nli-bert finetune --model scratch --data ../shared/data/sick_train.tsv --test-data ../shared/data/sick_test.tsv
+    Finetune(FinetuneCmd),
+    /// Accuracy, loss and confusion matrix of a saved model on a labelled file.
+    ///
+    /// Example: nli-bert eval --model out/ --data ../shared/data/sick_test.tsv --json
+    Eval(EvalCmd),
+    /// Predict labels for one pair or a file of pairs (one JSON object per pair).
+    ///
+    /// Example: nli-bert predict --model out/ --premise "a man plays a guitar" --hypothesis "a person plays music"
+    Predict(PredictCmd),
+    /// Download and unpack a catalog entry (bert.small, bert.base, SNLI) into the cache.
+    Download {
+        /// Catalog name.
+        name: String,
+    },
+    /// Generate a small NLI set, train a small BERT from scratch on it, evaluate on held-out pairs.
+    Demo(DemoCmd),
+}
+
+#[derive(Args, Clone)]
+struct EngineArgs {
+    /// Where to compute.
+    #[arg(long, value_enum, default_value = "auto")]
+    device: DeviceArg,
+    /// Numeric precision (f64 is the reference, f32 the fast trainer).
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Precision,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(Args)]
+struct FinetuneCmd {
+    /// bert.small | bert.base | scratch | DIR (vocab.json + pretrained.params, or a saved model).
+    #[arg(long, default_value = "bert.small")]
+    model: String,
+    /// snli (download SNLI) or a file: SNLI .txt, .jsonl, or TSV label<TAB>premise<TAB>hypothesis.
+    #[arg(long, default_value = "snli")]
+    data: String,
+    /// Test set evaluated after each epoch (default: SNLI test with --data snli, else none).
+    #[arg(long)]
+    test_data: Option<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    epochs: usize,
+    #[arg(long, default_value_t = 512)]
+    batch_size: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Use AdamW with this weight decay instead of Adam.
+    #[arg(long)]
+    adamw: Option<f64>,
+    /// Maximum tokens per pair, including <cls> and two <sep>.
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    #[arg(long, default_value_t = 0.2)]
+    dropout: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Keep the training data in file order.
+    #[arg(long)]
+    no_shuffle: bool,
+    /// Pair truncation: d2l's (drop from the longer) or by length ratio (exercise 2).
+    #[arg(long, value_enum, default_value = "longest")]
+    truncate: Truncate,
+    /// Train the positional embedding (d2l 0.17 freezes it; later d2l trains it).
+    #[arg(long)]
+    train_pos_embedding: bool,
+    /// Write model.safetensors, config.json, vocab.json and metrics.jsonl here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Attention heads of d2l weights (not stored in them; default hidden/64).
+    #[arg(long)]
+    heads: Option<usize>,
+    /// scratch: hidden size.
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    /// scratch: FFN size.
+    #[arg(long, default_value_t = 512)]
+    ffn: usize,
+    /// scratch: encoder blocks.
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    /// scratch: minimum token count for the vocabulary.
+    #[arg(long, default_value_t = 1)]
+    min_freq: usize,
+    /// Only print the results.
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args)]
+struct EvalCmd {
+    /// A directory saved by `finetune --out` (or d2l weights).
+    #[arg(long)]
+    model: String,
+    /// Labelled file (SNLI .txt, .jsonl or TSV).
+    #[arg(long)]
+    data: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Maximum tokens per pair (default: the model's).
+    #[arg(long)]
+    max_len: Option<usize>,
+    #[arg(long, default_value_t = 512)]
+    batch_size: usize,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args)]
+struct PredictCmd {
+    /// A directory saved by `finetune --out` (or d2l weights).
+    #[arg(long)]
+    model: String,
+    #[arg(long, requires = "hypothesis", conflicts_with = "input")]
+    premise: Option<String>,
+    #[arg(long, requires = "premise")]
+    hypothesis: Option<String>,
+    /// A file of pairs (TSV with header, SNLI .txt or .jsonl; labels are ignored).
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// JSON lines output (the default for --input).
+    #[arg(long)]
+    json: bool,
+    /// Maximum tokens per pair (default: the model's).
+    #[arg(long)]
+    max_len: Option<usize>,
+    #[arg(long, default_value_t = 512)]
+    batch_size: usize,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args)]
+struct DemoCmd {
+    /// Training pairs to generate.
+    #[arg(long, default_value_t = 6000)]
+    train_size: usize,
+    /// Held-out pairs to generate.
+    #[arg(long, default_value_t = 1500)]
+    test_size: usize,
+    #[arg(long, default_value_t = 4)]
+    epochs: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Write the trained model and metrics here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Finetune(a) => finetune(a),
+        Cmd::Eval(a) => eval(a),
+        Cmd::Predict(a) => predict(a),
+        Cmd::Download { name } => hub::download_extract(&name).map(|p| println!("{}", p.display())),
+        Cmd::Demo(a) => demo(a),
+    };
+    if let Err(e) = res {
+        eprintln!("error: {e}");
+        std::process::exit(e.exit_code());
+    }
+}
+
+fn check_device(d: DeviceArg) -> Result<()> {
+    match d {
+        DeviceArg::Auto | DeviceArg::Cpu => Ok(()),
+        DeviceArg::Cuda => Err(Error::usage(
+            "--device cuda: the CUDA engine is not part of this build yet; use --device cpu (or auto)",
+        )),
+    }
+}
+
+fn finetune(a: FinetuneCmd) -> Result<()> {
+    check_device(a.engine.device)?;
+    if a.max_len < 5 {
+        return Err(Error::usage(format!(
+            "--max-len {} is too small: it must leave room for <cls>, two <sep> and text (>= 5)",
+            a.max_len
+        )));
+    }
+    if !(0.0..1.0).contains(&a.dropout) {
+        return Err(Error::usage(format!("--dropout {} must be in [0, 1)", a.dropout)));
+    }
+    let (train_ds, snli_test) = app::read_data(&a.data)?;
+    let test_ds = match &a.test_data {
+        Some(p) => Some(read_dataset(p)?),
+        None => snli_test,
+    };
+    let m: LoadedModel = if a.model == "scratch" {
+        let s = ScratchArgs {
+            hidden: a.hidden,
+            ffn: a.ffn,
+            heads: a.heads.unwrap_or(4),
+            layers: a.layers,
+            min_freq: a.min_freq,
+        };
+        app::scratch_model(&train_ds, &s, a.max_len, a.seed)?
+    } else {
+        app::load_model(&a.model, a.heads, a.train_pos_embedding, a.seed)?
+    };
+    if a.max_len > m.cfg.max_positions {
+        return Err(Error::usage(format!(
+            "--max-len {} exceeds the model's {} positions",
+            a.max_len, m.cfg.max_positions
+        )));
+    }
+    if !a.quiet {
+        eprintln!(
+            "model {}: {} blocks, hidden {}, ffn {}, {} heads, vocab {}",
+            m.origin, m.cfg.layers, m.cfg.hidden, m.cfg.ffn, m.cfg.heads, m.cfg.vocab_size
+        );
+    }
+    let train = app::encode(&train_ds, &m.vocab, a.max_len, a.truncate, a.quiet)?;
+    let test = match &test_ds {
+        Some(t) => Some(app::encode(t, &m.vocab, a.max_len, a.truncate, a.quiet)?),
+        None => None,
+    };
+    let args = FinetuneArgs {
+        train: TrainOptions {
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            dropout: a.dropout,
+            seed: a.seed,
+            max_steps: a.max_steps,
+            shuffle: !a.no_shuffle,
+        },
+        adam: match a.adamw {
+            Some(wd) => AdamConfig::adamw(a.lr, wd),
+            None => AdamConfig::adam(a.lr),
+        },
+        max_len: a.max_len,
+        truncate: a.truncate,
+        threads: a.engine.threads,
+        out: a.out.clone(),
+        quiet: a.quiet,
+    };
+    match a.engine.precision {
+        Precision::F32 => app::finetune::<f32>(m, &train, test.as_deref(), &args).map(|_| ()),
+        Precision::F64 => app::finetune::<f64>(m, &train, test.as_deref(), &args).map(|_| ()),
+    }
+}
+
+fn run_eval(
+    m: &LoadedModel,
+    data: &[nli_bert::data::batch::Encoded],
+    bs: usize,
+    e: &EngineArgs,
+) -> Result<nli_bert::train::trainer::EvalResult> {
+    match e.precision {
+        Precision::F32 => app::evaluate::<f32>(m, data, bs, e.threads),
+        Precision::F64 => app::evaluate::<f64>(m, data, bs, e.threads),
+    }
+}
+
+fn eval(a: EvalCmd) -> Result<()> {
+    check_device(a.engine.device)?;
+    let m = app::load_model(&a.model, None, false, 0)?;
+    let ds = read_dataset(&a.data)?;
+    let max_len = a.max_len.or(m.max_len).unwrap_or(128);
+    let enc = app::encode(&ds, &m.vocab, max_len, m.truncate.unwrap_or(Truncate::Longest), a.json)?;
+    let r = run_eval(&m, &enc, a.batch_size, &a.engine)?;
+    if a.json {
+        let v = serde_json::json!({
+            "data": a.data.display().to_string(),
+            "n": r.n,
+            "accuracy": r.accuracy(),
+            "loss": r.mean_loss(),
+            "labels": LABELS,
+            "confusion": r.confusion,
+        });
+        println!("{v}");
+    } else {
+        println!("{} examples: accuracy {:.4}, loss {:.4}", r.n, r.accuracy(), r.mean_loss());
+        println!("confusion (rows gold, columns predicted):");
+        println!("{:>15} {:>13} {:>13} {:>13}", "", LABELS[0], LABELS[1], LABELS[2]);
+        for (i, row) in r.confusion.iter().enumerate() {
+            println!("{:>15} {:>13} {:>13} {:>13}", LABELS[i], row[0], row[1], row[2]);
+        }
+    }
+    Ok(())
+}
+
+fn predict(a: PredictCmd) -> Result<()> {
+    check_device(a.engine.device)?;
+    let m = app::load_model(&a.model, None, false, 0)?;
+    let ds = match (&a.premise, &a.hypothesis, &a.input) {
+        (Some(p), Some(h), None) => app::pairs_dataset(vec![(p.clone(), h.clone())], "command line"),
+        (None, None, Some(f)) => read_dataset(f)?,
+        _ => return Err(Error::usage("give either --premise P --hypothesis H, or --input FILE")),
+    };
+    let max_len = a.max_len.or(m.max_len).unwrap_or(128);
+    let enc = app::encode(&ds, &m.vocab, max_len, m.truncate.unwrap_or(Truncate::Longest), true)?;
+    let r = run_eval(&m, &enc, a.batch_size, &a.engine)?;
+    let k = m.cfg.num_labels;
+    let json = a.json || a.input.is_some();
+    for (i, ex) in ds.examples.iter().enumerate() {
+        let logits = &r.logits[i * k..(i + 1) * k];
+        let probs = app::softmax(logits);
+        let pred = nli_bert::model::bert::argmax(logits);
+        let label = LABELS.get(pred).copied().unwrap_or("?");
+        if json {
+            let v = serde_json::json!({
+                "premise": ex.premise, "hypothesis": ex.hypothesis,
+                "label": label, "probs": probs, "logits": logits,
+            });
+            println!("{v}");
+        } else {
+            println!(
+                "{label} (entailment {:.3}, contradiction {:.3}, neutral {:.3})",
+                probs[0], probs[1], probs[2]
+            );
+        }
+    }
+    Ok(())
+}
+
+fn demo(a: DemoCmd) -> Result<()> {
+    let (train_ds, test_ds) = nli_bert::demo::demo_datasets(a.seed, a.train_size, a.test_size);
+    println!(
+        "demo: {} generated training pairs, {} held-out pairs (hypernyms, negation, quantifiers, swaps, added details)",
+        train_ds.examples.len(),
+        test_ds.examples.len()
+    );
+    let s = ScratchArgs { hidden: 64, ffn: 128, heads: 4, layers: 2, min_freq: 1 };
+    let max_len = 48;
+    let m = app::scratch_model(&train_ds, &s, max_len, a.seed)?;
+    let train = app::encode(&train_ds, &m.vocab, max_len, Truncate::Longest, false)?;
+    let test = app::encode(&test_ds, &m.vocab, max_len, Truncate::Longest, false)?;
+    let out = a.out.clone().unwrap_or_else(|| std::env::temp_dir().join("nli-bert-demo"));
+    let args = FinetuneArgs {
+        train: TrainOptions {
+            epochs: a.epochs,
+            batch_size: 32,
+            dropout: 0.1,
+            seed: a.seed,
+            max_steps: None,
+            shuffle: true,
+        },
+        adam: AdamConfig::adam(1e-3),
+        max_len,
+        truncate: Truncate::Longest,
+        threads: a.threads,
+        out: Some(out.clone()),
+        quiet: false,
+    };
+    let vocab = m.vocab.clone();
+    let cfg = m.cfg.clone();
+    let res = app::finetune::<f32>(m, &train, Some(&test), &args)?;
+    let acc = res.history.last().and_then(|h| h.test_acc).unwrap_or(0.0);
+    println!("held-out accuracy {acc:.3}");
+    // A few predictions from the saved model, as a user would run them.
+    let saved = app::load_model(&out.to_string_lossy(), None, false, 0)?;
+    debug_assert_eq!(saved.cfg, cfg);
+    let _ = vocab;
+    let samples = [
+        ("a man is playing a guitar", "a person is playing an instrument"),
+        ("a woman is riding a horse", "a woman is not riding a horse"),
+        ("a man is cooking", "a man is cooking dinner for his family"),
+    ];
+    let ds = app::pairs_dataset(
+        samples.iter().map(|(p, h)| (p.to_string(), h.to_string())).collect(),
+        "demo samples",
+    );
+    let enc = app::encode(&ds, &saved.vocab, max_len, Truncate::Longest, true)?;
+    let r = app::evaluate::<f32>(&saved, &enc, 8, a.threads)?;
+    for (i, (p, h)) in samples.iter().enumerate() {
+        let row = &r.logits[i * 3..i * 3 + 3];
+        let probs = app::softmax(row);
+        let pred = nli_bert::model::bert::argmax(row);
+        println!("  {p:?} => {h:?}: {} ({:.2})", LABELS[pred], probs[pred]);
+    }
+    println!(
+        "model saved in {} (try: nli-bert predict --model {} --premise ... --hypothesis ...)",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,411 @@
+//! The commands behind the CLI: resolve a model source, load data, fine-tune, evaluate, predict,
+//! save. `main.rs` only parses arguments and calls these.
+
+use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
+use crate::data::batch::{encode_dataset, Encoded, Truncate};
+use crate::data::snli::{Dataset, Example, LABELS};
+use crate::data::vocab::Vocab;
+use crate::data::{hub, snli, tokenizer};
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::model::bert::{cast_params, init_output_layer, init_params, Acts, Model};
+use crate::model::checkpoint::{names, safetensors as st, torch};
+use crate::model::config::BertConfig;
+use crate::model::params::ParamLayout;
+use crate::train::optim::{Adam, AdamConfig};
+use crate::train::report;
+use crate::train::trainer::{self, EpochMetrics, EvalResult, TrainOptions};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Numeric precision of the CPU engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// float64: the reference (gradient checks, parity with PyTorch to ~1e-10).
+    F64,
+    /// float32: the fast trainer.
+    F32,
+}
+
+/// Where computation runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeviceArg {
+    /// A GPU when one is usable, else the CPU.
+    Auto,
+    /// The multi-threaded CPU engine.
+    Cpu,
+    /// An NVIDIA GPU (not built yet: see the README's roadmap).
+    Cuda,
+}
+
+/// The `config.json` this tool writes next to `model.safetensors` and `vocab.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SavedConfig {
+    /// Always `"nli-bert"`.
+    pub format: String,
+    /// Format version (1).
+    pub version: u32,
+    /// Architecture.
+    pub model: BertConfig,
+    /// Maximum sequence length used for tokens (d2l: 128).
+    pub max_len: usize,
+    /// Pair truncation rule.
+    pub truncate: String,
+    /// Precision of the stored tensors.
+    pub precision: Precision,
+    /// Class names in logit order.
+    pub labels: Vec<String>,
+}
+
+/// A model ready to run: configuration, vocabulary, f64 host parameters and where they came from.
+pub struct LoadedModel {
+    /// Architecture.
+    pub cfg: BertConfig,
+    /// Vocabulary.
+    pub vocab: Vocab,
+    /// All parameters in f64 (cast to the engine's precision later).
+    pub params: Vec<f64>,
+    /// Human-readable origin (for messages).
+    pub origin: String,
+    /// Default max_len recorded with a saved model.
+    pub max_len: Option<usize>,
+    /// Truncation recorded with a saved model.
+    pub truncate: Option<Truncate>,
+}
+
+/// Architecture flags for `--model scratch`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScratchArgs {
+    /// Hidden size C.
+    pub hidden: usize,
+    /// FFN size F.
+    pub ffn: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Blocks.
+    pub layers: usize,
+    /// Minimum token frequency for the vocabulary.
+    pub min_freq: usize,
+}
+
+fn exists(p: &Path) -> bool {
+    p.is_file()
+}
+
+/// Loads a model from `bert.small`, `bert.base`, a d2l directory (`vocab.json` +
+/// `pretrained.params`), or a directory this tool saved (`config.json` + `model.safetensors` +
+/// `vocab.json`). `heads` overrides the head count of d2l weights (it is not stored in them).
+pub fn load_model(
+    spec: &str,
+    heads: Option<usize>,
+    train_pos_embedding: bool,
+    seed: u64,
+) -> Result<LoadedModel> {
+    let dir = match spec {
+        "bert.small" | "bert.base" => hub::download_extract(spec)?,
+        _ => PathBuf::from(spec),
+    };
+    if !dir.is_dir() {
+        return Err(Error::usage(format!(
+            "--model {spec}: not a directory and not one of bert.small, bert.base, scratch; \
+             give a directory holding vocab.json + pretrained.params (d2l) or one saved by `nli-bert finetune --out`"
+        )));
+    }
+    if exists(&dir.join("config.json")) && exists(&dir.join("model.safetensors")) {
+        return load_saved(&dir);
+    }
+    let params_path = dir.join("pretrained.params");
+    let vocab_path = dir.join("vocab.json");
+    if !(exists(&params_path) && exists(&vocab_path)) {
+        return Err(Error::usage(format!(
+            "{}: expected vocab.json + pretrained.params (d2l) or config.json + model.safetensors + vocab.json \
+             (saved by nli-bert); found neither",
+            dir.display()
+        )));
+    }
+    let vocab = Vocab::from_json_file(&vocab_path)?;
+    let tensors = torch::load_torch_state_dict(&params_path)?;
+    let (v, hidden, ffn, layers, max_positions) = names::infer_d2l_dims(&tensors, &params_path)?;
+    let mut cfg = BertConfig::d2l_small(v);
+    cfg.hidden = hidden;
+    cfg.ffn = ffn;
+    cfg.layers = layers;
+    cfg.max_positions = max_positions;
+    cfg.heads = heads.unwrap_or(if hidden % 64 == 0 { hidden / 64 } else { 1 });
+    cfg.train_pos_embedding = train_pos_embedding;
+    cfg.validate()?;
+    if cfg.vocab_size != vocab.len() {
+        return Err(Error::checkpoint(
+            &params_path,
+            format!(
+                "token embedding has {} rows but {} holds {} tokens: the two files do not belong together",
+                cfg.vocab_size,
+                vocab_path.display(),
+                vocab.len()
+            ),
+        ));
+    }
+    let layout = ParamLayout::new(&cfg);
+    let mut params = init_params(&layout, seed);
+    let rep = names::load_into_params(&tensors, &layout, &mut params, &params_path)?;
+    if rep.output_initialized_fresh {
+        init_output_layer(&layout, &mut params, seed);
+    }
+    Ok(LoadedModel {
+        cfg,
+        vocab,
+        params,
+        origin: format!("{} (d2l weights)", dir.display()),
+        max_len: None,
+        truncate: None,
+    })
+}
+
+fn load_saved(dir: &Path) -> Result<LoadedModel> {
+    let cfg_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let saved: SavedConfig = serde_json::from_str(&text)
+        .map_err(|e| Error::parse(&cfg_path, e.line(), format!("not an nli-bert config.json: {e}")))?;
+    if saved.format != "nli-bert" {
+        return Err(Error::parse(
+            &cfg_path,
+            1,
+            format!("format is {:?}, expected \"nli-bert\"", saved.format),
+        ));
+    }
+    let cfg = saved.model;
+    cfg.validate()?;
+    let vocab = Vocab::from_json_file(&dir.join("vocab.json"))?;
+    if vocab.len() != cfg.vocab_size {
+        return Err(Error::checkpoint(
+            dir,
+            format!(
+                "config.json says vocab_size {} but vocab.json has {} tokens",
+                cfg.vocab_size,
+                vocab.len()
+            ),
+        ));
+    }
+    let wpath = dir.join("model.safetensors");
+    let tensors = st::load_safetensors(&wpath)?;
+    let layout = ParamLayout::new(&cfg);
+    let mut params = vec![0.0; layout.total];
+    let rep = names::load_into_params(&tensors, &layout, &mut params, &wpath)?;
+    if rep.output_initialized_fresh {
+        return Err(Error::checkpoint(&wpath, "the saved classifier has no output.weight / output.bias"));
+    }
+    let truncate = match saved.truncate.as_str() {
+        "ratio" => Truncate::Ratio,
+        _ => Truncate::Longest,
+    };
+    Ok(LoadedModel {
+        cfg,
+        vocab,
+        params,
+        origin: format!("{} (nli-bert)", dir.display()),
+        max_len: Some(saved.max_len),
+        truncate: Some(truncate),
+    })
+}
+
+/// A fresh model for `--model scratch`: vocabulary from `train` (d2l's `Vocab` with
+/// `min_freq` and reserved `<pad> <mask> <cls> <sep>`), PyTorch default initialisation.
+pub fn scratch_model(train: &Dataset, a: &ScratchArgs, max_len: usize, seed: u64) -> Result<LoadedModel> {
+    let toks: Vec<Vec<String>> = train
+        .examples
+        .iter()
+        .flat_map(|e| [tokenizer::d2l_tokenize(&e.premise), tokenizer::d2l_tokenize(&e.hypothesis)])
+        .collect();
+    let vocab =
+        Vocab::build(toks.iter().map(|v| v.as_slice()), a.min_freq, &["<pad>", "<mask>", "<cls>", "<sep>"]);
+    let mut cfg = BertConfig::d2l_small(vocab.len());
+    cfg.hidden = a.hidden;
+    cfg.ffn = a.ffn;
+    cfg.heads = a.heads;
+    cfg.layers = a.layers;
+    cfg.max_positions = max_len;
+    cfg.train_pos_embedding = true;
+    cfg.validate()?;
+    let layout = ParamLayout::new(&cfg);
+    let params = init_params(&layout, seed);
+    Ok(LoadedModel { cfg, vocab, params, origin: "scratch".into(), max_len: None, truncate: None })
+}
+
+/// Reads `--data`: `snli` (downloads SNLI; returns train and test) or a file.
+pub fn read_data(spec: &str) -> Result<(Dataset, Option<Dataset>)> {
+    if spec == "snli" {
+        let dir = hub::download_extract("SNLI")?;
+        return Ok((snli::read_snli_dir(&dir, true)?, Some(snli::read_snli_dir(&dir, false)?)));
+    }
+    Ok((snli::read_dataset(Path::new(spec))?, None))
+}
+
+/// Tokenises and packs a dataset, printing d2l's `read N examples`.
+pub fn encode(
+    ds: &Dataset,
+    vocab: &Vocab,
+    max_len: usize,
+    how: Truncate,
+    quiet: bool,
+) -> Result<Vec<Encoded>> {
+    let (enc, stats) = encode_dataset(ds, vocab, max_len, how)?;
+    if !quiet {
+        let skipped = if ds.skipped > 0 {
+            format!(" ({} without a gold label skipped)", ds.skipped)
+        } else {
+            String::new()
+        };
+        let trunc = if stats.truncated > 0 {
+            format!(", {} truncated to {max_len} tokens", stats.truncated)
+        } else {
+            String::new()
+        };
+        eprintln!("read {} examples from {}{skipped}{trunc}", enc.len(), ds.source);
+    }
+    Ok(enc)
+}
+
+/// Writes `config.json`, `vocab.json` and `model.safetensors` into `dir` (each atomically).
+pub fn save_model<F: Float>(
+    dir: &Path,
+    cfg: &BertConfig,
+    vocab: &Vocab,
+    params: &[F],
+    max_len: usize,
+    truncate: Truncate,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let precision = if F::NAME == "f64" { Precision::F64 } else { Precision::F32 };
+    let saved = SavedConfig {
+        format: "nli-bert".into(),
+        version: 1,
+        model: cfg.clone(),
+        max_len,
+        truncate: match truncate {
+            Truncate::Longest => "longest".into(),
+            Truncate::Ratio => "ratio".into(),
+        },
+        precision,
+        labels: LABELS.iter().map(|s| s.to_string()).collect(),
+    };
+    let json =
+        serde_json::to_vec_pretty(&saved).map_err(|e| Error::msg(format!("serialising config: {e}")))?;
+    report::write_atomic(&dir.join("config.json"), &json)?;
+    vocab.save_json(&dir.join("vocab.json"))?;
+    let layout = ParamLayout::new(cfg);
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), "nli-bert".to_string());
+    st::save_params(&dir.join("model.safetensors"), &layout, params, &meta)
+}
+
+/// Everything `finetune` needs besides the data.
+#[derive(Clone, Debug)]
+pub struct FinetuneArgs {
+    /// Loop settings.
+    pub train: TrainOptions,
+    /// Optimizer.
+    pub adam: AdamConfig,
+    /// Token budget per pair.
+    pub max_len: usize,
+    /// Pair truncation.
+    pub truncate: Truncate,
+    /// Worker threads (0 = all cores).
+    pub threads: usize,
+    /// Output directory.
+    pub out: Option<PathBuf>,
+    /// Suppress informational stderr lines.
+    pub quiet: bool,
+}
+
+/// The figures a finetune run ends with.
+pub struct FinetuneResult {
+    /// One entry per epoch.
+    pub history: Vec<EpochMetrics>,
+    /// Device name as printed.
+    pub device: String,
+}
+
+/// Fine-tunes `m` on `train` (evaluating on `test` after each epoch), printing d2l's lines,
+/// writing `metrics.jsonl` and the model to `--out`.
+pub fn finetune<F: Float>(
+    m: LoadedModel,
+    train: &[Encoded],
+    test: Option<&[Encoded]>,
+    a: &FinetuneArgs,
+) -> Result<FinetuneResult>
+where
+    Cpu<F>: Backend<F = F, Buf = Vec<F>>,
+{
+    let be = Cpu::<F>::new(a.threads)?;
+    let device = be.name();
+    let mut model = Model::from_host(&be, m.cfg.clone(), &cast_params::<F>(&m.params))?;
+    let mut opt = Adam::new(&be, &model, a.adam)?;
+    let metrics_path = a.out.as_ref().map(|d| d.join("metrics.jsonl"));
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        if let Some(p) = &metrics_path {
+            if p.exists() {
+                std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
+            }
+        }
+    }
+    let epochs = a.train.epochs;
+    let history = trainer::train(&be, &mut model, &mut opt, train, test, &a.train, |em| {
+        println!("{}", report::epoch_line(em, epochs, &device));
+        if let Some(p) = &metrics_path {
+            report::append_metrics(p, em)?;
+        }
+        Ok(())
+    })?;
+    if let Some((l1, l2)) = report::final_lines(&history, &device) {
+        println!("{l1}");
+        println!("{l2}");
+    }
+    if let Some(dir) = &a.out {
+        let host = model.params_host(&be)?;
+        save_model(dir, &model.cfg, &m.vocab, &host, a.max_len, a.truncate)?;
+        if !a.quiet {
+            eprintln!("saved the fine-tuned model to {}", dir.display());
+        }
+    }
+    Ok(FinetuneResult { history, device })
+}
+
+/// Evaluates a loaded model on encoded data with the CPU engine.
+pub fn evaluate<F: Float>(
+    m: &LoadedModel,
+    data: &[Encoded],
+    batch_size: usize,
+    threads: usize,
+) -> Result<EvalResult>
+where
+    Cpu<F>: Backend<F = F, Buf = Vec<F>>,
+{
+    let be = Cpu::<F>::new(threads)?;
+    let model = Model::from_host(&be, m.cfg.clone(), &cast_params::<F>(&m.params))?;
+    let mut acts = Acts::new(&be, &model.cfg)?;
+    trainer::evaluate(&be, &model, &mut acts, data, batch_size)
+}
+
+/// Softmax of one row of logits, in f64.
+pub fn softmax(row: &[f64]) -> Vec<f64> {
+    let mx = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = row.iter().map(|x| (x - mx).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|x| x / s).collect()
+}
+
+/// Wraps raw pairs into a dataset (labels unknown: set to 0; only logits are used).
+pub fn pairs_dataset(pairs: Vec<(String, String)>, source: &str) -> Dataset {
+    Dataset {
+        examples: pairs
+            .into_iter()
+            .map(|(premise, hypothesis)| Example { premise, hypothesis, label: 0 })
+            .collect(),
+        skipped: 0,
+        source: source.into(),
+    }
+}
