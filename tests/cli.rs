@@ -1,0 +1,276 @@
+//! The CLI as a user runs it: a subprocess on small data written here.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nli-bert"));
+    c.env("NLI_BERT_HOME", std::env::temp_dir().join("nli-bert-cli-test-cache"));
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("running nli-bert")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// A small learnable TSV: negation → contradiction, a prefix → entailment, an added detail → neutral.
+fn write_tsv(dir: &Path, name: &str, n: usize, offset: usize) -> PathBuf {
+    let subjects = ["a man", "a woman", "the dog", "a child", "the cat", "an old man", "two girls"];
+    let verbs = ["is running", "is sleeping", "is eating", "is jumping", "is singing", "is reading"];
+    let details = ["in the park", "at home", "near the river", "with a friend"];
+    let mut s = String::from("label\tpremise\thypothesis\n");
+    for i in offset..offset + n {
+        let subj = subjects[i % subjects.len()];
+        let verb = verbs[(i / 3) % verbs.len()];
+        let det = details[(i / 7) % details.len()];
+        let (label, p, h) = match i % 3 {
+            0 => ("entailment", format!("{subj} {verb} {det}"), format!("{subj} {verb}")),
+            1 => ("contradiction", format!("{subj} {verb}"), format!("{subj} is not {}", &verb[3..])),
+            _ => ("neutral", format!("{subj} {verb}"), format!("{subj} {verb} {det}")),
+        };
+        s.push_str(&format!("{label}\t{p}\t{h}\n"));
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, s).unwrap();
+    path
+}
+
+fn small_finetune(dir: &Path, out: &Path, precision: &str, extra: &[&str]) -> Output {
+    let train = write_tsv(dir, "train.tsv", 90, 0);
+    let test = write_tsv(dir, "test.tsv", 30, 1000);
+    let mut args = vec![
+        "finetune",
+        "--model",
+        "scratch",
+        "--data",
+        train.to_str().unwrap(),
+        "--test-data",
+        test.to_str().unwrap(),
+        "--hidden",
+        "16",
+        "--ffn",
+        "32",
+        "--heads",
+        "2",
+        "--layers",
+        "1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-3",
+        "--threads",
+        "1",
+        "--precision",
+        precision,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn cli_finetune_eval_predict_roundtrip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("model");
+    let o = small_finetune(tmp.path(), &out, "f32", &[]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "finetune failed:\n{stdout}\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "two epoch lines and d2l's two final lines:\n{stdout}");
+    for (i, l) in lines[..2].iter().enumerate() {
+        assert!(l.starts_with(&format!("epoch {}/2: loss ", i + 1)), "{l}");
+        assert!(
+            l.contains(", train acc ")
+                && l.contains(", test acc ")
+                && l.contains(" examples/sec on cpu (1 thread)"),
+            "{l}"
+        );
+    }
+    assert!(lines[2].starts_with("loss ") && lines[2].contains("test acc"), "{}", lines[2]);
+    assert!(lines[3].ends_with("examples/sec on cpu (1 thread)"), "{}", lines[3]);
+    assert!(stderr.contains("read 90 examples"), "{stderr}");
+
+    for f in ["model.safetensors", "config.json", "vocab.json", "metrics.jsonl"] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(metrics.len(), 2);
+    for (i, m) in metrics.iter().enumerate() {
+        assert_eq!(m["epoch"].as_u64(), Some(i as u64 + 1));
+        for k in ["loss", "train_acc", "test_acc", "examples_per_sec", "seconds"] {
+            assert!(m[k].as_f64().is_some(), "metrics.jsonl lacks {k}: {m}");
+        }
+    }
+    // The epoch line prints the metrics file's numbers.
+    let acc = metrics[1]["test_acc"].as_f64().unwrap();
+    assert!(lines[1].contains(&format!("test acc {acc:.3}")), "{} vs {acc}", lines[1]);
+
+    // eval --json on the same test file gives the same accuracy, and a consistent confusion matrix.
+    let test = tmp.path().join("test.tsv");
+    let o = run(&["eval", "--model", out.to_str().unwrap(), "--data", test.to_str().unwrap(), "--json"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["n"].as_u64(), Some(30));
+    assert!((v["accuracy"].as_f64().unwrap() - acc).abs() < 1e-12);
+    let conf: Vec<Vec<u64>> = serde_json::from_value(v["confusion"].clone()).unwrap();
+    let diag: u64 = (0..3).map(|i| conf[i][i]).sum();
+    let total: u64 = conf.iter().flatten().sum();
+    assert_eq!(total, 30);
+    assert!((diag as f64 / 30.0 - acc).abs() < 1e-12);
+    assert!(v["loss"].as_f64().unwrap() > 0.0);
+
+    // predict --json on a file: one object per pair, probabilities sum to 1, label = argmax.
+    let o = run(&["predict", "--model", out.to_str().unwrap(), "--input", test.to_str().unwrap(), "--json"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let preds: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(preds.len(), 30);
+    let mut correct = 0;
+    let gold: Vec<String> = std::fs::read_to_string(&test)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .collect();
+    for (p, g) in preds.iter().zip(&gold) {
+        let probs: Vec<f64> = serde_json::from_value(p["probs"].clone()).unwrap();
+        let logits: Vec<f64> = serde_json::from_value(p["logits"].clone()).unwrap();
+        assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        let am = (0..3).fold(0, |b, i| if logits[i] > logits[b] { i } else { b });
+        let names = ["entailment", "contradiction", "neutral"];
+        assert_eq!(p["label"].as_str(), Some(names[am]));
+        if names[am] == g {
+            correct += 1;
+        }
+    }
+    assert!((correct as f64 / 30.0 - acc).abs() < 1e-12, "predict and eval disagree");
+
+    // One pair from flags.
+    let o = run(&[
+        "predict",
+        "--model",
+        out.to_str().unwrap(),
+        "--premise",
+        "a man is running",
+        "--hypothesis",
+        "a man is not running",
+        "--json",
+    ]);
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_str(text(&o).0.trim()).unwrap();
+    assert!(v["label"].is_string() && v["probs"].as_array().unwrap().len() == 3);
+
+    // A saved model fine-tunes further.
+    let out2 = tmp.path().join("model2");
+    let o = run(&[
+        "finetune",
+        "--model",
+        out.to_str().unwrap(),
+        "--data",
+        test.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+        "--out",
+        out2.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert!(out2.join("model.safetensors").is_file());
+}
+
+#[test]
+fn cli_f64_runs_are_bit_reproducible_and_saved_as_f64() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    assert!(small_finetune(tmp.path(), &a, "f64", &["--dropout", "0.3"]).status.success());
+    assert!(small_finetune(tmp.path(), &b, "f64", &["--dropout", "0.3"]).status.success());
+    let strip = |p: &Path| -> Vec<(String, String, String)> {
+        std::fs::read_to_string(p.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["loss"].to_string(), v["train_acc"].to_string(), v["test_acc"].to_string())
+            })
+            .collect()
+    };
+    assert_eq!(strip(&a), strip(&b));
+    assert_eq!(
+        std::fs::read(a.join("model.safetensors")).unwrap(),
+        std::fs::read(b.join("model.safetensors")).unwrap()
+    );
+    let t = nli_bert::model::checkpoint::safetensors::load_safetensors(&a.join("model.safetensors")).unwrap();
+    assert!(t.iter().all(|t| t.dtype.name() == "float64"), "{:?}", t[0].dtype);
+    // A different seed gives a different run.
+    let c = tmp.path().join("c");
+    assert!(small_finetune(tmp.path(), &c, "f64", &["--dropout", "0.3", "--seed", "1"]).status.success());
+    assert_ne!(strip(&a), strip(&c));
+}
+
+#[test]
+fn cli_bad_inputs_give_clear_errors_and_exit_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Missing data file: runtime error naming the file.
+    let o = run(&["finetune", "--model", "scratch", "--data", "/nonexistent/train.tsv"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("/nonexistent/train.tsv"), "{}", text(&o).1);
+    // Malformed TSV: file:line.
+    let bad = tmp.path().join("bad.tsv");
+    std::fs::write(&bad, "label\tpremise\thypothesis\nentailment\tonly two columns\n").unwrap();
+    let o = run(&["finetune", "--model", "scratch", "--data", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("bad.tsv:2"), "{}", text(&o).1);
+    // Unknown label.
+    std::fs::write(&bad, "label\tpremise\thypothesis\nmaybe\ta b\tc d\n").unwrap();
+    let o = run(&["finetune", "--model", "scratch", "--data", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("bad.tsv:2") && text(&o).1.contains("maybe"), "{}", text(&o).1);
+    // Not a model directory: usage error.
+    let o = run(&["eval", "--model", tmp.path().to_str().unwrap(), "--data", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
+    assert!(text(&o).1.contains("pretrained.params"), "{}", text(&o).1);
+    // Unknown flag and bad values: usage errors (clap and ours).
+    assert_eq!(run(&["finetune", "--no-such-flag"]).status.code(), Some(2));
+    let good = write_tsv(tmp.path(), "good.tsv", 9, 0);
+    let o = run(&["finetune", "--model", "scratch", "--data", good.to_str().unwrap(), "--max-len", "3"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(&[
+        "finetune",
+        "--model",
+        "scratch",
+        "--data",
+        good.to_str().unwrap(),
+        "--hidden",
+        "10",
+        "--heads",
+        "4",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("divisible"), "{}", text(&o).1);
+    // A corrupt checkpoint: error naming it, nothing run.
+    let d = tmp.path().join("d2l");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("vocab.json"), "[\"<unk>\", \"<pad>\", \"<cls>\", \"<sep>\"]").unwrap();
+    std::fs::write(d.join("pretrained.params"), b"PK\x03\x04garbage").unwrap();
+    let o = run(&["finetune", "--model", d.to_str().unwrap(), "--data", good.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("pretrained.params"), "{}", text(&o).1);
+    // No half-written output directory contents after a failure before training.
+    assert!(!tmp.path().join("never").exists());
+}
