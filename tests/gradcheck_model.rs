@@ -34,7 +34,13 @@ fn tiny(d2l: bool) -> BertConfig {
 fn batch() -> Batch {
     let lens = [3usize, 6, 4];
     let mut rng = HostRng::new(5, 0);
-    let mut b = Batch { tokens: vec![], segments: vec![], positions: vec![], lens: lens.to_vec(), labels: vec![2, 0, 1] };
+    let mut b = Batch {
+        tokens: vec![],
+        segments: vec![],
+        positions: vec![],
+        lens: lens.to_vec(),
+        labels: vec![2, 0, 1],
+    };
     for &l in &lens {
         for i in 0..l {
             b.tokens.push(rng.below(11) as i32);
@@ -88,11 +94,18 @@ fn check(cfg: BertConfig, dropout: f64) {
                 nonzero += 1;
             }
             if err > worst.0 {
-                worst = (err, format!("{}[{}]: analytic {:e}, finite difference {:e}", e.name, i - e.offset, g[i], fd));
+                worst = (
+                    err,
+                    format!("{}[{}]: analytic {:e}, finite difference {:e}", e.name, i - e.offset, g[i], fd),
+                );
             }
         }
     }
-    assert!(nonzero > layout.total / 2, "too few parameters influence the loss: {nonzero} of {}", layout.total);
+    assert!(
+        nonzero > layout.total / 2,
+        "too few parameters influence the loss: {nonzero} of {}",
+        layout.total
+    );
     assert!(worst.0 <= 1.0, "gradient error {:.2}x the tolerance at {}", worst.0, worst.1);
 }
 
