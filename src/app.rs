@@ -178,7 +178,7 @@ fn load_saved(dir: &Path) -> Result<LoadedModel> {
     }
     let cfg = saved.model;
     cfg.validate()?;
-    let vocab = Vocab::from_json_file(&dir.join("vocab.json"))?;
+    let vocab = Vocab::from_json_file(dir.join("vocab.json"))?;
     if vocab.len() != cfg.vocab_size {
         return Err(Error::checkpoint(
             dir,
@@ -294,7 +294,7 @@ pub fn save_model<F: Float>(
     let json =
         serde_json::to_vec_pretty(&saved).map_err(|e| Error::msg(format!("serialising config: {e}")))?;
     report::write_atomic(&dir.join("config.json"), &json)?;
-    vocab.save_json(&dir.join("vocab.json"))?;
+    vocab.save_json(dir.join("vocab.json"))?;
     let layout = ParamLayout::new(cfg);
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "nli-bert".to_string());

@@ -105,7 +105,7 @@ impl BertConfig {
         if self.num_labels == 0 {
             return bad("num_labels must be positive".into());
         }
-        if !(self.ln_eps > 0.0) {
+        if self.ln_eps.is_nan() || self.ln_eps <= 0.0 {
             return bad(format!("ln_eps must be positive, got {}", self.ln_eps));
         }
         Ok(())
