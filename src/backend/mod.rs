@@ -356,4 +356,20 @@ pub trait Backend {
         v: Self::SliceMut<'_>,
         step: &AdamStep,
     );
+    /// [`Backend::adam_update`] restricted to the rows `rows` (sorted, distinct) of (R, row_len)
+    /// tables. Exact when every other row has zero gradient and zero moments and there is no
+    /// weight decay: PyTorch's step leaves such a row unchanged (m, v stay 0; p moves by 0/ε).
+    #[allow(clippy::too_many_arguments)]
+    fn adam_update_rows(
+        &self,
+        params: Self::SliceMut<'_>,
+        grads: Self::Slice<'_>,
+        m: Self::SliceMut<'_>,
+        v: Self::SliceMut<'_>,
+        rows: &[u32],
+        row_len: usize,
+        step: &AdamStep,
+    );
+    /// Sets the rows `rows` of a (R, row_len) table to zero.
+    fn zero_rows(&self, buf: Self::SliceMut<'_>, rows: &[u32], row_len: usize);
 }

@@ -146,7 +146,7 @@ pub fn train<B: Backend>(
             let t0 = Instant::now();
             let db = upload_batch(be, &batch)?;
             let mode = Mode { dropout: opts.dropout, seed: opts.seed, step };
-            model.zero_grad(be);
+            opt.zero_grad(be, model);
             let out = model.forward(be, &mut acts, &db, mode)?;
             if !out.loss_sum.is_finite() {
                 return Err(Error::msg(format!(
@@ -157,7 +157,7 @@ pub fn train<B: Backend>(
                 )));
             }
             model.backward(be, &mut acts, &db, mode)?;
-            opt.step(be, model);
+            opt.step_batch(be, model, &batch.tokens);
             secs += t0.elapsed().as_secs_f64();
             step += 1;
             loss_sum += out.loss_sum;

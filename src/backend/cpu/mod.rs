@@ -370,6 +370,24 @@ impl<F: Float> Backend for Cpu<F> {
     fn adam_update(&self, params: &mut [F], grads: &[F], m: &mut [F], v: &mut [F], step: &AdamStep) {
         self.pool.install(|| adam::adam_update(params, grads, m, v, step))
     }
+
+    #[allow(clippy::too_many_arguments)]
+    fn adam_update_rows(
+        &self,
+        params: &mut [F],
+        grads: &[F],
+        m: &mut [F],
+        v: &mut [F],
+        rows: &[u32],
+        row_len: usize,
+        step: &AdamStep,
+    ) {
+        self.pool.install(|| adam::adam_update_rows(params, grads, m, v, rows, row_len, step))
+    }
+
+    fn zero_rows(&self, buf: &mut [F], rows: &[u32], row_len: usize) {
+        adam::zero_rows(buf, rows, row_len)
+    }
 }
 
 #[cfg(test)]
