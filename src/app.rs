@@ -149,7 +149,8 @@ pub fn load_model(
         ));
     }
     let layout = ParamLayout::new(&cfg);
-    let mut params = init_params(&layout, seed);
+    // Every tensor but a missing `output.*` comes from the checkpoint (checked by the loader).
+    let mut params = vec![0.0; layout.total];
     let rep = names::load_into_params(&tensors, &layout, &mut params, &params_path)?;
     if rep.output_initialized_fresh {
         init_output_layer(&layout, &mut params, seed);

@@ -771,38 +771,47 @@ impl<B: Backend> Acts<B> {
 
 /// PyTorch's default initialisation of every tensor, in f64 (cast by the caller):
 /// Linear weight and bias ~ U(-1/√in, 1/√in) (kaiming_uniform with a = √5), `nn.Embedding` and
-/// d2l's positional table ~ N(0, 1), LayerNorm weight 1 and bias 0.
+/// d2l's positional table ~ N(0, 1), LayerNorm weight 1 and bias 0. Each tensor draws from its
+/// own stream, so re-initialising one tensor ([`init_output_layer`]) gives the same values.
 pub fn init_params(layout: &ParamLayout, seed: u64) -> Vec<f64> {
     let mut out = vec![0.0; layout.total];
-    for (i, e) in layout.entries.iter().enumerate() {
-        let mut rng = HostRng::new(seed, 1000 + i as u32);
-        let dst = &mut out[e.range()];
-        let name = e.name.as_str();
-        if name.ends_with("embedding") || name.ends_with("embedding.weight") {
-            dst.iter_mut().for_each(|x| *x = rng.normal());
-        } else if name.contains(".ln.") || name.contains("embedding_norm") {
-            let v = if name.ends_with("weight") { 1.0 } else { 0.0 };
-            dst.iter_mut().for_each(|x| *x = v);
-        } else {
-            // Linear: fan_in is the last dim of the weight; biases use their weight's fan_in.
-            let fan_in = if name.ends_with("weight") {
-                *e.shape.last().unwrap_or(&1)
-            } else {
-                let wname = format!("{}weight", name.trim_end_matches("bias"));
-                layout.get(&wname).and_then(|w| w.shape.last().copied()).unwrap_or(1)
-            };
-            let bound = 1.0 / (fan_in as f64).sqrt();
-            dst.iter_mut().for_each(|x| *x = (2.0 * rng.uniform() - 1.0) * bound);
-        }
+    for i in 0..layout.entries.len() {
+        init_entry(layout, i, &mut out, seed);
     }
     out
 }
 
-/// Re-initialises the classifier's new `output` layer (used when a checkpoint lacks it).
+/// Initialises entry `i` of `layout` inside `params` (see [`init_params`]).
+fn init_entry(layout: &ParamLayout, i: usize, params: &mut [f64], seed: u64) {
+    let e = &layout.entries[i];
+    let mut rng = HostRng::new(seed, 1000 + i as u32);
+    let dst = &mut params[e.range()];
+    let name = e.name.as_str();
+    if name.ends_with("embedding") || name.ends_with("embedding.weight") {
+        dst.iter_mut().for_each(|x| *x = rng.normal());
+    } else if name.contains(".ln.") || name.contains("embedding_norm") {
+        let v = if name.ends_with("weight") { 1.0 } else { 0.0 };
+        dst.iter_mut().for_each(|x| *x = v);
+    } else {
+        // Linear: fan_in is the last dim of the weight; biases use their weight's fan_in.
+        let fan_in = if name.ends_with("weight") {
+            *e.shape.last().unwrap_or(&1)
+        } else {
+            let wname = format!("{}weight", name.trim_end_matches("bias"));
+            layout.get(&wname).and_then(|w| w.shape.last().copied()).unwrap_or(1)
+        };
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        dst.iter_mut().for_each(|x| *x = (2.0 * rng.uniform() - 1.0) * bound);
+    }
+}
+
+/// Initialises the classifier's new `output` layer (used when a checkpoint lacks it), with the
+/// same values [`init_params`] gives it.
 pub fn init_output_layer(layout: &ParamLayout, params: &mut [f64], seed: u64) {
-    let fresh = init_params(layout, seed);
-    for r in [&layout.ranges.out_weight, &layout.ranges.out_bias] {
-        params[r.clone()].copy_from_slice(&fresh[r.clone()]);
+    for i in 0..layout.entries.len() {
+        if layout.entries[i].name.starts_with("output.") {
+            init_entry(layout, i, params, seed);
+        }
     }
 }
 
