@@ -241,12 +241,7 @@ fn finetune(a: FinetuneCmd) -> Result<()> {
     } else {
         app::load_model(&a.model, a.heads, a.train_pos_embedding, a.seed)?
     };
-    if a.max_len > m.cfg.max_positions {
-        return Err(Error::usage(format!(
-            "--max-len {} exceeds the model's {} positions",
-            a.max_len, m.cfg.max_positions
-        )));
-    }
+    check_max_len(a.max_len, &m)?;
     if !a.quiet {
         eprintln!(
             "model {}: {} blocks, hidden {}, ffn {}, {} heads, vocab {}",
@@ -283,6 +278,17 @@ fn finetune(a: FinetuneCmd) -> Result<()> {
     }
 }
 
+/// `--max-len` must fit the model's positional table (and leave room for text).
+fn check_max_len(max_len: usize, m: &LoadedModel) -> Result<usize> {
+    if max_len > m.cfg.max_positions {
+        return Err(Error::usage(format!(
+            "--max-len {max_len} exceeds the model's {} positions; use --max-len {} or less",
+            m.cfg.max_positions, m.cfg.max_positions
+        )));
+    }
+    Ok(max_len)
+}
+
 fn run_eval(
     m: &LoadedModel,
     data: &[nli_bert::data::batch::Encoded],
@@ -299,7 +305,7 @@ fn eval(a: EvalCmd) -> Result<()> {
     check_device(a.engine.device)?;
     let m = app::load_model(&a.model, None, false, 0)?;
     let ds = read_dataset(&a.data)?;
-    let max_len = a.max_len.or(m.max_len).unwrap_or(128);
+    let max_len = check_max_len(a.max_len.or(m.max_len).unwrap_or(128), &m)?;
     let enc = app::encode(&ds, &m.vocab, max_len, m.truncate.unwrap_or(Truncate::Longest), a.json)?;
     let r = run_eval(&m, &enc, a.batch_size, &a.engine)?;
     if a.json {
@@ -331,7 +337,7 @@ fn predict(a: PredictCmd) -> Result<()> {
         (None, None, Some(f)) => read_dataset(f)?,
         _ => return Err(Error::usage("give either --premise P --hypothesis H, or --input FILE")),
     };
-    let max_len = a.max_len.or(m.max_len).unwrap_or(128);
+    let max_len = check_max_len(a.max_len.or(m.max_len).unwrap_or(128), &m)?;
     let enc = app::encode(&ds, &m.vocab, max_len, m.truncate.unwrap_or(Truncate::Longest), true)?;
     let r = run_eval(&m, &enc, a.batch_size, &a.engine)?;
     let k = m.cfg.num_labels;

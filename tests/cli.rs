@@ -157,6 +157,19 @@ fn cli_finetune_eval_predict_roundtrip() {
     }
     assert!((correct as f64 / 30.0 - acc).abs() < 1e-12, "predict and eval disagree");
 
+    // A --max-len beyond the model's positional table is a usage error, not a crash.
+    let o = run(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--data",
+        test.to_str().unwrap(),
+        "--max-len",
+        "129",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
+    assert!(text(&o).1.contains("128 positions"), "{}", text(&o).1);
+
     // One pair from flags.
     let o = run(&[
         "predict",
