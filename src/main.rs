@@ -173,12 +173,12 @@ struct PredictCmd {
 #[derive(Args)]
 struct DemoCmd {
     /// Training pairs to generate.
-    #[arg(long, default_value_t = 6000)]
+    #[arg(long, default_value_t = 20000)]
     train_size: usize,
     /// Held-out pairs to generate.
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 2000)]
     test_size: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     epochs: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
