@@ -15,7 +15,7 @@ use crate::model::config::BertConfig;
 use crate::model::params::ParamLayout;
 use crate::train::optim::{Adam, AdamConfig};
 use crate::train::report;
-use crate::train::trainer::{self, EpochMetrics, EvalResult, TrainOptions};
+use crate::train::trainer::{self, EpochMetrics, EvalResult, TrainOptions, TrainState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -317,8 +317,10 @@ pub struct FinetuneArgs {
     pub threads: usize,
     /// Output directory.
     pub out: Option<PathBuf>,
-    /// Suppress informational stderr lines.
+    /// Suppress informational stderr lines (progress included).
     pub quiet: bool,
+    /// The run's settings, stored in checkpoints so `--resume` can continue with them.
+    pub run: serde_json::Value,
 }
 
 /// The figures a finetune run ends with.
@@ -329,13 +331,212 @@ pub struct FinetuneResult {
     pub device: String,
 }
 
-/// Fine-tunes `m` on `train` (evaluating on `test` after each epoch), printing d2l's lines,
-/// writing `metrics.jsonl` and the model to `--out`.
+/// A saved training state to continue from (`--resume`).
+pub struct Resume {
+    /// Where the run stood.
+    pub state: TrainState,
+    /// Adam first and second moments, step count and seen embedding rows.
+    pub m: Vec<f64>,
+    /// See `m`.
+    pub v: Vec<f64>,
+    /// Adam steps taken.
+    pub t: u64,
+    /// Token-embedding rows seen by the row-sparse optimizer.
+    pub rows: Option<Vec<u32>>,
+    /// The run's settings.
+    pub run: serde_json::Value,
+}
+
+/// The checkpoint directory of a run's `--out DIR`.
+pub fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join("checkpoint")
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateFile {
+    format: String,
+    train: TrainState,
+    adam_t: u64,
+    active_rows: Option<Vec<u32>>,
+    run: serde_json::Value,
+}
+
+/// Reads a checkpoint written by `finetune --out DIR` (`DIR` or `DIR/checkpoint`): the model and
+/// the state to continue from.
+pub fn load_checkpoint(dir: &Path) -> Result<(LoadedModel, Resume)> {
+    let ck = if dir.join("state.json").is_file() { dir.to_path_buf() } else { checkpoint_dir(dir) };
+    let state_path = ck.join("state.json");
+    if !state_path.is_file() {
+        return Err(Error::usage(format!(
+            "--resume {}: no checkpoint there (expected {}); checkpoints are written by `finetune --out DIR` \
+             at each epoch end and every --save-every steps",
+            dir.display(),
+            state_path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    let sf: StateFile = serde_json::from_str(&text)
+        .map_err(|e| Error::parse(&state_path, e.line(), format!("not an nli-bert state.json: {e}")))?;
+    let m = load_saved(&ck)?;
+    let layout = ParamLayout::new(&m.cfg);
+    let moment = |name: &str| -> Result<Vec<f64>> {
+        let p = ck.join(name);
+        let t = st::load_safetensors(&p)?;
+        let mut out = vec![0.0; layout.total];
+        names::load_into_params(&t, &layout, &mut out, &p)?;
+        Ok(out)
+    };
+    let resume = Resume {
+        state: sf.train,
+        m: moment("adam_m.safetensors")?,
+        v: moment("adam_v.safetensors")?,
+        t: sf.adam_t,
+        rows: sf.active_rows,
+        run: sf.run,
+    };
+    Ok((m, resume))
+}
+
+/// Prints, plots and saves as training goes.
+struct RunHooks<'a, F: Float> {
+    device: String,
+    epochs: usize,
+    a: &'a FinetuneArgs,
+    vocab: &'a Vocab,
+    be: &'a Cpu<F>,
+    curves: report::Curves,
+    tty: bool,
+    last_print: std::time::Instant,
+    progress_shown: bool,
+}
+
+impl<F: Float> RunHooks<'_, F>
+where
+    Cpu<F>: Backend<F = F, Buf = Vec<F>>,
+{
+    fn clear_progress(&mut self) {
+        if self.progress_shown && self.tty {
+            eprint!("\r{:79}\r", "");
+        }
+        self.progress_shown = false;
+    }
+
+    fn write_curves(&self) -> Result<()> {
+        match &self.a.out {
+            Some(dir) => report::write_atomic(&dir.join("curves.svg"), self.curves.svg().as_bytes()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<F: Float> trainer::Hooks<Cpu<F>> for RunHooks<'_, F>
+where
+    Cpu<F>: Backend<F = F, Buf = Vec<F>>,
+{
+    fn on_step(&mut self, p: &trainer::Progress) -> Result<()> {
+        if self.a.quiet {
+            return Ok(());
+        }
+        let every = if self.tty { 0.2 } else { 10.0 };
+        if self.last_print.elapsed().as_secs_f64() < every && p.batch < p.batches {
+            return Ok(());
+        }
+        self.last_print = std::time::Instant::now();
+        let eta = if p.examples_per_sec > 0.0 {
+            let secs = (p.batches - p.batch) as f64 * self.a.train.batch_size as f64 / p.examples_per_sec;
+            format!("{secs:.0}s")
+        } else {
+            "?".into()
+        };
+        let line = format!(
+            "epoch {}/{} {:>5}/{} loss {:.3} acc {:.3} {:.1} examples/sec ETA {eta}",
+            p.epoch + 1,
+            self.epochs,
+            p.batch,
+            p.batches,
+            p.loss,
+            p.acc,
+            p.examples_per_sec
+        );
+        if self.tty {
+            let filled = 20 * p.batch / p.batches.max(1);
+            eprint!("\r[{}{}] {line}", "#".repeat(filled), " ".repeat(20 - filled));
+            self.progress_shown = true;
+        } else {
+            eprintln!("{line}");
+        }
+        Ok(())
+    }
+
+    fn on_point(&mut self, p: &trainer::Progress) -> Result<()> {
+        let x = p.epoch as f64 + p.batch as f64 / p.batches.max(1) as f64;
+        self.curves.train.push((x, p.loss, p.acc));
+        self.write_curves()
+    }
+
+    fn on_epoch(&mut self, m: &EpochMetrics) -> Result<()> {
+        self.clear_progress();
+        println!("{}", report::epoch_line(m, self.epochs, &self.device));
+        if let Some(acc) = m.test_acc {
+            self.curves.test.push((m.epoch as f64, acc));
+        }
+        if let Some(dir) = &self.a.out {
+            report::append_metrics(&dir.join("metrics.jsonl"), m)?;
+        }
+        self.write_curves()
+    }
+
+    fn on_checkpoint(&mut self, state: &TrainState, model: &Model<Cpu<F>>, opt: &Adam<Cpu<F>>) -> Result<()> {
+        let Some(out) = &self.a.out else { return Ok(()) };
+        let tmp = out.join(format!(".checkpoint.tmp-{}", std::process::id()));
+        let res = (|| -> Result<()> {
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            }
+            let params = model.params_host(self.be)?;
+            save_model(&tmp, &model.cfg, self.vocab, &params, self.a.max_len, self.a.truncate)?;
+            let meta = BTreeMap::new();
+            st::save_params(&tmp.join("adam_m.safetensors"), &model.layout, &opt.m, &meta)?;
+            st::save_params(&tmp.join("adam_v.safetensors"), &model.layout, &opt.v, &meta)?;
+            let sf = StateFile {
+                format: "nli-bert-checkpoint".into(),
+                train: state.clone(),
+                adam_t: opt.t,
+                active_rows: opt.active_rows().map(|r| r.to_vec()),
+                run: self.a.run.clone(),
+            };
+            let json = serde_json::to_vec(&sf).map_err(|e| Error::msg(format!("serialising state: {e}")))?;
+            report::write_atomic(&tmp.join("state.json"), &json)?;
+            // Swap in: the previous checkpoint stays complete until the new one is.
+            let dst = checkpoint_dir(out);
+            let old = out.join("checkpoint.old");
+            if dst.exists() {
+                if old.exists() {
+                    std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+                }
+                std::fs::rename(&dst, &old).map_err(|e| Error::io(&dst, e))?;
+            }
+            std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+            }
+            Ok(())
+        })();
+        if res.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        res
+    }
+}
+
+/// Fine-tunes `m` on `train` (evaluating on `test` after each epoch), printing d2l's lines and
+/// progress, writing `metrics.jsonl`, `curves.svg`, checkpoints and the model to `--out`.
 pub fn finetune<F: Float>(
     m: LoadedModel,
     train: &[Encoded],
     test: Option<&[Encoded]>,
     a: &FinetuneArgs,
+    resume: Option<Resume>,
 ) -> Result<FinetuneResult>
 where
     Cpu<F>: Backend<F = F, Buf = Vec<F>>,
@@ -344,23 +545,42 @@ where
     let device = be.name();
     let mut model = Model::from_host(&be, m.cfg.clone(), &cast_params::<F>(&m.params))?;
     let mut opt = Adam::new(&be, &model, a.adam)?;
-    let metrics_path = a.out.as_ref().map(|d| d.join("metrics.jsonl"));
+    let mut start = TrainState::default();
+    if let Some(r) = resume {
+        opt.restore(&be, &cast_params::<F>(&r.m), &cast_params::<F>(&r.v), r.t, r.rows.as_deref())?;
+        start = r.state;
+    }
+    let mut hooks = RunHooks {
+        device: device.clone(),
+        epochs: a.train.epochs,
+        a,
+        vocab: &m.vocab,
+        be: &be,
+        curves: report::Curves { epochs: a.train.epochs, ..Default::default() },
+        tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        last_print: std::time::Instant::now(),
+        progress_shown: false,
+    };
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        if let Some(p) = &metrics_path {
-            if p.exists() {
-                std::fs::remove_file(p).map_err(|e| Error::io(p, e))?;
+        // metrics.jsonl restarts from the state's completed epochs (none for a fresh run).
+        let p = dir.join("metrics.jsonl");
+        if p.exists() {
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        }
+        for em in &start.history {
+            report::append_metrics(&p, em)?;
+            if let Some(acc) = em.test_acc {
+                hooks.curves.test.push((em.epoch as f64, acc));
             }
         }
     }
-    let epochs = a.train.epochs;
-    let history = trainer::train(&be, &mut model, &mut opt, train, test, &a.train, |em| {
-        println!("{}", report::epoch_line(em, epochs, &device));
-        if let Some(p) = &metrics_path {
-            report::append_metrics(p, em)?;
-        }
-        Ok(())
-    })?;
+    for em in &start.history {
+        println!("{}", report::epoch_line(em, a.train.epochs, &device));
+    }
+    let end = trainer::train(&be, &mut model, &mut opt, train, test, &a.train, start, &mut hooks)?;
+    hooks.clear_progress();
+    let history = end.history;
     if let Some((l1, l2)) = report::final_lines(&history, &device) {
         println!("{l1}");
         println!("{l2}");
@@ -369,7 +589,7 @@ where
         let host = model.params_host(&be)?;
         save_model(dir, &model.cfg, &m.vocab, &host, a.max_len, a.truncate)?;
         if !a.quiet {
-            eprintln!("saved the fine-tuned model to {}", dir.display());
+            eprintln!("saved the fine-tuned model, metrics.jsonl and curves.svg to {}", dir.display());
         }
     }
     Ok(FinetuneResult { history, device })

@@ -101,9 +101,17 @@ struct FinetuneCmd {
     /// Train the positional embedding (d2l 0.17 freezes it; later d2l trains it).
     #[arg(long)]
     train_pos_embedding: bool,
-    /// Write model.safetensors, config.json, vocab.json and metrics.jsonl here.
+    /// Write model.safetensors, config.json, vocab.json, metrics.jsonl, curves.svg and
+    /// checkpoint/ (at each epoch end) here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also checkpoint every N steps (needs --out).
+    #[arg(long, requires = "out")]
+    save_every: Option<u64>,
+    /// Continue the run saved in DIR (its --out directory): model, optimizer, data position and
+    /// settings all come from DIR/checkpoint; only --max-steps, --threads and --quiet apply.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["model", "data", "out"])]
+    resume: Option<PathBuf>,
     /// Attention heads of d2l weights (not stored in them; default hidden/64).
     #[arg(long)]
     heads: Option<usize>,
@@ -213,8 +221,63 @@ fn check_device(d: DeviceArg) -> Result<()> {
     }
 }
 
-fn finetune(a: FinetuneCmd) -> Result<()> {
+/// The settings a checkpoint records, so `--resume` continues the same run.
+fn run_settings(a: &FinetuneCmd) -> serde_json::Value {
+    serde_json::json!({
+        "data": a.data, "test_data": a.test_data, "epochs": a.epochs, "batch_size": a.batch_size,
+        "lr": a.lr, "adamw": a.adamw, "max_len": a.max_len, "dropout": a.dropout, "seed": a.seed,
+        "no_shuffle": a.no_shuffle, "truncate": a.truncate == Truncate::Ratio,
+        "precision": a.engine.precision == Precision::F64, "save_every": a.save_every,
+    })
+}
+
+fn apply_run_settings(a: &mut FinetuneCmd, r: &serde_json::Value, dir: &std::path::Path) -> Result<()> {
+    let bad =
+        |k: &str| Error::msg(format!("{}: checkpoint setting {k:?} is missing or invalid", dir.display()));
+    let u = |k: &str| r[k].as_u64().ok_or_else(|| bad(k));
+    let f = |k: &str| r[k].as_f64().ok_or_else(|| bad(k));
+    let b = |k: &str| r[k].as_bool().ok_or_else(|| bad(k));
+    a.data = r["data"].as_str().ok_or_else(|| bad("data"))?.to_string();
+    a.test_data = r["test_data"].as_str().map(PathBuf::from);
+    a.epochs = u("epochs")? as usize;
+    a.batch_size = u("batch_size")? as usize;
+    a.lr = f("lr")?;
+    a.adamw = r["adamw"].as_f64();
+    a.max_len = u("max_len")? as usize;
+    a.dropout = f("dropout")?;
+    a.seed = u("seed")?;
+    a.no_shuffle = b("no_shuffle")?;
+    a.truncate = if b("truncate")? { Truncate::Ratio } else { Truncate::Longest };
+    a.engine.precision = if b("precision")? { Precision::F64 } else { Precision::F32 };
+    a.save_every = r["save_every"].as_u64();
+    Ok(())
+}
+
+fn finetune(mut a: FinetuneCmd) -> Result<()> {
     check_device(a.engine.device)?;
+    let mut resume = None;
+    let mut resumed_model = None;
+    if let Some(dir) = a.resume.clone() {
+        let (m, r) = app::load_checkpoint(&dir)?;
+        apply_run_settings(&mut a, &r.run, &dir)?;
+        let out = if dir.join("state.json").is_file() {
+            dir.parent().map(PathBuf::from)
+        } else {
+            Some(dir.clone())
+        };
+        a.out = out;
+        if !a.quiet {
+            eprintln!(
+                "resuming {} at epoch {}, batch {} (step {})",
+                dir.display(),
+                r.state.epoch + 1,
+                r.state.batch,
+                r.state.step
+            );
+        }
+        resumed_model = Some(m);
+        resume = Some(r);
+    }
     if a.max_len < 5 {
         return Err(Error::usage(format!(
             "--max-len {} is too small: it must leave room for <cls>, two <sep> and text (>= 5)",
@@ -229,7 +292,9 @@ fn finetune(a: FinetuneCmd) -> Result<()> {
         Some(p) => Some(read_dataset(p)?),
         None => snli_test,
     };
-    let m: LoadedModel = if a.model == "scratch" {
+    let m: LoadedModel = if let Some(m) = resumed_model {
+        m
+    } else if a.model == "scratch" {
         let s = ScratchArgs {
             hidden: a.hidden,
             ffn: a.ffn,
@@ -261,6 +326,7 @@ fn finetune(a: FinetuneCmd) -> Result<()> {
             seed: a.seed,
             max_steps: a.max_steps,
             shuffle: !a.no_shuffle,
+            save_every: a.save_every,
         },
         adam: match a.adamw {
             Some(wd) => AdamConfig::adamw(a.lr, wd),
@@ -271,10 +337,11 @@ fn finetune(a: FinetuneCmd) -> Result<()> {
         threads: a.engine.threads,
         out: a.out.clone(),
         quiet: a.quiet,
+        run: run_settings(&a),
     };
     match a.engine.precision {
-        Precision::F32 => app::finetune::<f32>(m, &train, test.as_deref(), &args).map(|_| ()),
-        Precision::F64 => app::finetune::<f64>(m, &train, test.as_deref(), &args).map(|_| ()),
+        Precision::F32 => app::finetune::<f32>(m, &train, test.as_deref(), &args, resume).map(|_| ()),
+        Precision::F64 => app::finetune::<f64>(m, &train, test.as_deref(), &args, resume).map(|_| ()),
     }
 }
 
@@ -309,6 +376,11 @@ fn eval(a: EvalCmd) -> Result<()> {
     let enc = app::encode(&ds, &m.vocab, max_len, m.truncate.unwrap_or(Truncate::Longest), a.json)?;
     let r = run_eval(&m, &enc, a.batch_size, &a.engine)?;
     if a.json {
+        let per: Vec<serde_json::Value> = nli_bert::train::report::per_class(&r.confusion)
+            .iter()
+            .zip(LABELS)
+            .map(|(&(p, rc, f), l)| serde_json::json!({"label": l, "precision": p, "recall": rc, "f1": f}))
+            .collect();
         let v = serde_json::json!({
             "data": a.data.display().to_string(),
             "n": r.n,
@@ -316,6 +388,7 @@ fn eval(a: EvalCmd) -> Result<()> {
             "loss": r.mean_loss(),
             "labels": LABELS,
             "confusion": r.confusion,
+            "per_class": per,
         });
         println!("{v}");
     } else {
@@ -324,6 +397,11 @@ fn eval(a: EvalCmd) -> Result<()> {
         println!("{:>15} {:>13} {:>13} {:>13}", "", LABELS[0], LABELS[1], LABELS[2]);
         for (i, row) in r.confusion.iter().enumerate() {
             println!("{:>15} {:>13} {:>13} {:>13}", LABELS[i], row[0], row[1], row[2]);
+        }
+        println!();
+        println!("{:>15} {:>10} {:>10} {:>10}", "", "precision", "recall", "f1");
+        for (i, (p, rc, f)) in nli_bert::train::report::per_class(&r.confusion).iter().enumerate() {
+            println!("{:>15} {:>10.4} {:>10.4} {:>10.4}", LABELS[i], p, rc, f);
         }
     }
     Ok(())
@@ -384,6 +462,7 @@ fn demo(a: DemoCmd) -> Result<()> {
             seed: a.seed,
             max_steps: None,
             shuffle: true,
+            save_every: None,
         },
         adam: AdamConfig::adam(1e-3),
         max_len,
@@ -391,10 +470,11 @@ fn demo(a: DemoCmd) -> Result<()> {
         threads: a.threads,
         out: Some(out.clone()),
         quiet: false,
+        run: serde_json::Value::Null,
     };
     let vocab = m.vocab.clone();
     let cfg = m.cfg.clone();
-    let res = app::finetune::<f32>(m, &train, Some(&test), &args)?;
+    let res = app::finetune::<f32>(m, &train, Some(&test), &args, None)?;
     let acc = res.history.last().and_then(|h| h.test_acc).unwrap_or(0.0);
     println!("held-out accuracy {acc:.3}");
     // A few predictions from the saved model, as a user would run them.

@@ -317,3 +317,74 @@ fn cli_demo_trains_from_scratch_and_predicts() {
     assert_eq!(stdout.lines().filter(|l| l.contains(" => ")).count(), 3, "{stdout}");
     assert!(out.join("model.safetensors").is_file() && out.join("metrics.jsonl").is_file());
 }
+
+fn metrics_no_timing(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            format!("{} {} {} {} {}", v["epoch"], v["loss"], v["train_acc"], v["test_acc"], v["steps"])
+        })
+        .collect()
+}
+
+#[test]
+fn cli_resume_after_interruption_is_bit_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (full, cut) = (tmp.path().join("full"), tmp.path().join("cut"));
+    // 90 training pairs, batch 16: 6 steps per epoch, 2 epochs.
+    let o = small_finetune(tmp.path(), &full, "f32", &["--dropout", "0.3", "--save-every", "2"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    for stop in ["5", "8"] {
+        // Interrupted mid-epoch 1 (step 5) or mid-epoch 2 (step 8), then resumed.
+        let _ = std::fs::remove_dir_all(&cut);
+        let o = small_finetune(
+            tmp.path(),
+            &cut,
+            "f32",
+            &["--dropout", "0.3", "--save-every", "2", "--max-steps", stop],
+        );
+        assert!(o.status.success(), "{}", text(&o).1);
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(cut.join("checkpoint/state.json")).unwrap())
+                .unwrap();
+        assert_eq!(state["train"]["step"].as_u64(), Some(stop.parse().unwrap()));
+        let o = run(&["finetune", "--resume", cut.to_str().unwrap(), "--threads", "1"]);
+        let (stdout, stderr) = text(&o);
+        assert!(o.status.success(), "{stderr}");
+        assert!(stderr.contains("resuming"), "{stderr}");
+        assert_eq!(stdout.lines().filter(|l| l.starts_with("epoch ")).count(), 2, "{stdout}");
+        assert_eq!(metrics_no_timing(&full), metrics_no_timing(&cut), "resumed at step {stop}");
+        assert_eq!(
+            std::fs::read(full.join("model.safetensors")).unwrap(),
+            std::fs::read(cut.join("model.safetensors")).unwrap(),
+            "final weights differ after resuming at step {stop}"
+        );
+    }
+    // Resuming a directory without a checkpoint is a usage error.
+    let o = run(&["finetune", "--resume", tmp.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
+}
+
+#[test]
+fn cli_curves_svg_parses_and_holds_three_curves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m");
+    assert!(small_finetune(tmp.path(), &out, "f32", &[]).status.success());
+    let svg = std::fs::read_to_string(out.join("curves.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&svg).expect("curves.svg is well-formed XML");
+    let count = |id: &str| -> usize {
+        let n =
+            doc.descendants().find(|n| n.attribute("id") == Some(id)).unwrap_or_else(|| panic!("no {id}"));
+        n.attribute("points").unwrap().split_whitespace().count()
+    };
+    // Five points per epoch (6 batches: every batch // 5 = 1 → 6 points) for the training curves,
+    // one per epoch for the test accuracy.
+    assert_eq!(count("train-loss"), 12);
+    assert_eq!(count("train-acc"), 12);
+    assert_eq!(count("test-acc"), 2);
+    for label in ["train loss", "train acc", "test acc", "epoch"] {
+        assert!(doc.descendants().any(|n| n.text() == Some(label)), "legend/axis label {label:?} missing");
+    }
+}

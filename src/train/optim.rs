@@ -189,4 +189,29 @@ impl<B: Backend> Adam<B> {
             &s,
         );
     }
+
+    /// The token-embedding rows the row-sparse step has seen, sorted (None: dense optimizer).
+    pub fn active_rows(&self) -> Option<&[u32]> {
+        self.rows.as_ref().map(|r| r.sorted.as_slice())
+    }
+
+    /// Restores a saved state: moments (host copies), step count and seen rows.
+    pub fn restore(&mut self, be: &B, m: &[B::F], v: &[B::F], t: u64, rows: Option<&[u32]>) -> Result<()> {
+        self.m = be.upload(m)?;
+        self.v = be.upload(v)?;
+        self.t = t;
+        if let (Some(state), Some(saved)) = (&mut self.rows, rows) {
+            for &r in saved {
+                if let Some(s) = state.seen.get_mut(r as usize) {
+                    if !*s {
+                        *s = true;
+                        state.sorted.push(r);
+                    }
+                }
+            }
+            state.sorted.sort_unstable();
+            state.grads_clean = false;
+        }
+        Ok(())
+    }
 }

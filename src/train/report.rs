@@ -59,3 +59,130 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     res
 }
+
+/// d2l's animator as an SVG file: train loss and train accuracy at five points per epoch, test
+/// accuracy per epoch; epoch on x (0 to `epochs`), [0, 1] on y (values outside are clipped, as
+/// d2l's `ylim`), a legend. Plain SVG text, no font libraries.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Curves {
+    /// Total epochs (the x range).
+    pub epochs: usize,
+    /// (x, train loss, train acc) points.
+    pub train: Vec<(f64, f64, f64)>,
+    /// (x, test acc) points.
+    pub test: Vec<(f64, f64)>,
+}
+
+impl Curves {
+    /// The SVG document.
+    pub fn svg(&self) -> String {
+        let (w, h) = (640.0, 420.0);
+        let (l, r, t, b) = (60.0, 20.0, 20.0, 50.0);
+        let (pw, ph) = (w - l - r, h - t - b);
+        let xmax = self.epochs.max(1) as f64;
+        let px = |x: f64| l + pw * (x / xmax).clamp(0.0, 1.0);
+        let py = |y: f64| t + ph * (1.0 - y.clamp(0.0, 1.0));
+        let mut s = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" \
+             font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n"
+        );
+        // Grid, ticks and labels.
+        for i in 0..=5 {
+            let y = i as f64 / 5.0;
+            s += &format!(
+                "<line x1=\"{l}\" y1=\"{0:.1}\" x2=\"{1:.1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/>\
+                 <text x=\"{2:.1}\" y=\"{3:.1}\" text-anchor=\"end\">{y:.1}</text>\n",
+                py(y),
+                l + pw,
+                l - 6.0,
+                py(y) + 4.0
+            );
+        }
+        let step = (xmax / 10.0).ceil().max(1.0) as usize;
+        for e in (0..=self.epochs.max(1)).step_by(step) {
+            let x = px(e as f64);
+            s += &format!(
+                "<line x1=\"{x:.1}\" y1=\"{t}\" x2=\"{x:.1}\" y2=\"{0:.1}\" stroke=\"#eee\"/>\
+                 <text x=\"{x:.1}\" y=\"{1:.1}\" text-anchor=\"middle\">{e}</text>\n",
+                t + ph,
+                t + ph + 16.0
+            );
+        }
+        s += &format!(
+            "<rect x=\"{l}\" y=\"{t}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"black\"/>\n\
+             <text x=\"{0:.1}\" y=\"{1:.1}\" text-anchor=\"middle\">epoch</text>\n",
+            l + pw / 2.0,
+            h - 10.0
+        );
+        let poly = |pts: Vec<(f64, f64)>, color: &str, dash: &str, id: &str| -> String {
+            let p: Vec<String> = pts.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+            format!(
+                "<polyline id=\"{id}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" stroke-dasharray=\"{dash}\" points=\"{}\"/>\n",
+                p.join(" ")
+            )
+        };
+        let series: [(&str, &str, &str, Vec<(f64, f64)>); 3] = [
+            ("train loss", "#1f77b4", "none", self.train.iter().map(|&(x, lo, _)| (x, lo)).collect()),
+            ("train acc", "#bf00bf", "8,4", self.train.iter().map(|&(x, _, a)| (x, a)).collect()),
+            ("test acc", "#008000", "8,3,2,3", self.test.clone()),
+        ];
+        for (i, (name, color, dash, pts)) in series.into_iter().enumerate() {
+            s += &poly(pts, color, dash, &name.replace(' ', "-"));
+            let ly = t + ph - 60.0 + 18.0 * i as f64;
+            let lx = l + pw - 110.0;
+            s += &format!(
+                "<line x1=\"{lx:.1}\" y1=\"{ly:.1}\" x2=\"{0:.1}\" y2=\"{ly:.1}\" stroke=\"{color}\" stroke-width=\"2\" \
+                 stroke-dasharray=\"{dash}\"/><text x=\"{1:.1}\" y=\"{2:.1}\">{name}</text>\n",
+                lx + 24.0,
+                lx + 30.0,
+                ly + 4.0
+            );
+        }
+        s += "</svg>\n";
+        s
+    }
+}
+
+/// Per-class precision, recall and F1 from `confusion[gold][pred]`.
+pub fn per_class(confusion: &[Vec<usize>]) -> Vec<(f64, f64, f64)> {
+    let k = confusion.len();
+    (0..k)
+        .map(|c| {
+            let tp = confusion[c][c] as f64;
+            let pred: f64 = (0..k).map(|g| confusion[g][c] as f64).sum();
+            let gold: f64 = confusion[c].iter().map(|&x| x as f64).sum();
+            let p = if pred > 0.0 { tp / pred } else { 0.0 };
+            let r = if gold > 0.0 { tp / gold } else { 0.0 };
+            let f = if p + r > 0.0 { 2.0 * p * r / (p + r) } else { 0.0 };
+            (p, r, f)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_class_scores() {
+        // gold rows, predicted columns
+        let c = vec![vec![5, 1, 0], vec![0, 3, 1], vec![2, 0, 0]];
+        let s = per_class(&c);
+        assert!((s[0].0 - 5.0 / 7.0).abs() < 1e-12 && (s[0].1 - 5.0 / 6.0).abs() < 1e-12);
+        assert!(
+            (s[1].0 - 0.75).abs() < 1e-12 && (s[1].1 - 0.75).abs() < 1e-12 && (s[1].2 - 0.75).abs() < 1e-12
+        );
+        assert_eq!(s[2], (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn svg_has_three_series_in_range() {
+        let c = Curves { epochs: 2, train: vec![(0.5, 1.2, 0.4), (1.0, 0.9, 0.6)], test: vec![(1.0, 0.55)] };
+        let s = c.svg();
+        for id in ["train-loss", "train-acc", "test-acc"] {
+            assert!(s.contains(&format!("id=\"{id}\"")), "{id}");
+        }
+        // loss 1.2 is clipped to the top of the plot (y = 20).
+        assert!(s.contains("215.0,20.0"), "{s}");
+    }
+}

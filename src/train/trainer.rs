@@ -23,10 +23,12 @@ pub struct TrainOptions {
     pub max_steps: Option<u64>,
     /// Shuffle the training data every epoch (DataLoader `shuffle=True`).
     pub shuffle: bool,
+    /// Offer a checkpoint every this many steps (besides each epoch end).
+    pub save_every: Option<u64>,
 }
 
 /// One epoch's figures, as d2l prints them.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochMetrics {
     /// 1-based epoch number.
     pub epoch: usize,
@@ -112,7 +114,80 @@ pub fn evaluate<B: Backend>(
     Ok(res)
 }
 
-/// Trains for `opts.epochs` epochs; calls `on_epoch` after each one (print, save, plot).
+/// Where a run stands: enough to continue it bit for bit (the data order and dropout masks are
+/// pure functions of (seed, epoch) and (seed, step)).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainState {
+    /// 0-based epoch in progress.
+    pub epoch: usize,
+    /// Batches of that epoch already done.
+    pub batch: usize,
+    /// Optimizer steps taken in total (keys the dropout masks).
+    pub step: u64,
+    /// Σ loss over the batches of the epoch so far.
+    pub loss_sum: f64,
+    /// Correct predictions of the epoch so far.
+    pub correct: usize,
+    /// Examples of the epoch so far.
+    pub n: usize,
+    /// Seconds of training steps of the epoch so far.
+    pub secs: f64,
+    /// Completed epochs.
+    pub history: Vec<EpochMetrics>,
+}
+
+/// Running figures of the epoch in progress, for progress bars and d2l's animator.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Progress {
+    /// 0-based epoch.
+    pub epoch: usize,
+    /// Batches done in this epoch.
+    pub batch: usize,
+    /// Batches in this epoch.
+    pub batches: usize,
+    /// Mean loss of the epoch so far.
+    pub loss: f64,
+    /// Accuracy of the epoch so far.
+    pub acc: f64,
+    /// Training examples per second so far this epoch.
+    pub examples_per_sec: f64,
+    /// Global step.
+    pub step: u64,
+}
+
+/// Callbacks of [`train`]; every method has a do-nothing default.
+pub trait Hooks<B: Backend> {
+    /// After every training step.
+    fn on_step(&mut self, _p: &Progress) -> Result<()> {
+        Ok(())
+    }
+    /// At d2l's animator points: every `batches / 5` batches and at the last batch of an epoch.
+    fn on_point(&mut self, _p: &Progress) -> Result<()> {
+        Ok(())
+    }
+    /// After each epoch (metrics include the test accuracy).
+    fn on_epoch(&mut self, _m: &EpochMetrics) -> Result<()> {
+        Ok(())
+    }
+    /// Every `save_every` steps, at each epoch end and when `max_steps` stops the run: a
+    /// consistent state to save.
+    fn on_checkpoint(&mut self, _state: &TrainState, _model: &Model<B>, _opt: &Adam<B>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Hooks that only forward epoch metrics to a closure.
+pub struct OnEpoch<F>(pub F);
+
+impl<B: Backend, F: FnMut(&EpochMetrics) -> Result<()>> Hooks<B> for OnEpoch<F> {
+    fn on_epoch(&mut self, m: &EpochMetrics) -> Result<()> {
+        (self.0)(m)
+    }
+}
+
+/// Trains for `opts.epochs` epochs from `start` (a fresh run: `TrainState::default()`), calling
+/// `hooks` as it goes (print, plot, save). Returns the state at the end (its history holds every
+/// completed epoch).
 #[allow(clippy::too_many_arguments)]
 pub fn train<B: Backend>(
     be: &B,
@@ -121,8 +196,9 @@ pub fn train<B: Backend>(
     train: &[Encoded],
     test: Option<&[Encoded]>,
     opts: &TrainOptions,
-    mut on_epoch: impl FnMut(&EpochMetrics) -> Result<()>,
-) -> Result<Vec<EpochMetrics>> {
+    start: TrainState,
+    hooks: &mut dyn Hooks<B>,
+) -> Result<TrainState> {
     if train.is_empty() {
         return Err(Error::usage("the training set is empty: nothing to fine-tune on"));
     }
@@ -130,62 +206,80 @@ pub fn train<B: Backend>(
         return Err(Error::usage("--batch-size must be at least 1"));
     }
     let mut acts = Acts::new(be, &model.cfg)?;
-    let mut history = Vec::new();
-    let mut step: u64 = opt.t;
-    'epochs: for epoch in 0..opts.epochs {
-        let order = epoch_batches(train.len(), opts.batch_size, opts.shuffle, opts.seed, epoch as u64);
-        let (mut loss_sum, mut correct, mut n, mut secs) = (0.0f64, 0usize, 0usize, 0.0f64);
-        let mut stopped = false;
-        for idx in order {
-            if opts.max_steps.is_some_and(|m| step >= m) {
-                stopped = true;
-                break;
+    let mut st = start;
+    while st.epoch < opts.epochs {
+        let order = epoch_batches(train.len(), opts.batch_size, opts.shuffle, opts.seed, st.epoch as u64);
+        let batches = order.len();
+        let every = (batches / 5).max(1);
+        while st.batch < batches {
+            if opts.max_steps.is_some_and(|m| st.step >= m) {
+                hooks.on_checkpoint(&st, model, opt)?;
+                return Ok(st);
             }
-            let items: Vec<&Encoded> = idx.iter().map(|&i| &train[i]).collect();
+            let items: Vec<&Encoded> = order[st.batch].iter().map(|&i| &train[i]).collect();
             let batch = Batch::from_encoded(&items);
             let t0 = Instant::now();
             let db = upload_batch(be, &batch)?;
-            let mode = Mode { dropout: opts.dropout, seed: opts.seed, step };
+            let mode = Mode { dropout: opts.dropout, seed: opts.seed, step: st.step };
             opt.zero_grad(be, model);
             let out = model.forward(be, &mut acts, &db, mode)?;
             if !out.loss_sum.is_finite() {
                 return Err(Error::msg(format!(
-                    "the training loss became {} at step {} (epoch {}): lower --lr or check the data",
+                    "the training loss became {} at step {} (epoch {}): lower --lr or check the data{}",
                     out.loss_sum,
-                    step + 1,
-                    epoch + 1
+                    st.step + 1,
+                    st.epoch + 1,
+                    if opts.save_every.is_some() { "; the last checkpoint is intact" } else { "" }
                 )));
             }
             model.backward(be, &mut acts, &db, mode)?;
             opt.step_batch(be, model, &batch.tokens);
-            secs += t0.elapsed().as_secs_f64();
-            step += 1;
-            loss_sum += out.loss_sum;
-            correct += out.correct;
-            n += out.n;
-        }
-        if n == 0 {
-            break;
+            st.secs += t0.elapsed().as_secs_f64();
+            st.step += 1;
+            st.batch += 1;
+            st.loss_sum += out.loss_sum;
+            st.correct += out.correct;
+            st.n += out.n;
+            let p = Progress {
+                epoch: st.epoch,
+                batch: st.batch,
+                batches,
+                loss: st.loss_sum / st.n as f64,
+                acc: st.correct as f64 / st.n as f64,
+                examples_per_sec: if st.secs > 0.0 { st.n as f64 / st.secs } else { 0.0 },
+                step: st.step,
+            };
+            hooks.on_step(&p)?;
+            if st.batch % every == 0 || st.batch == batches {
+                hooks.on_point(&p)?;
+            }
+            if opts.save_every.is_some_and(|k| k > 0 && st.step % k == 0) && st.batch < batches {
+                hooks.on_checkpoint(&st, model, opt)?;
+            }
         }
         let test_acc = match test {
             Some(t) if !t.is_empty() => Some(evaluate(be, model, &mut acts, t, opts.batch_size)?.accuracy()),
             _ => None,
         };
         let m = EpochMetrics {
-            epoch: epoch + 1,
-            loss: loss_sum / n as f64,
-            train_acc: correct as f64 / n as f64,
+            epoch: st.epoch + 1,
+            loss: st.loss_sum / st.n.max(1) as f64,
+            train_acc: st.correct as f64 / st.n.max(1) as f64,
             test_acc,
-            examples_per_sec: if secs > 0.0 { n as f64 / secs } else { 0.0 },
-            seconds: secs,
-            examples: n,
-            steps: step,
+            examples_per_sec: if st.secs > 0.0 { st.n as f64 / st.secs } else { 0.0 },
+            seconds: st.secs,
+            examples: st.n,
+            steps: st.step,
         };
-        on_epoch(&m)?;
-        history.push(m);
-        if stopped {
-            break 'epochs;
-        }
+        hooks.on_epoch(&m)?;
+        st.history.push(m);
+        st = TrainState {
+            epoch: st.epoch + 1,
+            step: st.step,
+            history: std::mem::take(&mut st.history),
+            ..Default::default()
+        };
+        hooks.on_checkpoint(&st, model, opt)?;
     }
-    Ok(history)
+    Ok(st)
 }
