@@ -213,7 +213,14 @@ pub fn train<B: Backend>(
         let every = (batches / 5).max(1);
         while st.batch < batches {
             if opts.max_steps.is_some_and(|m| st.step >= m) {
+                // Save where the run stands, then report the partial epoch (not part of the
+                // saved history: a resumed run completes that epoch).
                 hooks.on_checkpoint(&st, model, opt)?;
+                if st.n > 0 {
+                    let m = epoch_metrics(be, model, &mut acts, test, opts, &st)?;
+                    hooks.on_epoch(&m)?;
+                    st.history.push(m);
+                }
                 return Ok(st);
             }
             let items: Vec<&Encoded> = order[st.batch].iter().map(|&i| &train[i]).collect();
@@ -257,20 +264,7 @@ pub fn train<B: Backend>(
                 hooks.on_checkpoint(&st, model, opt)?;
             }
         }
-        let test_acc = match test {
-            Some(t) if !t.is_empty() => Some(evaluate(be, model, &mut acts, t, opts.batch_size)?.accuracy()),
-            _ => None,
-        };
-        let m = EpochMetrics {
-            epoch: st.epoch + 1,
-            loss: st.loss_sum / st.n.max(1) as f64,
-            train_acc: st.correct as f64 / st.n.max(1) as f64,
-            test_acc,
-            examples_per_sec: if st.secs > 0.0 { st.n as f64 / st.secs } else { 0.0 },
-            seconds: st.secs,
-            examples: st.n,
-            steps: st.step,
-        };
+        let m = epoch_metrics(be, model, &mut acts, test, opts, &st)?;
         hooks.on_epoch(&m)?;
         st.history.push(m);
         st = TrainState {
@@ -282,4 +276,29 @@ pub fn train<B: Backend>(
         hooks.on_checkpoint(&st, model, opt)?;
     }
     Ok(st)
+}
+
+/// The metrics of the epoch in `st` so far, with the test accuracy evaluated now.
+fn epoch_metrics<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    acts: &mut Acts<B>,
+    test: Option<&[Encoded]>,
+    opts: &TrainOptions,
+    st: &TrainState,
+) -> Result<EpochMetrics> {
+    let test_acc = match test {
+        Some(t) if !t.is_empty() => Some(evaluate(be, model, acts, t, opts.batch_size)?.accuracy()),
+        _ => None,
+    };
+    Ok(EpochMetrics {
+        epoch: st.epoch + 1,
+        loss: st.loss_sum / st.n.max(1) as f64,
+        train_acc: st.correct as f64 / st.n.max(1) as f64,
+        test_acc,
+        examples_per_sec: if st.secs > 0.0 { st.n as f64 / st.secs } else { 0.0 },
+        seconds: st.secs,
+        examples: st.n,
+        steps: st.step,
+    })
 }
