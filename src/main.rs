@@ -72,8 +72,10 @@ struct FinetuneCmd {
     /// Test set evaluated after each epoch (default: SNLI test with --data snli, else none).
     #[arg(long)]
     test_data: Option<PathBuf>,
+    /// Passes over the training data.
     #[arg(long, default_value_t = 5)]
     epochs: usize,
+    /// Pairs per optimizer step.
     #[arg(long, default_value_t = 512)]
     batch_size: usize,
     /// Adam learning rate.
@@ -85,8 +87,10 @@ struct FinetuneCmd {
     /// Maximum tokens per pair, including <cls> and two <sep>.
     #[arg(long, default_value_t = 128)]
     max_len: usize,
+    /// Dropout on attention probabilities and sub-layer outputs (d2l's PyTorch loader: 0.2).
     #[arg(long, default_value_t = 0.2)]
     dropout: f64,
+    /// Seed of the shuffling, the dropout masks and fresh weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Stop after this many optimizer steps.
@@ -148,6 +152,7 @@ struct EvalCmd {
     /// Maximum tokens per pair (default: the model's).
     #[arg(long)]
     max_len: Option<usize>,
+    /// Pairs per forward pass.
     #[arg(long, default_value_t = 512)]
     batch_size: usize,
     #[command(flatten)]
@@ -159,8 +164,10 @@ struct PredictCmd {
     /// A directory saved by `finetune --out` (or d2l weights).
     #[arg(long)]
     model: String,
+    /// The premise of one pair (with --hypothesis).
     #[arg(long, requires = "hypothesis", conflicts_with = "input")]
     premise: Option<String>,
+    /// The hypothesis of one pair (with --premise).
     #[arg(long, requires = "premise")]
     hypothesis: Option<String>,
     /// A file of pairs (TSV with header, SNLI .txt or .jsonl; labels are ignored).
@@ -172,6 +179,7 @@ struct PredictCmd {
     /// Maximum tokens per pair (default: the model's).
     #[arg(long)]
     max_len: Option<usize>,
+    /// Pairs per forward pass.
     #[arg(long, default_value_t = 512)]
     batch_size: usize,
     #[command(flatten)]
@@ -186,13 +194,16 @@ struct DemoCmd {
     /// Held-out pairs to generate.
     #[arg(long, default_value_t = 2000)]
     test_size: usize,
+    /// Passes over the generated training pairs.
     #[arg(long, default_value_t = 8)]
     epochs: usize,
+    /// Seed of the generator, the weights, shuffling and dropout.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Write the trained model and metrics here.
+    /// Write the trained model, metrics and curves.svg here (default: $TMPDIR/nli-bert-demo).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }
@@ -498,6 +509,7 @@ fn demo(a: DemoCmd) -> Result<()> {
         let pred = nli_bert::model::bert::argmax(row);
         println!("  {p:?} => {h:?}: {} ({:.2})", LABELS[pred], probs[pred]);
     }
+    println!("training curves: {}", out.join("curves.svg").display());
     println!(
         "model saved in {} (try: nli-bert predict --model {} --premise ... --hypothesis ...)",
         out.display(),
