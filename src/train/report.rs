@@ -60,6 +60,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     res
 }
 
+/// One plotted curve: name, colour, dash pattern, points.
+type Series<'a> = (&'a str, &'a str, &'a str, Vec<(f64, f64)>);
+
 /// d2l's animator as an SVG file: train loss and train accuracy at five points per epoch, test
 /// accuracy per epoch; epoch on x (0 to `epochs`), [0, 1] on y (values outside are clipped, as
 /// d2l's `ylim`), a legend. Plain SVG text, no font libraries.
@@ -121,7 +124,7 @@ impl Curves {
                 p.join(" ")
             )
         };
-        let series: [(&str, &str, &str, Vec<(f64, f64)>); 3] = [
+        let series: [Series; 3] = [
             ("train loss", "#1f77b4", "none", self.train.iter().map(|&(x, lo, _)| (x, lo)).collect()),
             ("train acc", "#bf00bf", "8,4", self.train.iter().map(|&(x, _, a)| (x, a)).collect()),
             ("test acc", "#008000", "8,3,2,3", self.test.clone()),
