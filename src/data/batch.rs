@@ -6,7 +6,9 @@ use rayon::prelude::*;
 use crate::data::snli::Dataset;
 use crate::data::tokenizer::d2l_tokenize;
 use crate::data::vocab::Vocab;
+use crate::data::wordpiece::{truncate_longest_first, WordPiece};
 use crate::error::{Error, Result};
+use crate::model::config::{BertConfig, TokenizerKind};
 use crate::rng::HostRng;
 
 /// The smallest `max_len` accepted: `<cls>`, `<sep>`, `<sep>` plus one token of each sentence.
@@ -113,15 +115,122 @@ pub fn encode_ids(
 ) -> Result<Encoded> {
     check_max_len(max_len)?;
     truncate_pair(&mut p, &mut h, max_len, how);
+    Ok(assemble(&p, &h, sp, label))
+}
+
+/// `[cls] p [sep] h [sep]` with its segments.
+fn assemble(p: &[u32], h: &[u32], sp: SpecialIds, label: u8) -> Encoded {
     let mut ids = Vec::with_capacity(p.len() + h.len() + 3);
     ids.push(sp.cls);
-    ids.extend_from_slice(&p);
+    ids.extend_from_slice(p);
     ids.push(sp.sep);
-    ids.extend_from_slice(&h);
+    ids.extend_from_slice(h);
     ids.push(sp.sep);
     let mut segments = vec![0u8; p.len() + 2];
     segments.resize(ids.len(), 1);
-    Ok(Encoded { ids, segments, label })
+    Encoded { ids, segments, label }
+}
+
+/// How sentences become token ids: d2l's words (lower-case, whitespace split, word vocabulary,
+/// `<cls>`/`<sep>`) or BERT WordPiece (`[CLS]`/`[SEP]`, see [`crate::data::wordpiece`]).
+#[derive(Clone, Debug)]
+pub enum TextEncoder<'a> {
+    /// d2l: [`d2l_tokenize`] then the word vocabulary (unknown words → `<unk>`).
+    D2l(&'a Vocab),
+    /// Hugging Face BERT WordPiece.
+    WordPiece(WordPiece<'a>),
+}
+
+impl<'a> From<&'a Vocab> for TextEncoder<'a> {
+    fn from(vocab: &'a Vocab) -> Self {
+        TextEncoder::D2l(vocab)
+    }
+}
+
+impl<'a> TextEncoder<'a> {
+    /// The encoder a model configuration asks for (`tokenizer`, `lowercase`) over `vocab`.
+    pub fn for_model(cfg: &BertConfig, vocab: &'a Vocab) -> Result<Self> {
+        Ok(match cfg.tokenizer {
+            TokenizerKind::D2lWords => TextEncoder::D2l(vocab),
+            TokenizerKind::WordPiece => TextEncoder::WordPiece(WordPiece::new(vocab, cfg.lowercase)?),
+        })
+    }
+
+    /// The vocabulary.
+    pub fn vocab(&self) -> &'a Vocab {
+        match self {
+            TextEncoder::D2l(v) => v,
+            TextEncoder::WordPiece(w) => w.vocab(),
+        }
+    }
+
+    /// The ids of the class and separator tokens.
+    pub fn special_ids(&self) -> Result<SpecialIds> {
+        match self {
+            TextEncoder::D2l(v) => SpecialIds::from_vocab(v),
+            TextEncoder::WordPiece(w) => {
+                let (cls, sep) = w.cls_sep();
+                Ok(SpecialIds { cls, sep })
+            }
+        }
+    }
+
+    /// The token ids of one sentence (no class or separator tokens).
+    pub fn sentence_ids(&self, s: &str) -> Vec<u32> {
+        match self {
+            TextEncoder::D2l(v) => v.ids(&d2l_tokenize(s)),
+            TextEncoder::WordPiece(w) => w.encode(s),
+        }
+    }
+
+    /// Truncates the pair as this encoder's origin does: d2l's rule for d2l words; for WordPiece,
+    /// [`Truncate::Longest`] is Hugging Face's `longest_first` ([`truncate_longest_first`]: on ties
+    /// the *second* sentence keeps the odd token, unlike d2l) and [`Truncate::Ratio`] is as for d2l.
+    pub fn truncate(&self, p: &mut Vec<u32>, h: &mut Vec<u32>, max_len: usize, how: Truncate) {
+        match (self, how) {
+            (TextEncoder::WordPiece(_), Truncate::Longest) => {
+                truncate_longest_first(p, h, max_len.saturating_sub(3))
+            }
+            _ => truncate_pair(p, h, max_len, how),
+        }
+    }
+
+    /// Encodes one pair of sentences (see [`Encoded`]).
+    pub fn encode_pair(
+        &self,
+        premise: &str,
+        hypothesis: &str,
+        max_len: usize,
+        how: Truncate,
+        label: u8,
+    ) -> Result<Encoded> {
+        check_max_len(max_len)?;
+        Ok(self.encode_one(premise, hypothesis, self.special_ids()?, max_len, how, label).0)
+    }
+
+    /// One pair (`max_len` already checked) and whether it was truncated. With WordPiece an empty
+    /// hypothesis is no second sentence, as in transformers: `[CLS] p [SEP]`, all segments 0.
+    fn encode_one(
+        &self,
+        premise: &str,
+        hypothesis: &str,
+        sp: SpecialIds,
+        max_len: usize,
+        how: Truncate,
+        label: u8,
+    ) -> (Encoded, bool) {
+        let mut p = self.sentence_ids(premise);
+        if hypothesis.is_empty() && matches!(self, TextEncoder::WordPiece(_)) {
+            let cut = p.len() > max_len - 2;
+            p.truncate(max_len - 2);
+            let ids: Vec<u32> = std::iter::once(sp.cls).chain(p).chain(std::iter::once(sp.sep)).collect();
+            return (Encoded { segments: vec![0; ids.len()], ids, label }, cut);
+        }
+        let mut h = self.sentence_ids(hypothesis);
+        let cut = p.len() + h.len() > max_len - 3;
+        self.truncate(&mut p, &mut h, max_len, how);
+        (assemble(&p, &h, sp, label), cut)
+    }
 }
 
 /// Encodes one tokenised pair with `vocab` (unknown words → `<unk>`). The returned `label` is 0:
@@ -157,19 +266,23 @@ pub fn encode_dataset(
     max_len: usize,
     how: Truncate,
 ) -> Result<(Vec<Encoded>, EncodeStats)> {
+    encode_dataset_with(ds, &TextEncoder::D2l(vocab), max_len, how)
+}
+
+/// [`encode_dataset`] with any [`TextEncoder`] (d2l words or WordPiece).
+pub fn encode_dataset_with(
+    ds: &Dataset,
+    text: &TextEncoder<'_>,
+    max_len: usize,
+    how: Truncate,
+) -> Result<(Vec<Encoded>, EncodeStats)> {
     check_max_len(max_len)?;
-    let sp = SpecialIds::from_vocab(vocab)?;
-    let budget = max_len - 3;
+    let sp = text.special_ids()?;
     let out: Vec<(Encoded, bool)> = ds
         .examples
         .par_iter()
-        .map(|ex| {
-            let p = vocab.ids(&d2l_tokenize(&ex.premise));
-            let h = vocab.ids(&d2l_tokenize(&ex.hypothesis));
-            let cut = p.len() + h.len() > budget;
-            encode_ids(p, h, sp, max_len, how, ex.label).map(|e| (e, cut))
-        })
-        .collect::<Result<_>>()?;
+        .map(|ex| text.encode_one(&ex.premise, &ex.hypothesis, sp, max_len, how, ex.label))
+        .collect();
     let n = out.len();
     let truncated = out.iter().filter(|(_, cut)| *cut).count();
     let total: usize = out.iter().map(|(e, _)| e.ids.len()).sum();

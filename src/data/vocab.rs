@@ -43,9 +43,19 @@ impl Vocab {
         Self::from_tokens_named(tokens, "token list".to_string())
     }
 
+    /// A vocab whose ids are the positions in `tokens`, with `unk` as its unknown token (it must be
+    /// among them): Hugging Face's `vocab.txt` calls it `[UNK]`. `source` names it in messages.
+    pub fn from_tokens_with_unk(tokens: Vec<String>, unk: &str, source: impl Into<String>) -> Result<Vocab> {
+        Self::from_tokens_unk(tokens, unk, source.into())
+    }
+
     fn from_tokens_named(idx_to_token: Vec<String>, source: String) -> Result<Vocab> {
+        Self::from_tokens_unk(idx_to_token, UNK, source)
+    }
+
+    fn from_tokens_unk(idx_to_token: Vec<String>, unk_token: &str, source: String) -> Result<Vocab> {
         if idx_to_token.is_empty() {
-            return Err(Error::msg(format!("vocab from {source} is empty: it needs at least `{UNK}`")));
+            return Err(Error::msg(format!("vocab from {source} is empty: it needs at least `{unk_token}`")));
         }
         if idx_to_token.len() > u32::MAX as usize {
             return Err(Error::msg(format!(
@@ -55,9 +65,9 @@ impl Vocab {
         }
         let token_to_idx: HashMap<String, u32> =
             idx_to_token.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
-        let unk = *token_to_idx.get(UNK).ok_or_else(|| {
+        let unk = *token_to_idx.get(unk_token).ok_or_else(|| {
             Error::msg(format!(
-                "vocab from {source} has no `{UNK}` token ({} tokens); unknown words need it",
+                "vocab from {source} has no `{unk_token}` token ({} tokens); unknown words need it",
                 idx_to_token.len()
             ))
         })?;
@@ -173,6 +183,11 @@ impl Vocab {
     /// The id of `token`, or the `<unk>` id (d2l `vocab[token]`).
     pub fn id(&self, token: &str) -> u32 {
         self.token_to_idx.get(token).copied().unwrap_or(self.unk)
+    }
+
+    /// The id of `token` if the vocab has it (no `<unk>` fallback).
+    pub fn get(&self, token: &str) -> Option<u32> {
+        self.token_to_idx.get(token).copied()
     }
 
     /// Ids of several tokens (d2l `vocab[list]`).
