@@ -495,7 +495,7 @@ fn demo(a: DemoCmd) -> Result<()> {
     let samples = [
         ("a man is playing a guitar", "a person is playing an instrument"),
         ("a woman is riding a horse", "a woman is not riding a horse"),
-        ("a man is cooking", "a man is cooking dinner for his family"),
+        ("a man is cooking", "a man is cooking soup for the family"),
     ];
     let ds = app::pairs_dataset(
         samples.iter().map(|(p, h)| (p.to_string(), h.to_string())).collect(),
