@@ -185,7 +185,7 @@ mod tests {
         for id in ["train-loss", "train-acc", "test-acc"] {
             assert!(s.contains(&format!("id=\"{id}\"")), "{id}");
         }
-        // loss 1.2 is clipped to the top of the plot (y = 20).
-        assert!(s.contains("215.0,20.0"), "{s}");
+        // loss 1.2 at x = 0.5 of 2 epochs is clipped to the top of the plot: (60 + 560·0.25, 20).
+        assert!(s.contains("200.0,20.0"), "{s}");
     }
 }
