@@ -364,7 +364,11 @@ struct StateFile {
 /// Reads a checkpoint written by `finetune --out DIR` (`DIR` or `DIR/checkpoint`): the model and
 /// the state to continue from.
 pub fn load_checkpoint(dir: &Path) -> Result<(LoadedModel, Resume)> {
-    let ck = if dir.join("state.json").is_file() { dir.to_path_buf() } else { checkpoint_dir(dir) };
+    // `checkpoint.old` is the previous checkpoint, left alone if a save was killed mid-swap.
+    let ck = [dir.to_path_buf(), checkpoint_dir(dir), dir.join("checkpoint.old")]
+        .into_iter()
+        .find(|d| d.join("state.json").is_file())
+        .unwrap_or_else(|| checkpoint_dir(dir));
     let state_path = ck.join("state.json");
     if !state_path.is_file() {
         return Err(Error::usage(format!(

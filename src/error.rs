@@ -28,6 +28,9 @@ pub enum Error {
     /// Anything else, with its context already in the message.
     #[error("{0}")]
     Msg(String),
+    /// Stopped by the user (Ctrl-C) after saving what could be saved (exit code 130).
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 /// The crate's result type.
@@ -54,10 +57,11 @@ impl Error {
     pub fn msg(msg: impl Into<String>) -> Self {
         Error::Msg(msg.into())
     }
-    /// The process exit code for this error: 2 for usage errors, 1 otherwise.
+    /// The process exit code for this error: 2 for usage errors, 130 after Ctrl-C, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => 2,
+            Error::Interrupted(_) => 130,
             _ => 1,
         }
     }

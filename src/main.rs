@@ -210,6 +210,14 @@ struct DemoCmd {
 
 fn main() {
     let cli = Cli::parse();
+    // Ctrl-C: the trainer stops after the current step and saves a checkpoint (with --out);
+    // a second Ctrl-C exits at once.
+    let _ = ctrlc::set_handler(|| {
+        if nli_bert::train::trainer::INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: stopping after this step (Ctrl-C again to quit now)");
+    });
     let res = match cli.cmd {
         Cmd::Finetune(a) => finetune(a),
         Cmd::Eval(a) => eval(a),
@@ -218,7 +226,12 @@ fn main() {
         Cmd::Demo(a) => demo(a),
     };
     if let Err(e) = res {
-        eprintln!("error: {e}");
+        match &e {
+            Error::Interrupted(m) => eprintln!(
+                "{m}; a checkpoint was saved if --out was given: continue with `nli-bert finetune --resume DIR`"
+            ),
+            _ => eprintln!("error: {e}"),
+        }
         std::process::exit(e.exit_code());
     }
 }

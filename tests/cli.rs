@@ -388,3 +388,66 @@ fn cli_curves_svg_parses_and_holds_three_curves() {
         assert!(doc.descendants().any(|n| n.text() == Some(label)), "legend/axis label {label:?} missing");
     }
 }
+
+#[test]
+fn cli_ctrl_c_saves_a_checkpoint_and_the_run_resumes_bit_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let train = write_tsv(tmp.path(), "big.tsv", 1500, 0);
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "finetune",
+            "--model",
+            "scratch",
+            "--data",
+            train.to_str().unwrap(),
+            "--hidden",
+            "16",
+            "--ffn",
+            "32",
+            "--heads",
+            "2",
+            "--layers",
+            "1",
+            "--epochs",
+            "30",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-3",
+            "--threads",
+            "1",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let cut = tmp.path().join("cut");
+    let mut child = bin().args(args(&cut)).stdout(std::process::Stdio::null()).spawn().unwrap();
+    // Wait for the first epoch's checkpoint, then interrupt.
+    let t0 = std::time::Instant::now();
+    while !cut.join("checkpoint/state.json").exists() {
+        assert!(t0.elapsed().as_secs() < 120, "no checkpoint after 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "Ctrl-C must exit with 130 after saving");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cut.join("checkpoint/state.json")).unwrap()).unwrap();
+    let stopped_at = state["train"]["step"].as_u64().unwrap();
+    assert!(stopped_at > 0 && stopped_at < 30 * 94, "stopped at step {stopped_at}");
+    let o = run(&["finetune", "--resume", cut.to_str().unwrap(), "--threads", "1", "--quiet"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let full = tmp.path().join("full");
+    let o = bin().args(args(&full)).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o).1);
+    assert_eq!(metrics_no_timing(&full), metrics_no_timing(&cut), "interrupted at step {stopped_at}");
+    assert_eq!(
+        std::fs::read(full.join("model.safetensors")).unwrap(),
+        std::fs::read(cut.join("model.safetensors")).unwrap()
+    );
+}

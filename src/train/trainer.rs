@@ -6,7 +6,11 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::model::bert::{argmax, upload_batch, Acts, Mode, Model};
 use crate::train::optim::Adam;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+/// Set (by the CLI's Ctrl-C handler) to stop training after the current step, with a checkpoint.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Training-loop settings (d2l's defaults: 5 epochs, batch 512, dropout 0.2).
 #[derive(Clone, Debug, PartialEq)]
@@ -262,6 +266,16 @@ pub fn train<B: Backend>(
             }
             if opts.save_every.is_some_and(|k| k > 0 && st.step % k == 0) && st.batch < batches {
                 hooks.on_checkpoint(&st, model, opt)?;
+            }
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                hooks.on_checkpoint(&st, model, opt)?;
+                return Err(Error::Interrupted(format!(
+                    "interrupted at step {} (epoch {}, batch {}/{})",
+                    st.step,
+                    st.epoch + 1,
+                    st.batch,
+                    batches
+                )));
             }
         }
         let m = epoch_metrics(be, model, &mut acts, test, opts, &st)?;
