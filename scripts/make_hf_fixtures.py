@@ -348,13 +348,267 @@ def make_pairs(tok, data_dir):
     print(f"pairs.txt: {len(rows)} pairs x 3 lengths")
 
 
+# ---------------------------------------------------------------------------------------------
+# Parity with transformers: MiniLM + a seeded 3-way classifier on 64 real SNLI dev pairs.
+# ---------------------------------------------------------------------------------------------
+
+PARITY_PAIRS = 64
+PARITY_MAX_LEN = 40  # a few of the 64 pairs are truncated
+PARITY_LR, PARITY_WD = 1e-3, 0.01
+SAMPLES = 64  # sampled elements per tensor (gradients, parameters after the step)
+
+
+def d2l_name(hf):
+    """Our (d2l) name of a BertForSequenceClassification parameter (inverse of src/model/hf.rs)."""
+    simple = {
+        "bert.embeddings.word_embeddings.weight": "encoder.token_embedding.weight",
+        "bert.embeddings.position_embeddings.weight": "encoder.pos_embedding",
+        "bert.embeddings.token_type_embeddings.weight": "encoder.segment_embedding.weight",
+        "bert.embeddings.LayerNorm.weight": "encoder.embedding_norm.weight",
+        "bert.embeddings.LayerNorm.bias": "encoder.embedding_norm.bias",
+        "bert.pooler.dense.weight": "hidden.0.weight",
+        "bert.pooler.dense.bias": "hidden.0.bias",
+        "classifier.weight": "output.weight",
+        "classifier.bias": "output.bias",
+    }
+    if hf in simple:
+        return simple[hf]
+    rest = hf[len("bert.encoder.layer."):]
+    layer, sub = rest.split(".", 1)
+    stem, param = sub.rsplit(".", 1)
+    ours = {
+        "attention.self.query": "attention.W_q",
+        "attention.self.key": "attention.W_k",
+        "attention.self.value": "attention.W_v",
+        "attention.output.dense": "attention.W_o",
+        "attention.output.LayerNorm": "addnorm1.ln",
+        "intermediate.dense": "ffn.dense1",
+        "output.dense": "ffn.dense2",
+        "output.LayerNorm": "addnorm2.ln",
+    }[stem]
+    return f"encoder.blks.{layer}.{ours}.{param}"
+
+
+def probe_vector(n):
+    """r_i = ((i * 2654435761 + 12345) mod 2^32) / 2^32 - 0.5, exact in f64 (tests/hf_parity.rs too)."""
+    import numpy as np
+
+    i = np.arange(n, dtype=np.uint64)
+    return ((i * np.uint64(2654435761) + np.uint64(12345)) % np.uint64(1 << 32)).astype(np.float64) / 2.0**32 - 0.5
+
+
+def sample_indices(name, n, c, used_rows):
+    """Sampled flat indices: j-th = (j * 2654435761 + 97) mod n; for the token embedding, rows the
+    batch used (`used_rows[j mod len]`, column (j * 40503 + 7) mod C), since the others are 0."""
+    k = min(SAMPLES, n)
+    if name == "encoder.token_embedding.weight":
+        return [used_rows[j % len(used_rows)] * c + (j * 40503 + 7) % c for j in range(k)]
+    return [(j * 2654435761 + 97) % n for j in range(k)]
+
+
+def stats(x, r):
+    """[Σ x·r, Σ |x·r|, Σ x²] of a flat float64 tensor."""
+    import numpy as np
+
+    xr = x * r
+    return np.array([xr.sum(), np.abs(xr).sum(), (x * x).sum()], dtype=np.float64)
+
+
+def make_parity(mdir, data_dir, tok):
+    import numpy as np
+    import torch
+    from safetensors.numpy import save_file
+    from transformers import BertForSequenceClassification
+
+    rows = read_tsv_labelled(Path(data_dir) / "snli_dev.tsv")
+    step = len(rows) // PARITY_PAIRS
+    pairs = [rows[i * step] for i in range(PARITY_PAIRS)]
+    labels_map = {"entailment": 0, "contradiction": 1, "neutral": 2}
+    prem = [p for _, p, _ in pairs]
+    hyp = [h for _, _, h in pairs]
+    labels = torch.tensor([labels_map[l] for l, _, _ in pairs])
+    enc = tok(prem, hyp, truncation="longest_first", max_length=PARITY_MAX_LEN, padding=True, return_tensors="pt")
+    lens = enc["attention_mask"].sum(1).tolist()
+    input_ids = [enc["input_ids"][i, : lens[i]].tolist() for i in range(PARITY_PAIRS)]
+    unpadded = [len(x) for x in tok(prem, hyp)["input_ids"]]
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(
+        str(mdir),
+        num_labels=3,
+        id2label={0: "entailment", 1: "contradiction", 2: "neutral"},
+        label2id=labels_map,
+        attn_implementation="eager",
+    )
+    model.eval()  # dropout off; gradients still flow
+    with torch.no_grad():
+        logits32 = model(**enc).logits.double().numpy()
+    classifier = {
+        "output.weight": model.classifier.weight.detach().double().numpy().copy(),
+        "output.bias": model.classifier.bias.detach().double().numpy().copy(),
+    }
+
+    model = model.double()
+    model.zero_grad()
+    logits = model(**enc).logits
+    loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+    loss.backward()
+    used_rows = sorted(set(enc["input_ids"][enc["attention_mask"].bool()].tolist()))
+    out = dict(classifier)
+    out["logits_f32"] = logits32
+    out["logits_f64"] = logits.detach().numpy()
+    params0 = {}
+    for hf, p in model.named_parameters():
+        name = d2l_name(hf)
+        g = p.grad.detach().numpy().reshape(-1)
+        x = p.detach().numpy().reshape(-1).copy()
+        params0[name] = x
+        c = p.shape[-1]
+        idx = sample_indices(name, g.size, c, used_rows)
+        r = probe_vector(g.size)
+        out[f"grad_sample.{name}"] = g[idx]
+        out[f"grad_stats.{name}"] = stats(g, r)
+    opt = torch.optim.AdamW(model.parameters(), lr=PARITY_LR, weight_decay=PARITY_WD)
+    opt.step()
+    n_params = 0
+    for hf, p in model.named_parameters():
+        name = d2l_name(hf)
+        x = p.detach().numpy().reshape(-1)
+        idx = sample_indices(name, x.size, p.shape[-1], used_rows)
+        r = probe_vector(x.size)
+        out[f"param1_sample.{name}"] = x[idx]
+        out[f"update_stats.{name}"] = stats(x - params0[name], r)
+        n_params += 1
+    pdir = OUT / "parity"
+    pdir.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in out.items()}, str(pdir / "expected.safetensors"))
+    meta = {
+        "made_with": f"transformers {transformers.__version__}, torch {torch.__version__}, "
+        f"tokenizers {tokenizers.__version__}; BertForSequenceClassification.from_pretrained(all-MiniLM-L6-v2, "
+        "num_labels=3) after torch.manual_seed(0), eager attention, eval mode (dropout off)",
+        "max_len": PARITY_MAX_LEN,
+        "truncated": sum(1 for a, b in zip(unpadded, lens) if a > b),
+        "premises": prem,
+        "hypotheses": hyp,
+        "labels": labels.tolist(),
+        "input_ids": input_ids,
+        "loss_sum_f64": loss.item(),
+        "adamw": {"lr": PARITY_LR, "weight_decay": PARITY_WD, "betas": [0.9, 0.999], "eps": 1e-8},
+        "samples": SAMPLES,
+        "parameters": n_params,
+    }
+    (pdir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"parity: {n_params} parameters, loss {loss.item():.6f}, {meta['truncated']} of 64 pairs truncated")
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny BertForSequenceClassification saved by transformers itself, in both weight formats.
+# ---------------------------------------------------------------------------------------------
+
+TINY_WORDS = (
+    "a man woman dog person is are playing plays guitar music instrument the sleeping runs outside "
+    "not two people sitting on bench . , ! ? ' -"
+).split()
+TINY_PAIRS = [
+    ("A man is playing a guitar.", "A person plays music!"),
+    ("Two dogs are sleeping outside", "The dogs run."),
+    ("A woman sitting on a bench", "Nobody is sitting."),
+    ("Café guitars", ""),
+]
+
+
+def make_tiny():
+    """tests/fixtures/hf/tiny_{safetensors,bin}: hidden 16, 2 layers, 4 heads, tanh GELU, MNLI-style
+    label order, LayerNorms perturbed; expected float64 logits (in the checkpoint's order) and ids."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + TINY_WORDS + letters + ["##" + c for c in letters]
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        hidden_act="gelu_new",
+        layer_norm_eps=1e-12,
+        initializer_range=0.5,  # larger than BERT's 0.02, so that the logits differ visibly
+        num_labels=3,
+        id2label={0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"},
+        label2id={"CONTRADICTION": 0, "NEUTRAL": 1, "ENTAILMENT": 2},
+    )
+    torch.manual_seed(1)
+    model = BertForSequenceClassification(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.eval()
+    out_meta = None
+    for kind in ("safetensors", "bin"):
+        d = OUT / f"tiny_{kind}"
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        if kind == "safetensors":
+            model.save_pretrained(str(d), safe_serialization=True)
+        else:
+            model.config.to_json_file(str(d / "config.json"))
+            torch.save(model.state_dict(), str(d / "pytorch_model.bin"))
+        for f in list(d.iterdir()):
+            if f.name not in ("config.json", "model.safetensors", "pytorch_model.bin"):
+                f.unlink()
+        (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
+        (d / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True, "tokenizer_class": "BertTokenizer"}))
+        if out_meta is None:
+            tok = transformers.AutoTokenizer.from_pretrained(str(d))  # from vocab.txt + tokenizer_config.json
+            prem = [p for p, _ in TINY_PAIRS]
+            hyp = [h for _, h in TINY_PAIRS]
+            ids = [tok(p, h, truncation="longest_first", max_length=24)["input_ids"] for p, h in TINY_PAIRS]
+            m64 = BertForSequenceClassification.from_pretrained(str(d), attn_implementation="eager").double().eval()
+            with torch.no_grad():
+                logits = [m64(input_ids=torch.tensor([x]), token_type_ids=torch.tensor([tok(p, h, truncation="longest_first", max_length=24)["token_type_ids"]])).logits[0].tolist() for x, (p, h) in zip(ids, TINY_PAIRS)]
+            out_meta = {
+                "made_with": f"transformers {transformers.__version__}, torch {torch.__version__}",
+                "max_len": 24,
+                "premises": prem,
+                "hypotheses": hyp,
+                "input_ids": ids,
+                "logits_f64_checkpoint_order": logits,
+                "id2label": {str(k): v for k, v in cfg.id2label.items()},
+            }
+    (OUT / "tiny_expected.json").write_text(json.dumps(out_meta, indent=1) + "\n")
+    print(f"tiny: vocab {len(vocab)}, {sum(p.numel() for p in model.parameters())} parameters")
+
+
+def read_tsv_labelled(path):
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    out = []
+    for line in lines[1:]:
+        line = line.rstrip("\r")
+        if line:
+            label, p, h = line.split("\t")
+            out.append((label.strip(), p, h))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir")
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--only", choices=["tokenizer", "parity", "tiny"], help="make only one part")
     args = ap.parse_args()
     mdir = minilm_dir(args.model_dir)
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.only == "tiny":
+        make_tiny()
+        return
+    if args.only == "parity":
+        make_parity(mdir, args.data_dir, transformers.AutoTokenizer.from_pretrained(str(mdir)))
+        return
     shutil.copy(mdir / "vocab.txt", OUT / "vocab.txt")
     shutil.copy(mdir / "tokenizer_config.json", OUT / "tokenizer_config.json")
     tok = transformers.AutoTokenizer.from_pretrained(str(mdir))
@@ -367,6 +621,9 @@ def main():
     make_sentences(tok, raw, args.data_dir)
     make_hard(tok)
     make_pairs(tok, args.data_dir)
+    if args.only is None:
+        make_parity(mdir, args.data_dir, tok)
+        make_tiny()
 
 
 if __name__ == "__main__":

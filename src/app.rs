@@ -3,15 +3,16 @@
 
 use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
-use crate::data::batch::{encode_dataset, Encoded, Truncate};
+use crate::data::batch::{encode_dataset_with, Encoded, TextEncoder, Truncate};
 use crate::data::snli::{Dataset, Example, LABELS};
 use crate::data::vocab::Vocab;
-use crate::data::{hub, snli, tokenizer};
+use crate::data::{hub, snli, tokenizer, wordpiece};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::model::bert::{cast_params, init_output_layer, init_params, Acts, Model};
 use crate::model::checkpoint::{names, safetensors as st, torch};
-use crate::model::config::BertConfig;
+use crate::model::config::{BertConfig, TokenizerKind};
+use crate::model::hf;
 use crate::model::params::ParamLayout;
 use crate::train::optim::{Adam, AdamConfig};
 use crate::train::report;
@@ -96,8 +97,11 @@ fn exists(p: &Path) -> bool {
 }
 
 /// Loads a model from `bert.small`, `bert.base`, a d2l directory (`vocab.json` +
-/// `pretrained.params`), or a directory this tool saved (`config.json` + `model.safetensors` +
-/// `vocab.json`). `heads` overrides the head count of d2l weights (it is not stored in them).
+/// `pretrained.params`), a directory this tool saved (`config.json` + `model.safetensors` +
+/// `vocab.json` or `vocab.txt`), a Hugging Face BERT directory (`config.json` +
+/// `model.safetensors` or `pytorch_model.bin` + `vocab.txt`, see [`hf`]) or `hf:ORG/NAME`
+/// (downloaded from the hub). `heads` overrides the head count of d2l weights (it is not stored
+/// in them).
 pub fn load_model(
     spec: &str,
     heads: Option<usize>,
@@ -106,13 +110,31 @@ pub fn load_model(
 ) -> Result<LoadedModel> {
     let dir = match spec {
         "bert.small" | "bert.base" => hub::download_extract(spec)?,
-        _ => PathBuf::from(spec),
+        _ => match spec.strip_prefix("hf:") {
+            Some(repo) => hf::download_hub_model(repo)?,
+            None => PathBuf::from(spec),
+        },
     };
     if !dir.is_dir() {
         return Err(Error::usage(format!(
             "--model {spec}: not a directory and not one of bert.small, bert.base, scratch; \
              give a directory holding vocab.json + pretrained.params (d2l) or one saved by `nli-bert finetune --out`"
         )));
+    }
+    if hf::is_hf_dir(&dir) {
+        let m = hf::load_hf_dir(&dir, seed)?;
+        for n in &m.notices {
+            eprintln!("note: {n}");
+        }
+        let origin = format!("{} (Hugging Face)", dir.display());
+        return Ok(LoadedModel {
+            cfg: m.cfg,
+            vocab: m.vocab,
+            params: m.params,
+            origin,
+            max_len: None,
+            truncate: None,
+        });
     }
     if exists(&dir.join("config.json")) && exists(&dir.join("model.safetensors")) {
         return load_saved(&dir);
@@ -179,12 +201,15 @@ fn load_saved(dir: &Path) -> Result<LoadedModel> {
     }
     let cfg = saved.model;
     cfg.validate()?;
-    let vocab = Vocab::from_json_file(dir.join("vocab.json"))?;
+    let (vocab, vocab_file) = match cfg.tokenizer {
+        TokenizerKind::D2lWords => (Vocab::from_json_file(dir.join("vocab.json"))?, "vocab.json"),
+        TokenizerKind::WordPiece => (wordpiece::read_vocab_txt(dir.join("vocab.txt"))?, "vocab.txt"),
+    };
     if vocab.len() != cfg.vocab_size {
         return Err(Error::checkpoint(
             dir,
             format!(
-                "config.json says vocab_size {} but vocab.json has {} tokens",
+                "config.json says vocab_size {} but {vocab_file} has {} tokens",
                 cfg.vocab_size,
                 vocab.len()
             ),
@@ -244,15 +269,23 @@ pub fn read_data(spec: &str) -> Result<(Dataset, Option<Dataset>)> {
     Ok((snli::read_dataset(Path::new(spec))?, None))
 }
 
-/// Tokenises and packs a dataset, printing d2l's `read N examples`.
-pub fn encode(
+impl LoadedModel {
+    /// The model's tokenizer: d2l words or WordPiece, as its configuration says.
+    pub fn text_encoder(&self) -> Result<TextEncoder<'_>> {
+        TextEncoder::for_model(&self.cfg, &self.vocab)
+    }
+}
+
+/// Tokenises and packs a dataset, printing d2l's `read N examples`. `text` is a d2l `&Vocab` or
+/// a model's [`LoadedModel::text_encoder`].
+pub fn encode<'a>(
     ds: &Dataset,
-    vocab: &Vocab,
+    text: impl Into<TextEncoder<'a>>,
     max_len: usize,
     how: Truncate,
     quiet: bool,
 ) -> Result<Vec<Encoded>> {
-    let (enc, stats) = encode_dataset(ds, vocab, max_len, how)?;
+    let (enc, stats) = encode_dataset_with(ds, &text.into(), max_len, how)?;
     if !quiet {
         let skipped = if ds.skipped > 0 {
             format!(" ({} without a gold label skipped)", ds.skipped)
@@ -269,7 +302,8 @@ pub fn encode(
     Ok(enc)
 }
 
-/// Writes `config.json`, `vocab.json` and `model.safetensors` into `dir` (each atomically).
+/// Writes `config.json`, `vocab.json` (`vocab.txt` for WordPiece models) and `model.safetensors`
+/// into `dir` (each atomically).
 pub fn save_model<F: Float>(
     dir: &Path,
     cfg: &BertConfig,
@@ -295,7 +329,10 @@ pub fn save_model<F: Float>(
     let json =
         serde_json::to_vec_pretty(&saved).map_err(|e| Error::msg(format!("serialising config: {e}")))?;
     report::write_atomic(&dir.join("config.json"), &json)?;
-    vocab.save_json(dir.join("vocab.json"))?;
+    match cfg.tokenizer {
+        TokenizerKind::D2lWords => vocab.save_json(dir.join("vocab.json"))?,
+        TokenizerKind::WordPiece => wordpiece::save_vocab_txt(vocab, dir.join("vocab.txt"))?,
+    }
     let layout = ParamLayout::new(cfg);
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "nli-bert".to_string());

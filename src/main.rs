@@ -63,7 +63,8 @@ struct EngineArgs {
 
 #[derive(Args)]
 struct FinetuneCmd {
-    /// bert.small | bert.base | scratch | DIR (vocab.json + pretrained.params, or a saved model).
+    /// bert.small | bert.base | scratch | hf:ORG/NAME (Hugging Face hub) | DIR (d2l's vocab.json +
+    /// pretrained.params, a Hugging Face BERT directory, or a saved model).
     #[arg(long, default_value = "bert.small")]
     model: String,
     /// snli (download SNLI) or a file: SNLI .txt, .jsonl, or TSV label<TAB>premise<TAB>hypothesis.
@@ -140,7 +141,7 @@ struct FinetuneCmd {
 
 #[derive(Args)]
 struct EvalCmd {
-    /// A directory saved by `finetune --out` (or d2l weights).
+    /// A directory saved by `finetune --out` (or d2l weights, a Hugging Face BERT, hf:ORG/NAME).
     #[arg(long)]
     model: String,
     /// Labelled file (SNLI .txt, .jsonl or TSV).
@@ -161,7 +162,7 @@ struct EvalCmd {
 
 #[derive(Args)]
 struct PredictCmd {
-    /// A directory saved by `finetune --out` (or d2l weights).
+    /// A directory saved by `finetune --out` (or d2l weights, a Hugging Face BERT, hf:ORG/NAME).
     #[arg(long)]
     model: String,
     /// The premise of one pair (with --hypothesis).
@@ -337,9 +338,9 @@ fn finetune(mut a: FinetuneCmd) -> Result<()> {
             m.origin, m.cfg.layers, m.cfg.hidden, m.cfg.ffn, m.cfg.heads, m.cfg.vocab_size
         );
     }
-    let train = app::encode(&train_ds, &m.vocab, a.max_len, a.truncate, a.quiet)?;
+    let train = app::encode(&train_ds, m.text_encoder()?, a.max_len, a.truncate, a.quiet)?;
     let test = match &test_ds {
-        Some(t) => Some(app::encode(t, &m.vocab, a.max_len, a.truncate, a.quiet)?),
+        Some(t) => Some(app::encode(t, m.text_encoder()?, a.max_len, a.truncate, a.quiet)?),
         None => None,
     };
     let args = FinetuneArgs {
@@ -397,7 +398,7 @@ fn eval(a: EvalCmd) -> Result<()> {
     let m = app::load_model(&a.model, None, false, 0)?;
     let ds = read_dataset(&a.data)?;
     let max_len = check_max_len(a.max_len.or(m.max_len).unwrap_or(128), &m)?;
-    let enc = app::encode(&ds, &m.vocab, max_len, m.truncate.unwrap_or(Truncate::Longest), a.json)?;
+    let enc = app::encode(&ds, m.text_encoder()?, max_len, m.truncate.unwrap_or(Truncate::Longest), a.json)?;
     let r = run_eval(&m, &enc, a.batch_size, &a.engine)?;
     if a.json {
         let per: Vec<serde_json::Value> = nli_bert::train::report::per_class(&r.confusion)
@@ -440,7 +441,7 @@ fn predict(a: PredictCmd) -> Result<()> {
         _ => return Err(Error::usage("give either --premise P --hypothesis H, or --input FILE")),
     };
     let max_len = check_max_len(a.max_len.or(m.max_len).unwrap_or(128), &m)?;
-    let enc = app::encode(&ds, &m.vocab, max_len, m.truncate.unwrap_or(Truncate::Longest), true)?;
+    let enc = app::encode(&ds, m.text_encoder()?, max_len, m.truncate.unwrap_or(Truncate::Longest), true)?;
     let r = run_eval(&m, &enc, a.batch_size, &a.engine)?;
     let k = m.cfg.num_labels;
     let json = a.json || a.input.is_some();

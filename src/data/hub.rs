@@ -326,6 +326,34 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Downloads `url` to `dest` without a hash check (for files no catalog lists, such as a Hugging
+/// Face model's: they are checked by parsing them). Same temporary file, retries and resume as
+/// [`download_with`]; `what` names the download in messages. `Ok(false)` when the server answers
+/// 404 (nothing is written), so callers can try another file name.
+pub fn download_file(url: &str, dest: &Path, what: &str) -> Result<bool> {
+    let dir = match dest.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!("{name}.part-{}", std::process::id()));
+    let entry = HubEntry { name: what.into(), url: url.into(), sha1: String::new(), folder: String::new() };
+    let result = match fetch(&entry, &tmp, dest) {
+        Ok(_) => std::fs::rename(&tmp, dest).map(|_| true).map_err(|e| Error::io(dest, e)),
+        // `fetch` reports HTTP statuses as "HTTP <code> from <url>…"
+        Err(Error::Download { msg, .. }) if msg.starts_with("HTTP 404 ") => Ok(false),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(true) => sync_dir(dir),
+        _ => {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    result
+}
+
 /// d2l's `download_extract(name)` with [`cache_dir`]: returns `<cache>/<folder>`.
 pub fn download_extract(name: &str) -> Result<PathBuf> {
     download_extract_with(&entry(name)?, &cache_dir())

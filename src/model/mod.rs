@@ -3,4 +3,5 @@
 pub mod bert;
 pub mod checkpoint;
 pub mod config;
+pub mod hf;
 pub mod params;
