@@ -117,8 +117,9 @@ pub fn load_model(
     };
     if !dir.is_dir() {
         return Err(Error::usage(format!(
-            "--model {spec}: not a directory and not one of bert.small, bert.base, scratch; \
-             give a directory holding vocab.json + pretrained.params (d2l) or one saved by `nli-bert finetune --out`"
+            "--model {spec}: not a directory and not one of bert.small, bert.base, scratch, hf:ORG/NAME; \
+             give a directory holding vocab.json + pretrained.params (d2l), a Hugging Face BERT (config.json + \
+             model.safetensors + vocab.txt) or one saved by `nli-bert finetune --out`"
         )));
     }
     if hf::is_hf_dir(&dir) {
@@ -143,8 +144,9 @@ pub fn load_model(
     let vocab_path = dir.join("vocab.json");
     if !(exists(&params_path) && exists(&vocab_path)) {
         return Err(Error::usage(format!(
-            "{}: expected vocab.json + pretrained.params (d2l) or config.json + model.safetensors + vocab.json \
-             (saved by nli-bert); found neither",
+            "{}: expected vocab.json + pretrained.params (d2l), config.json + model.safetensors + vocab.json \
+             (saved by nli-bert) or a Hugging Face BERT (config.json with hidden_size + model.safetensors or \
+             pytorch_model.bin + vocab.txt); found none of these",
             dir.display()
         )));
     }

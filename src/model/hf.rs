@@ -176,11 +176,11 @@ pub fn label_permutation(id2label: &BTreeMap<String, String>) -> Option<[usize; 
 }
 
 /// Whether `dir` looks like a Hugging Face model: a `config.json` with `hidden_size` (and no
-/// `"format": "nli-bert"`), next to `vocab.txt`.
+/// `"format": "nli-bert"`, which marks a directory this tool saved).
 pub fn is_hf_dir(dir: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else { return false };
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return false };
-    v.get("format").is_none() && v.get("hidden_size").is_some() && dir.join("vocab.txt").is_file()
+    v.get("format").is_none() && v.get("hidden_size").is_some()
 }
 
 /// A checkpoint read into the engine's layout.
@@ -218,7 +218,15 @@ fn weights_path(dir: &Path) -> Result<PathBuf> {
 pub fn load_hf_dir(dir: &Path, seed: u64) -> Result<HfModel> {
     let cfg_path = dir.join("config.json");
     let hf = HfConfig::read(&cfg_path)?;
-    let vocab = wordpiece::read_vocab_txt(dir.join("vocab.txt"))?;
+    let vocab_path = dir.join("vocab.txt");
+    if !vocab_path.is_file() {
+        return Err(Error::usage(format!(
+            "{}: a Hugging Face BERT directory needs vocab.txt (the WordPiece vocabulary; tokenizer.json \
+             alone is not read)",
+            dir.display()
+        )));
+    }
+    let vocab = wordpiece::read_vocab_txt(&vocab_path)?;
     let lowercase = wordpiece::read_lowercase(dir)?.unwrap_or(true);
     let cfg = hf.to_bert_config(lowercase, &cfg_path)?;
     if vocab.len() != cfg.vocab_size {
