@@ -107,6 +107,7 @@ def main():
     ap.add_argument("--max-len", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dropout", type=float, help="hidden and attention dropout (default: the checkpoint's)")
     ap.add_argument("--max-steps", type=int, help="stop after this many steps (speed estimates)")
     args = ap.parse_args()
 
@@ -114,8 +115,11 @@ def main():
     torch.manual_seed(args.seed)
     mdir = minilm_dir(args.model_dir)
     tok = AutoTokenizer.from_pretrained(str(mdir))
+    extra = {}
+    if args.dropout is not None:
+        extra = {"hidden_dropout_prob": args.dropout, "attention_probs_dropout_prob": args.dropout}
     model = BertForSequenceClassification.from_pretrained(
-        str(mdir), num_labels=3, id2label={v: k for k, v in LABELS.items()}, label2id=LABELS
+        str(mdir), num_labels=3, id2label={v: k for k, v in LABELS.items()}, label2id=LABELS, **extra
     )
     model.train()
     train = encode(tok, read_tsv(args.train), args.max_len)
