@@ -4,6 +4,11 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
+/// The longest line the readers accept (64 MiB): longer ones are an error naming the line,
+/// so a file without line breaks cannot exhaust memory. Sentences this long are truncated to
+/// `max_len` tokens anyway.
+pub const MAX_LINE_BYTES: usize = 64 << 20;
+
 use crate::data::tokenizer::{is_py_whitespace, py_strip};
 use crate::error::{Error, Result};
 
@@ -87,17 +92,63 @@ pub fn read_dataset(path: impl AsRef<Path>) -> Result<Dataset> {
     }
 }
 
-/// Reads SNLI's own `snli_1.0_*.txt` exactly as d2l's `read_snli`: the first line (header) is
-/// skipped; column 0 is the gold label, columns 1 and 2 the binary parses of premise and
-/// hypothesis, cleaned by [`clean_binary_parse`]. Rows labelled `-` are counted in `skipped`;
-/// blank lines are ignored (d2l drops them too).
+/// The three dataset formats (see [`read_dataset`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// SNLI's own tab-separated `snli_1.0_*.txt`.
+    SnliTxt,
+    /// SNLI's JSON lines.
+    Jsonl,
+    /// `label<TAB>premise<TAB>hypothesis`.
+    Tsv,
+}
+
+/// Parses a dataset held in memory in the given format; `path` only labels errors. The same
+/// code as the file readers ([`read_snli_txt`], [`read_snli_jsonl`], [`read_tsv`]).
+pub fn parse_dataset(bytes: &[u8], path: &Path, format: Format) -> Result<Dataset> {
+    let lines = LineReader::new(Box::new(bytes), path);
+    match format {
+        Format::SnliTxt => snli_txt(lines),
+        Format::Jsonl => snli_jsonl(lines),
+        Format::Tsv => tsv(lines),
+    }
+}
+
+/// Reads SNLI's own `snli_1.0_*.txt` exactly as d2l's `read_snli`: the first line is SNLI's
+/// header (it must start with `gold_label`; d2l skips it unread, so a file without it would
+/// silently lose its first pair); column 0 is the gold label, columns 1 and 2 the binary parses
+/// of premise and hypothesis, cleaned by [`clean_binary_parse`]. Rows labelled `-` are counted
+/// in `skipped`; blank lines are ignored (d2l drops them too).
 ///
-/// Errors (with `file:line`): invalid UTF-8, empty file, an unknown label, fewer than 3 columns.
+/// Errors (with `file:line`): invalid UTF-8, empty file, another header, an unknown label, fewer
+/// than 3 columns, a line over [`MAX_LINE_BYTES`].
 pub fn read_snli_txt(path: impl AsRef<Path>) -> Result<Dataset> {
-    let path = path.as_ref();
-    let mut lines = LineReader::open(path)?;
-    if lines.next_line()?.is_none() {
-        return Err(Error::parse(path, 1, "empty file: expected SNLI's header line `gold_label<TAB>…`"));
+    snli_txt(LineReader::open(path.as_ref())?)
+}
+
+fn snli_txt(mut lines: LineReader<'_>) -> Result<Dataset> {
+    let path = lines.path.clone();
+    let path = path.as_path();
+    match lines.next_line()? {
+        None => {
+            return Err(Error::parse(path, 1, "empty file: expected SNLI's header line `gold_label<TAB>…`"))
+        }
+        Some((_, h)) if !strip_bom(h).starts_with("gold_label") => {
+            let hint = if strip_bom(h).starts_with("label\t") {
+                "; this is the TSV format: give the file a .tsv extension"
+            } else {
+                ""
+            };
+            return Err(Error::parse(
+                path,
+                1,
+                format!(
+                    "expected SNLI's header line `gold_label<TAB>sentence1_binary_parse<TAB>…`, found {:?}{hint}",
+                    shorten(strip_bom(h))
+                ),
+            ));
+        }
+        Some(_) => {}
     }
     let mut ds = Dataset { source: path.display().to_string(), ..Dataset::default() };
     while let Some((n, line)) = lines.next_line()? {
@@ -135,8 +186,12 @@ pub fn read_snli_txt(path: impl AsRef<Path>) -> Result<Dataset> {
 /// [`read_snli_txt`] when present, else the raw `sentence1` / `sentence2`. `-` labels are
 /// skipped; blank lines ignored.
 pub fn read_snli_jsonl(path: impl AsRef<Path>) -> Result<Dataset> {
-    let path = path.as_ref();
-    let mut lines = LineReader::open(path)?;
+    snli_jsonl(LineReader::open(path.as_ref())?)
+}
+
+fn snli_jsonl(mut lines: LineReader<'_>) -> Result<Dataset> {
+    let path = lines.path.clone();
+    let path = path.as_path();
     let mut ds = Dataset { source: path.display().to_string(), ..Dataset::default() };
     let mut any = false;
     while let Some((n, line)) = lines.next_line()? {
@@ -179,8 +234,12 @@ pub fn read_snli_jsonl(path: impl AsRef<Path>) -> Result<Dataset> {
 /// exactly 3 tab-separated columns per line. Sentences are kept as written; `-` labels are
 /// skipped; blank lines ignored.
 pub fn read_tsv(path: impl AsRef<Path>) -> Result<Dataset> {
-    let path = path.as_ref();
-    let mut lines = LineReader::open(path)?;
+    tsv(LineReader::open(path.as_ref())?)
+}
+
+fn tsv(mut lines: LineReader<'_>) -> Result<Dataset> {
+    let path = lines.path.clone();
+    let path = path.as_path();
     let header = match lines.next_line()? {
         Some((_, h)) => strip_bom(h),
         None => return Err(Error::parse(path, 1, format!("empty file: expected the header {TSV_HEADER:?}"))),
@@ -268,34 +327,43 @@ fn shorten(s: &str) -> String {
 }
 
 /// Reads a file line by line with Python's universal newlines (`\n`, `\r\n` and a lone `\r` all
-/// end a line; the terminator is not returned), checking UTF-8 per line.
-struct LineReader {
-    r: BufReader<File>,
+/// end a line; the terminator is not returned), checking UTF-8 and [`MAX_LINE_BYTES`] per line.
+struct LineReader<'a> {
+    r: Box<dyn BufRead + 'a>,
     path: PathBuf,
     buf: Vec<u8>,
     /// 1-based number of the line last returned.
     line_no: usize,
+    max_line: usize,
 }
 
-impl LineReader {
-    fn open(path: &Path) -> Result<Self> {
+impl<'a> LineReader<'a> {
+    fn open(path: &Path) -> Result<LineReader<'static>> {
         let f = File::open(path).map_err(|e| Error::io(path, e))?;
-        Ok(LineReader {
-            r: BufReader::with_capacity(1 << 20, f),
-            path: path.to_path_buf(),
-            buf: Vec::new(),
-            line_no: 0,
-        })
+        Ok(LineReader::new(Box::new(BufReader::with_capacity(1 << 20, f)), path))
+    }
+
+    fn new(r: Box<dyn BufRead + 'a>, path: &Path) -> Self {
+        LineReader { r, path: path.to_path_buf(), buf: Vec::new(), line_no: 0, max_line: MAX_LINE_BYTES }
     }
 
     /// The next line and its 1-based number, or `None` at the end of the file.
     fn next_line(&mut self) -> Result<Option<(usize, &str)>> {
-        let found = read_line_universal(&mut self.r, &mut self.buf).map_err(|e| Error::io(&self.path, e))?;
-        if !found {
-            return Ok(None);
-        }
+        let found = read_line_universal(&mut self.r, &mut self.buf, self.max_line)
+            .map_err(|e| Error::io(&self.path, e))?;
+        let Some(complete) = found else { return Ok(None) };
         self.line_no += 1;
         let n = self.line_no;
+        if !complete {
+            return Err(Error::parse(
+                &self.path,
+                n,
+                format!(
+                    "line longer than {} bytes (no line break): not a text dataset, or a corrupt one",
+                    self.max_line
+                ),
+            ));
+        }
         std::str::from_utf8(&self.buf).map(|s| Some((n, s))).map_err(|e| {
             Error::parse(
                 &self.path,
@@ -306,29 +374,31 @@ impl LineReader {
     }
 }
 
-/// Reads one line into `buf` (cleared first); `Ok(false)` at end of input.
-fn read_line_universal(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+/// Reads one line into `buf` (cleared first): `None` at end of input, `Some(false)` if the line
+/// is longer than `max` bytes (the rest is not read), `Some(true)` otherwise.
+fn read_line_universal(r: &mut impl BufRead, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Option<bool>> {
     buf.clear();
     loop {
         let avail = r.fill_buf()?;
         if avail.is_empty() {
-            return Ok(!buf.is_empty());
+            return Ok((!buf.is_empty()).then_some(true));
         }
-        match avail.iter().position(|&b| b == b'\n' || b == b'\r') {
+        let end = avail.iter().position(|&b| b == b'\n' || b == b'\r');
+        let take = end.unwrap_or(avail.len());
+        if buf.len() + take > max {
+            return Ok(Some(false));
+        }
+        buf.extend_from_slice(&avail[..take]);
+        match end {
             Some(i) => {
                 let cr = avail[i] == b'\r';
-                buf.extend_from_slice(&avail[..i]);
                 r.consume(i + 1);
                 if cr && r.fill_buf()?.first() == Some(&b'\n') {
                     r.consume(1);
                 }
-                return Ok(true);
+                return Ok(Some(true));
             }
-            None => {
-                let n = avail.len();
-                buf.extend_from_slice(avail);
-                r.consume(n);
-            }
+            None => r.consume(take),
         }
     }
 }
@@ -342,10 +412,24 @@ mod tests {
         let mut r = std::io::Cursor::new(b"a\r\nb\rc\n\nd".to_vec());
         let mut buf = Vec::new();
         let mut got = Vec::new();
-        while read_line_universal(&mut r, &mut buf).unwrap() {
+        while read_line_universal(&mut r, &mut buf, 100).unwrap() == Some(true) {
             got.push(String::from_utf8(buf.clone()).unwrap());
         }
         assert_eq!(got, ["a", "b", "c", "", "d"]);
+    }
+
+    #[test]
+    fn overlong_lines_are_refused_with_their_line_number() {
+        let text = format!("{TSV_HEADER}\nneutral\ta\tb\nneutral\t{}\tb\n", "x".repeat(200));
+        let mut lines = LineReader::new(Box::new(text.as_bytes()), Path::new("long.tsv"));
+        lines.max_line = 100;
+        let e = tsv(lines).unwrap_err().to_string();
+        assert!(e.starts_with("long.tsv:3:") && e.contains("longer than 100 bytes"), "{e}");
+        // exactly at the cap is fine
+        let mut r = std::io::Cursor::new(vec![b'y'; 100]);
+        let mut buf = Vec::new();
+        assert_eq!(read_line_universal(&mut r, &mut buf, 100).unwrap(), Some(true));
+        assert_eq!(buf.len(), 100);
     }
 
     #[test]

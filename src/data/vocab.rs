@@ -81,7 +81,12 @@ impl Vocab {
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Vocab> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
+        Self::from_json_bytes(&bytes, path)
+    }
+
+    /// [`Vocab::from_json_file`] on bytes already in memory; `path` labels errors.
+    pub fn from_json_bytes(bytes: &[u8], path: &Path) -> Result<Vocab> {
+        let value: serde_json::Value = serde_json::from_slice(bytes)
             .map_err(|e| Error::parse(path, e.line(), format!("not valid JSON: {e}")))?;
         let list = value.as_array().ok_or_else(|| {
             Error::parse(path, 1, "a vocab.json must be a JSON list of token strings (index = id)")

@@ -369,6 +369,11 @@ impl<'a> WordPiece<'a> {
 pub fn read_vocab_txt(path: impl AsRef<Path>) -> Result<Vocab> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_vocab_txt(bytes, path)
+}
+
+/// [`read_vocab_txt`] on bytes already in memory; `path` labels errors.
+pub fn parse_vocab_txt(bytes: Vec<u8>, path: &Path) -> Result<Vocab> {
     let text = String::from_utf8(bytes).map_err(|e| {
         let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count();
         Error::parse(path, line, "vocab.txt is not valid UTF-8")

@@ -94,14 +94,19 @@ fn tmp_path(path: &Path) -> PathBuf {
 /// Reads every tensor of a safetensors file, in the order of their data offsets.
 pub fn load_safetensors(path: &Path) -> Result<Vec<TensorData>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_safetensors(&bytes, path)
+}
+
+/// [`load_safetensors`] on the bytes of a file already in memory; `path` labels errors.
+pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<Vec<TensorData>> {
     let bad = |e: safetensors::SafeTensorError| {
         Error::checkpoint(
             path,
             format!("not a valid safetensors file (header inconsistent with the data?): {e}"),
         )
     };
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(bad)?;
-    let st = SafeTensors::deserialize(&bytes).map_err(bad)?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(bad)?;
+    let st = SafeTensors::deserialize(bytes).map_err(bad)?;
     let mut out = Vec::with_capacity(st.len());
     for name in meta.offset_keys() {
         let t = st.tensor(&name).map_err(bad)?;
