@@ -176,6 +176,7 @@ pub fn load_model(
     // Every tensor but a missing `output.*` comes from the checkpoint (checked by the loader).
     let mut params = vec![0.0; layout.total];
     let rep = names::load_into_params(&tensors, &layout, &mut params, &params_path)?;
+    rep.refuse_non_finite(&params_path)?;
     if rep.output_initialized_fresh {
         init_output_layer(&layout, &mut params, seed);
     }
@@ -222,6 +223,7 @@ fn load_saved(dir: &Path) -> Result<LoadedModel> {
     let layout = ParamLayout::new(&cfg);
     let mut params = vec![0.0; layout.total];
     let rep = names::load_into_params(&tensors, &layout, &mut params, &wpath)?;
+    rep.refuse_non_finite(&wpath)?;
     if rep.output_initialized_fresh {
         return Err(Error::checkpoint(&wpath, "the saved classifier has no output.weight / output.bias"));
     }
@@ -426,7 +428,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<(LoadedModel, Resume)> {
         let p = ck.join(name);
         let t = st::load_safetensors(&p)?;
         let mut out = vec![0.0; layout.total];
-        names::load_into_params(&t, &layout, &mut out, &p)?;
+        names::load_into_params(&t, &layout, &mut out, &p)?.refuse_non_finite(&p)?;
         Ok(out)
     };
     let resume = Resume {

@@ -249,9 +249,7 @@ pub fn load_hf_dir(dir: &Path, seed: u64) -> Result<HfModel> {
     let (tensors, notices) = prepare_tensors(tensors, &hf, &layout, seed, &wpath)?;
     let mut params = vec![0.0; layout.total];
     let rep = names::load_into_params(&tensors, &layout, &mut params, &wpath)?;
-    if rep.non_finite > 0 {
-        return Err(Error::checkpoint(&wpath, format!("{} weights are NaN or infinite", rep.non_finite)));
-    }
+    rep.refuse_non_finite(&wpath)?;
     Ok(HfModel { cfg, vocab, params, hidden_dropout: hf.hidden_dropout_prob, notices })
 }
 

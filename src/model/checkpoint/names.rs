@@ -28,6 +28,31 @@ pub struct LoadReport {
     pub output_initialized_fresh: bool,
     /// NaN / ±inf values among the loaded weights (loaded as they are; the caller decides).
     pub non_finite: usize,
+    /// The tensors holding them (checkpoint name, count), in file order.
+    pub non_finite_tensors: Vec<(String, usize)>,
+}
+
+impl LoadReport {
+    /// An error naming `path` and the tensors that hold NaN or ±inf values, if any: weights like
+    /// that come from a diverged run or a corrupt file, and would only make every loss NaN.
+    pub fn refuse_non_finite(&self, path: &Path) -> Result<()> {
+        if self.non_finite == 0 {
+            return Ok(());
+        }
+        let mut names: Vec<String> =
+            self.non_finite_tensors.iter().take(8).map(|(n, k)| format!("`{n}` ({k})")).collect();
+        if self.non_finite_tensors.len() > 8 {
+            names.push(format!("… ({} more tensors)", self.non_finite_tensors.len() - 8));
+        }
+        Err(Error::checkpoint(
+            path,
+            format!(
+                "{} weights are NaN or infinite, in {}: the file is corrupt or was saved from a diverged run",
+                self.non_finite,
+                names.join(", ")
+            ),
+        ))
+    }
 }
 
 /// The hint for size mismatches. The number of heads is not in the weights.
@@ -181,7 +206,11 @@ pub fn load_into_params(
             )));
         }
         params[entry.range()].copy_from_slice(&t.values);
-        report.non_finite += t.non_finite_count();
+        let bad = t.non_finite_count();
+        if bad > 0 {
+            report.non_finite += bad;
+            report.non_finite_tensors.push((t.name.clone(), bad));
+        }
         report.loaded += 1;
         report.hf_names += via_hf as usize;
     }

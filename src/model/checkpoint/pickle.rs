@@ -201,6 +201,7 @@ pub fn unpickle_with(data: &[u8], path: &Path, what: &str, limits: Limits) -> Re
         marks: Vec::new(),
         memo: HashMap::new(),
         copied: 0,
+        key: None,
     };
     let v = m.run()?;
     Ok((v, m.pos))
@@ -217,11 +218,17 @@ struct Machine<'a> {
     marks: Vec<usize>,
     memo: HashMap<u32, Item>,
     copied: u64,
+    /// The state-dict key of the value a REDUCE is building, for error messages.
+    key: Option<String>,
 }
 
 impl<'a> Machine<'a> {
     fn err(&self, msg: impl std::fmt::Display) -> Error {
-        Error::checkpoint(self.path, format!("{}: byte {}: {msg}", self.what, self.op_pos))
+        let key = match &self.key {
+            Some(k) => format!("tensor `{k}`: "),
+            None => String::new(),
+        };
+        Error::checkpoint(self.path, format!("{}: byte {}: {key}{msg}", self.what, self.op_pos))
     }
 
     // ---------------------------------------------------------------- bounds-checked reads
@@ -544,8 +551,14 @@ impl<'a> Machine<'a> {
                     // REDUCE / NEWOBJ: callable(*args), for allowlisted callables only
                     let args = self.pop()?;
                     let callable = self.pop()?;
-                    let v = self.call(callable.v, args.v)?;
-                    self.push_leaf(v)?;
+                    // in a state dict the key sits right below: name it in errors
+                    self.key = match self.stack.last() {
+                        Some(Item { v: Value::Str(k), .. }) => Some(k.chars().take(200).collect()),
+                        _ => None,
+                    };
+                    let v = self.call(callable.v, args.v);
+                    self.key = None;
+                    self.push_leaf(v?)?;
                 }
                 b'b' => {
                     // BUILD: only `OrderedDict.__setstate__`-like state on a dict, which we drop

@@ -163,6 +163,38 @@ impl TensorData {
 const MAX_PICKLE_BYTES: u64 = 1 << 30;
 /// Above this element count a tensor may not hold more elements than its storage (stride-0 views).
 const MAX_BROADCAST_NUMEL: u64 = 1 << 24;
+/// All tensors together may hold at most this many times the storage bytes they view, plus
+/// [`MAX_BROADCAST_NUMEL`]: tied weights view one storage twice, while a hostile file could name
+/// one large storage from millions of tensors and expand a small file into terabytes of values.
+const MAX_VIEW_FACTOR: u64 = 4;
+
+/// Counts the values produced against the storage bytes read (see [`MAX_VIEW_FACTOR`]). Charged
+/// after each tensor is gathered: a single tensor is already bounded by its storage (or by
+/// [`MAX_BROADCAST_NUMEL`]), so at most one tensor is read beyond the budget.
+#[derive(Default)]
+struct Expansion {
+    storage_bytes: u64,
+    values: u64,
+}
+
+impl Expansion {
+    fn charge(&mut self, path: &Path, name: &str, t: &TensorRef) -> Result<()> {
+        let numel = t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).unwrap_or(u64::MAX);
+        self.values = self.values.saturating_add(numel);
+        let cap = self.storage_bytes.saturating_mul(MAX_VIEW_FACTOR).saturating_add(MAX_BROADCAST_NUMEL);
+        if self.values > cap {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "tensor `{name}`: the tensors so far hold {} values but view only {} bytes of storage \
+                     (more than {MAX_VIEW_FACTOR}x over): refusing to expand the file",
+                    self.values, self.storage_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Reads a `torch.save` state dict (zip or legacy container): every tensor in file order.
 ///
@@ -194,6 +226,14 @@ pub fn parse_torch_state_dict(bytes: &[u8], path: &Path) -> Result<Vec<TensorDat
         load_legacy(path, bytes)
     } else {
         Err(not_torch(path, &bytes[..bytes.len().min(4)]))
+    }
+}
+
+/// The message of a checkpoint error without its `checkpoint PATH:` prefix.
+fn checkpoint_msg(e: Error) -> String {
+    match e {
+        Error::Checkpoint { msg, .. } => msg,
+        other => other.to_string(),
     }
 }
 
@@ -238,7 +278,9 @@ fn load_zip<R: Read + Seek>(path: &Path, reader: R, file_len: u64) -> Result<Vec
             return Err(Error::checkpoint(path, format!("{name}: entry larger than the file (truncated?)")));
         }
         let mut buf = Vec::new();
-        e.by_ref().take(max).read_to_end(&mut buf).map_err(|err| zerr(name, err.into()))?;
+        e.by_ref().take(max).read_to_end(&mut buf).map_err(|err| {
+            Error::checkpoint(path, format!("{name}: {err} (a corrupt or truncated zip entry)"))
+        })?;
         Ok(Some(buf))
     };
     let pkl = read_entry(&mut zip, &pkl_name, MAX_PICKLE_BYTES + 1)?.unwrap_or_default();
@@ -257,6 +299,7 @@ fn load_zip<R: Read + Seek>(path: &Path, reader: R, file_len: u64) -> Result<Vec
     let tensors = state_dict_entries(path, value)?;
 
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut expansion = Expansion::default();
     let mut out = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let s = &t.storage;
@@ -288,7 +331,12 @@ fn load_zip<R: Read + Seek>(path: &Path, reader: R, file_len: u64) -> Result<Vec
                     ),
                 ));
             }
-            let bytes = read_entry(&mut zip, &entry, need)?.unwrap_or_default();
+            // one byte past `need`: an entry of exactly `need` bytes is then read to its end, where
+            // the zip reader checks its CRC-32 (a corrupt storage is an error, not wrong weights)
+            let mut bytes = read_entry(&mut zip, &entry, need.saturating_add(1))
+                .map_err(|e| Error::checkpoint(path, format!("tensor `{name}`: {}", checkpoint_msg(e))))?
+                .unwrap_or_default();
+            bytes.truncate(need as usize);
             if (bytes.len() as u64) < need {
                 return Err(Error::checkpoint(
                     path,
@@ -298,10 +346,12 @@ fn load_zip<R: Read + Seek>(path: &Path, reader: R, file_len: u64) -> Result<Vec
                     ),
                 ));
             }
+            expansion.storage_bytes += bytes.len() as u64;
             storages.insert(s.key.clone(), bytes);
         }
         let bytes = storages.get(&s.key).map(Vec::as_slice).unwrap_or_default();
-        out.push(gather(path, name, &t, bytes, 0, s.numel, big_endian)?);
+        out.push(gather(path, name.clone(), &t, bytes, 0, s.numel, big_endian)?);
+        expansion.charge(path, &name, &t)?;
     }
     Ok(out)
 }
@@ -398,6 +448,7 @@ fn load_legacy(path: &Path, data: &[u8]) -> Result<Vec<TensorData>> {
         pos += len as usize;
     }
 
+    let mut expansion = Expansion { storage_bytes: data.len() as u64, values: 0 };
     let mut out = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let s = &t.storage;
@@ -429,7 +480,8 @@ fn load_legacy(path: &Path, data: &[u8]) -> Result<Vec<TensorData>> {
             }
         };
         let bytes = data.get(start..start + (count as usize) * s.dtype.size()).unwrap_or_default();
-        out.push(gather(path, name, &t, bytes, view_off, view_numel, big_endian)?);
+        out.push(gather(path, name.clone(), &t, bytes, view_off, view_numel, big_endian)?);
+        expansion.charge(path, &name, &t)?;
     }
     Ok(out)
 }
