@@ -570,8 +570,54 @@ where
         if res.is_err() {
             let _ = std::fs::remove_dir_all(&tmp);
         }
-        res
+        res.map_err(|e| {
+            let dst = checkpoint_dir(out);
+            let kept = if dst.join("state.json").is_file() || out.join("checkpoint.old/state.json").is_file()
+            {
+                format!(
+                    "the previous checkpoint in {} is intact: continue with `nli-bert finetune --resume {}`",
+                    dst.display(),
+                    out.display()
+                )
+            } else {
+                "no earlier checkpoint exists".to_string()
+            };
+            let full = match &e {
+                Error::Io { source, .. } => matches!(source.raw_os_error(), Some(28 | 27 | 122)),
+                _ => false,
+            };
+            Error::msg(format!(
+                "saving the checkpoint of step {} failed: {e}{}; {kept}",
+                state.step,
+                if full { " (the disk, a quota or a file-size limit is full: free some space)" } else { "" }
+            ))
+        })
     }
+}
+
+/// Removes what an interrupted run (killed, or out of disk) may have left in `dir`: checkpoint
+/// folders being written (`.checkpoint.tmp-PID`) and files being written atomically
+/// (`NAME.tmp-PID`, `.NAME.tmp-PID`), whose process is gone. Returns how many were removed.
+pub fn remove_stale_temporaries(dir: &Path) -> Result<usize> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(0) };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((_, pid)) = name.rsplit_once(".tmp-") else { continue };
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // a live process (ours, or another run writing here) keeps its temporaries
+        if pid == std::process::id().to_string() || Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        let p = e.path();
+        let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        let r = if is_dir { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        r.map_err(|err| Error::io(&p, err))?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// Fine-tunes `m` on `train` (evaluating on `test` after each epoch), printing d2l's lines and
@@ -608,6 +654,10 @@ where
     };
     if let Some(dir) = &a.out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let stale = remove_stale_temporaries(dir)?;
+        if stale > 0 && !a.quiet {
+            eprintln!("removed {stale} temporary file(s) left in {} by an interrupted run", dir.display());
+        }
         // metrics.jsonl restarts from the state's completed epochs (none for a fresh run).
         let p = dir.join("metrics.jsonl");
         if p.exists() {

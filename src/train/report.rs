@@ -34,13 +34,19 @@ pub fn final_lines(history: &[EpochMetrics], device: &str) -> Option<(String, St
 }
 
 /// Appends one JSON object per epoch to `metrics.jsonl`:
-/// `{"epoch", "loss", "train_acc", "test_acc", "examples_per_sec", "seconds", ...}`.
+/// `{"epoch", "loss", "train_acc", "test_acc", "examples_per_sec", "seconds", ...}`. If the write
+/// fails (a full disk), the file is cut back to its previous length: no partial line is left.
 pub fn append_metrics(path: &Path, m: &EpochMetrics) -> Result<()> {
     let line = serde_json::to_string(m).map_err(|e| Error::msg(format!("serialising metrics: {e}")))?;
     let mut f =
         std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
-    writeln!(f, "{line}").map_err(|e| Error::io(path, e))?;
-    f.sync_data().map_err(|e| Error::io(path, e))
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let res = f.write_all(format!("{line}\n").as_bytes()).and_then(|()| f.sync_data());
+    res.map_err(|e| {
+        // a full disk may have taken part of the line: cut it off so every line stays valid JSON
+        let _ = f.set_len(len);
+        Error::io(path, e)
+    })
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
