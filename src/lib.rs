@@ -37,6 +37,7 @@ pub mod data;
 pub mod demo;
 pub mod error;
 pub mod float;
+pub mod fuzzing;
 pub mod model;
 pub mod rng;
 pub mod train;
