@@ -1,0 +1,202 @@
+// Test kernels for the CUDA emulator itself (tests/emu_runtime.rs). Valid, self-contained CUDA;
+// compiled into the emulator only, not into COMBINED / NVRTC. Some are wrong on purpose (a missing
+// barrier, a deadlock) to show that the emulator catches them.
+
+#ifndef NLI_DYNAMIC_SHARED
+#define NLI_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
+// Tree sum of x[blockIdx.x*blockDim.x ..] in shared memory: out[blockIdx.x]. blockDim.x is a
+// power of two <= 1024.
+extern "C" __global__ void emu_test_block_sum(const float* __restrict__ x, float* __restrict__ out, int n) {
+  __shared__ float buf[1024];
+  const unsigned tid = threadIdx.x;
+  const int i = blockIdx.x * blockDim.x + tid;
+  buf[tid] = i < n ? x[i] : 0.0f;
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (tid < s) buf[tid] += buf[tid + s];
+    __syncthreads();
+  }
+  if (tid == 0) out[blockIdx.x] = buf[0];
+}
+
+// The same with the barrier after the loads missing: a thread may read buf[tid + s] before its
+// owner wrote it.
+extern "C" __global__ void emu_test_block_sum_racy(const float* __restrict__ x, float* __restrict__ out, int n) {
+  __shared__ float buf[1024];
+  const unsigned tid = threadIdx.x;
+  const int i = blockIdx.x * blockDim.x + tid;
+  buf[tid] = i < n ? x[i] : 0.0f;
+  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (tid < s) buf[tid] += buf[tid + s];
+    __syncthreads();
+  }
+  if (tid == 0) out[blockIdx.x] = buf[0];
+}
+
+// The same with the barrier inside the loop missing: a level may read a partial sum the level
+// before has not finished.
+extern "C" __global__ void emu_test_block_sum_racy_loop(const float* __restrict__ x, float* __restrict__ out,
+                                                        int n) {
+  __shared__ float buf[1024];
+  const unsigned tid = threadIdx.x;
+  const int i = blockIdx.x * blockDim.x + tid;
+  buf[tid] = i < n ? x[i] : 0.0f;
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (tid < s) buf[tid] += buf[tid + s];
+  }
+  __syncthreads();
+  if (tid == 0) out[blockIdx.x] = buf[0];
+}
+
+// Sum over a block of any size (partial last warp included) with warp shuffles: each warp reduces
+// its existing lanes, then warp 0 reduces the warp sums. With `careless` the partial warp adds
+// what it shuffles from lanes that do not exist (undefined on a GPU, NaN on the emulator).
+extern "C" __global__ void emu_test_warp_block_sum(const float* __restrict__ x, float* __restrict__ out, int n,
+                                                   int careless) {
+  __shared__ float warp_sums[32];
+  const unsigned tid = threadIdx.x, lane = tid & 31u, base = tid & ~31u;
+  const int i = blockIdx.x * blockDim.x + tid;
+  float v = i < n ? x[i] : 0.0f;
+  unsigned k = min(32u, blockDim.x - base);
+  unsigned mask = k == 32 ? 0xffffffffu : (1u << k) - 1u;
+  for (unsigned off = 16; off > 0; off >>= 1) {
+    float o = __shfl_down_sync(careless ? 0xffffffffu : mask, v, off);
+    if (careless || lane + off < k) v += o;
+  }
+  if (lane == 0) warp_sums[tid / 32] = v;
+  __syncthreads();
+  if (tid < 32) {
+    const unsigned nwarps = (blockDim.x + 31) / 32;
+    k = min(32u, blockDim.x);
+    mask = k == 32 ? 0xffffffffu : (1u << k) - 1u;
+    v = lane < nwarps ? warp_sums[lane] : 0.0f;
+    for (unsigned off = 16; off > 0; off >>= 1) {
+      float o = __shfl_down_sync(mask, v, off);
+      if (lane + off < k) v += o;
+    }
+    if (tid == 0) out[blockIdx.x] = v;
+  }
+}
+
+// Every shuffle flavour with source offset `delta`; out is (6, blockDim.x), flags is (3, blockDim.x).
+extern "C" __global__ void emu_test_shuffles(const float* __restrict__ x, float* __restrict__ out,
+                                             unsigned* __restrict__ flags, int delta) {
+  const int t = threadIdx.x, n = blockDim.x;
+  const float v = x[t];
+  out[0 * n + t] = __shfl_xor_sync(0xffffffffu, v, delta);
+  out[1 * n + t] = __shfl_down_sync(0xffffffffu, v, delta);
+  out[2 * n + t] = __shfl_up_sync(0xffffffffu, v, delta);
+  out[3 * n + t] = __shfl_sync(0xffffffffu, v, (t * 7 + delta) & 31);
+  out[4 * n + t] = __shfl_down_sync(0xffffffffu, v, delta, 8);
+  out[5 * n + t] = __shfl_xor_sync(0xffffffffu, v, delta, 16);
+  flags[0 * n + t] = __ballot_sync(0xffffffffu, v > 0.0f);
+  flags[1 * n + t] = __any_sync(0xffffffffu, v > 100.0f);
+  flags[2 * n + t] = __all_sync(0xffffffffu, v > -100.0f);
+}
+
+// Shuffles of int, unsigned, double and long long; one warp.
+extern "C" __global__ void emu_test_shuffle_types(int* oi, unsigned* ou, double* od, long long* ol) {
+  const int t = threadIdx.x;
+  oi[t] = __shfl_xor_sync(0xffffffffu, t * -3, 1);
+  ou[t] = __shfl_down_sync(0xffffffffu, 0x80000000u + (unsigned)t, 1);
+  od[t] = __shfl_up_sync(0xffffffffu, t * 0.5 + 1e10, 1);
+  ol[t] = __shfl_sync(0xffffffffu, (long long)t << 40, 31 - t);
+  __syncwarp();
+}
+
+// Atomics from every thread with i < n.
+extern "C" __global__ void emu_test_atomics(int* count, float* fsum, unsigned long long* usum, double* dsum,
+                                            int* imax, int* imin, unsigned* slots, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  atomicAdd(count, 1);
+  atomicAdd(fsum, 0.5f);
+  atomicAdd(usum, (unsigned long long)i);
+  atomicAdd(dsum, i * 0.25);
+  atomicMax(imax, i * 7 % 1000);
+  atomicMin(imin, 1000 - i);
+  atomicCAS(&slots[i % 16], 0u, (unsigned)i + 1u);
+}
+
+// Dynamic shared memory (blockDim.x floats): `unwritten` gets what each thread reads before anyone
+// wrote its slot (the emulator's poison), `out` the block's values reversed.
+extern "C" __global__ void emu_test_dynamic_shared(const float* __restrict__ x, float* __restrict__ out,
+                                                   float* __restrict__ unwritten) {
+  NLI_DYNAMIC_SHARED(float, smem);
+  const unsigned t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+  unwritten[i] = smem[t];
+  smem[t] = x[i];
+  __syncthreads();
+  out[i] = smem[blockDim.x - 1 - t];
+}
+
+// What each thread reads from a static __shared__ array before writing its own slot.
+extern "C" __global__ void emu_test_static_shared(unsigned* out) {
+  __shared__ unsigned s[64];
+  const unsigned t = threadIdx.x;
+  out[blockIdx.x * blockDim.x + t] = s[t];
+  s[t] = 7u;
+}
+
+// Each thread writes its threadIdx, blockIdx, blockDim and gridDim (12 values) at its global
+// linear index.
+extern "C" __global__ void emu_test_indices(unsigned* out) {
+  const unsigned block = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  const unsigned thread = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+  unsigned* o = out + 12u * (block * blockDim.x * blockDim.y * blockDim.z + thread);
+  o[0] = threadIdx.x, o[1] = threadIdx.y, o[2] = threadIdx.z;
+  o[3] = blockIdx.x, o[4] = blockIdx.y, o[5] = blockIdx.z;
+  o[6] = blockDim.x, o[7] = blockDim.y, o[8] = blockDim.z;
+  o[9] = gridDim.x, o[10] = gridDim.y, o[11] = gridDim.z;
+}
+
+// __syncthreads_count / _and / _or; out is (3, blockDim.x).
+extern "C" __global__ void emu_test_sync_count(int* out) {
+  const int t = threadIdx.x, n = blockDim.x;
+  out[t] = __syncthreads_count(t % 3 == 0);
+  out[n + t] = __syncthreads_and(t < n);
+  out[2 * n + t] = __syncthreads_or(t == n - 1);
+}
+
+// One value of every parameter kind, written back as doubles.
+extern "C" __global__ void emu_test_arg_kinds(double* out, int a, unsigned int b, long long c,
+                                              unsigned long long d, float e, double f) {
+  out[0] = a, out[1] = b, out[2] = (double)c, out[3] = (double)d, out[4] = e, out[5] = f;
+}
+
+// Deadlock: lane 5 waits at a barrier while the rest of its warp waits for it in a shuffle.
+extern "C" __global__ void emu_test_deadlock(float* out) {
+  float v = (float)threadIdx.x;
+  if (threadIdx.x == 5) __syncthreads();
+  v = __shfl_xor_sync(0xffffffffu, v, 1);
+  __syncthreads();
+  out[threadIdx.x] = v;
+}
+
+// Threads of one block at two different barriers.
+extern "C" __global__ void emu_test_divergent_barrier(float* out) {
+  if (threadIdx.x < 32) {
+    __syncthreads();
+    out[threadIdx.x] = 1.0f;
+  } else {
+    __syncthreads();
+    out[threadIdx.x] = 2.0f;
+  }
+}
+
+// Half a warp shuffles with xor, the other half with down.
+extern "C" __global__ void emu_test_mismatched_shuffle(float* out) {
+  float v = (float)threadIdx.x;
+  if (threadIdx.x < 16) v = __shfl_xor_sync(0xffffffffu, v, 1);
+  else v = __shfl_down_sync(0xffffffffu, v, 1);
+  out[threadIdx.x] = v;
+}
+
+// Thread `at` traps.
+extern "C" __global__ void emu_test_trap(float* out, int at) {
+  if ((int)threadIdx.x == at) __trap();
+  out[threadIdx.x] = 1.0f;
+}

@@ -1,0 +1,263 @@
+//! The attention kernels (kernels/attention.cu) and their launchers through `Gpu<Emu>` — the real
+//! kernels and launch code on the CPU emulator, randomised schedule — against the float64 CPU
+//! reference `Cpu<f64>`: out, att and dqkv, dropout off and on (the same Philox units on both).
+//!
+//! Shapes: lengths 1, 3, max_len and random ones, an empty sequence, C and hs that are not
+//! multiples of 32, nh = 1 and 4, hs > 128 (two column passes), block sizes 32..256, and both
+//! shared-memory paths (shared row buffers / rows of att; dS whole in shared memory / recomputed
+//! columns), the fallbacks forced by a small shared-memory budget and reached naturally by a
+//! 300-token sequence.
+//!
+//! Tolerances are f32-vs-f64: `|a − b| <= atol + rtol·|ref|`.
+
+use nli_bert::backend::cpu::Cpu;
+use nli_bert::backend::gpu::attention::{backward_with, forward_with, AttentionLaunch};
+use nli_bert::backend::gpu::emu::Emu;
+use nli_bert::backend::gpu::Gpu;
+use nli_bert::backend::{Backend, BatchLayout, DeviceBatch};
+use nli_bert::float::Float;
+use nli_bert::rng::{Dropout, HostRng};
+
+const ATOL: f64 = 2e-5;
+const RTOL: f64 = 1e-4;
+
+/// `|got − want| <= atol + rtol·|want|` (false for a NaN on either side).
+fn close(got: f64, want: f64) -> bool {
+    (got - want).abs() <= ATOL + RTOL * want.abs()
+}
+
+fn assert_close(what: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let bad: Vec<String> = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .filter(|(_, (g, w))| !close(**g, **w))
+        .take(5)
+        .map(|(i, (g, w))| format!("[{i}] got {g} want {w}"))
+        .collect();
+    assert!(bad.is_empty(), "{what}: mismatches (atol {ATOL}, rtol {RTOL}): {}", bad.join(", "));
+}
+
+fn emu() -> Gpu<Emu> {
+    Gpu::new(Emu::new().expect("the CUDA emulator is built with the crate"))
+}
+
+fn cpu() -> Cpu<f64> {
+    Cpu::<f64>::new(1).expect("thread pool")
+}
+
+fn randn(rng: &mut HostRng, n: usize) -> Vec<f64> {
+    (0..n).map(|_| rng.normal()).collect()
+}
+
+fn up<B: Backend>(be: &B, x: &[f64]) -> B::Buf {
+    let v: Vec<B::F> = x.iter().map(|&x| <B::F as Float>::from_f64(x)).collect();
+    be.upload(&v).expect("upload")
+}
+
+fn down<B: Backend>(be: &B, b: &B::Buf) -> Vec<f64> {
+    be.download(be.view(b)).expect("download").into_iter().map(|x| x.to_f64()).collect()
+}
+
+/// A batch of sequences of the given lengths (only the layout matters to attention).
+fn batch<B: Backend>(be: &B, lens: &[usize]) -> DeviceBatch<B> {
+    let layout = BatchLayout::new(lens);
+    let t = layout.t();
+    let ints = |x: &[usize]| x.iter().map(|&x| x as i32).collect::<Vec<_>>();
+    let zeros = vec![0i32; t];
+    DeviceBatch {
+        tokens: be.upload_i32(&zeros).expect("upload"),
+        segments: be.upload_i32(&zeros).expect("upload"),
+        positions: be.upload_i32(&zeros).expect("upload"),
+        cu_seqlens: be.upload_i32(&ints(&layout.cu_seqlens)).expect("upload"),
+        att_offsets: be.upload_i32(&ints(&layout.att_offsets)).expect("upload"),
+        labels: be.upload_i32(&vec![0; lens.len()]).expect("upload"),
+        labels_host: vec![0; lens.len()],
+        layout,
+    }
+}
+
+/// One attention problem: lengths, heads, hidden size, random qkv and dout.
+struct Case {
+    lens: Vec<usize>,
+    nh: usize,
+    c: usize,
+    qkv: Vec<f64>,
+    dout: Vec<f64>,
+}
+
+impl Case {
+    fn new(lens: Vec<usize>, nh: usize, c: usize, seed: u64) -> Case {
+        let t: usize = lens.iter().sum();
+        let mut rng = HostRng::new(seed, 11);
+        // Scale Q and K up a little so that the softmax is far from uniform.
+        let qkv = randn(&mut rng, t * 3 * c).into_iter().map(|x| 1.5 * x).collect();
+        let dout = randn(&mut rng, t * c);
+        Case { lens, nh, c, qkv, dout }
+    }
+
+    fn name(&self, dropout: &Dropout) -> String {
+        format!("lens {:?}, nh {}, C {}, p {}", self.lens, self.nh, self.c, dropout.p)
+    }
+}
+
+/// (out, att, dqkv) of forward then backward on the CPU reference.
+fn run_cpu(k: &Case, dropout: Dropout) -> [Vec<f64>; 3] {
+    let be = cpu();
+    let b = batch(&be, &k.lens);
+    let t = b.layout.t();
+    let (qkv, dout) = (up(&be, &k.qkv), up(&be, &k.dout));
+    let (mut out, mut att, mut dqkv) = (
+        be.alloc(t * k.c).unwrap(),
+        be.alloc(b.layout.att_len(k.nh)).unwrap(),
+        be.alloc(t * 3 * k.c).unwrap(),
+    );
+    be.attention_forward(be.view_mut(&mut out), be.view_mut(&mut att), be.view(&qkv), &b, k.nh, k.c, dropout);
+    be.attention_backward(
+        be.view_mut(&mut dqkv),
+        be.view(&dout),
+        be.view(&att),
+        be.view(&qkv),
+        &b,
+        k.nh,
+        k.c,
+        dropout,
+    );
+    [down(&be, &out), down(&be, &att), down(&be, &dqkv)]
+}
+
+/// (out, att, dqkv) of forward then backward through `Gpu<Emu>` with launch configuration `cfg`
+/// (`None`: the Backend trait's default launch). Buffers start as NaN so that an element the
+/// kernels fail to write shows up.
+fn run_emu(k: &Case, dropout: Dropout, cfg: Option<AttentionLaunch>) -> [Vec<f64>; 3] {
+    let be = emu();
+    let b = batch(&be, &k.lens);
+    let t = b.layout.t();
+    let (qkv, dout) = (up(&be, &k.qkv), up(&be, &k.dout));
+    let nan = |n: usize| up(&be, &vec![f64::NAN; n]);
+    let (mut out, mut att, mut dqkv) = (nan(t * k.c), nan(b.layout.att_len(k.nh)), nan(t * 3 * k.c));
+    let (o, a, d) = (be.view_mut(&mut out), be.view_mut(&mut att), be.view_mut(&mut dqkv));
+    match cfg {
+        None => be.attention_forward(o, a, be.view(&qkv), &b, k.nh, k.c, dropout),
+        Some(cfg) => forward_with(&be, &cfg, o, a, be.view(&qkv), &b, k.nh, k.c, dropout),
+    }
+    let (att_v, qkv_v, dout_v) = (be.view(&att), be.view(&qkv), be.view(&dout));
+    match cfg {
+        None => be.attention_backward(d, dout_v, att_v, qkv_v, &b, k.nh, k.c, dropout),
+        Some(cfg) => backward_with(&be, &cfg, d, dout_v, att_v, qkv_v, &b, k.nh, k.c, dropout),
+    }
+    be.check().expect("no device error");
+    [down(&be, &out), down(&be, &att), down(&be, &dqkv)]
+}
+
+fn compare(k: &Case, dropout: Dropout, cfg: Option<AttentionLaunch>) {
+    let want = run_cpu(k, dropout);
+    let got = run_emu(k, dropout, cfg);
+    let name = k.name(&dropout);
+    for (what, (g, w)) in ["out", "att", "dqkv"].iter().zip(got.iter().zip(&want)) {
+        assert_close(&format!("emu vs cpu f64, {what} ({name}, {cfg:?})"), g, w);
+    }
+}
+
+fn dropouts() -> [Dropout; 3] {
+    [
+        Dropout::OFF,
+        Dropout { p: 0.1, seed: 0x5eed_0001_0002, step: 3, site: 6 },
+        Dropout { p: 0.5, seed: 42, step: 1 << 33, site: 0 },
+    ]
+}
+
+/// The standard shapes: lengths 3 and max_len with 1 and random lengths; C and hs not multiples
+/// of 32; nh 1 and 4; an empty sequence; hs > 128.
+fn cases() -> Vec<Case> {
+    let mut rng = HostRng::new(5, 7);
+    let random: Vec<usize> = (0..7).map(|_| 1 + rng.below(40) as usize).collect();
+    vec![
+        Case::new(vec![3, 1, 37, 5], 1, 20, 1),
+        Case::new(random, 4, 36, 2),
+        Case::new(vec![3, 0, 33, 1, 2], 4, 12, 3),
+        Case::new(vec![3, 34], 1, 130, 4),
+    ]
+}
+
+#[test]
+fn attention_emu_matches_cpu_f64() {
+    for k in &cases() {
+        for d in dropouts() {
+            compare(k, d, None);
+        }
+    }
+}
+
+#[test]
+fn attention_emu_block_sizes_and_shared_paths_match_cpu_f64() {
+    let k = Case::new(vec![3, 45, 1, 17], 4, 44, 9);
+    let d = dropouts()[1];
+    for threads in [32, 64, 96, 256] {
+        for shared_limit in [64, 48 * 1024] {
+            compare(&k, d, Some(AttentionLaunch { threads, shared_limit }));
+        }
+    }
+}
+
+#[test]
+fn attention_emu_is_deterministic_across_runs_block_sizes_and_paths() {
+    let k = Case::new(vec![40, 3, 29], 2, 18, 10);
+    let d = dropouts()[2];
+    let first = run_emu(&k, d, None);
+    for cfg in [
+        None,
+        Some(AttentionLaunch { threads: 32, shared_limit: 64 }),
+        Some(AttentionLaunch { threads: 160, shared_limit: 1 << 20 }),
+    ] {
+        let again = run_emu(&k, d, cfg);
+        for (what, (a, b)) in ["out", "att", "dqkv"].iter().zip(first.iter().zip(&again)) {
+            let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "{what} differs bit-wise between the default launch and {cfg:?}");
+        }
+    }
+}
+
+#[test]
+fn attention_emu_long_sequence_takes_the_fallback_and_matches_cpu_f64() {
+    // 300 tokens: dS (300·301 floats) exceeds the 48 KiB budget, so backward recomputes columns.
+    compare(&Case::new(vec![300, 3], 1, 8, 12), dropouts()[1], None);
+    // 512 tokens (BERT's longest) with a 4 KiB budget: forward also takes the rows of att.
+    let cfg = AttentionLaunch { threads: 128, shared_limit: 4096 };
+    compare(&Case::new(vec![1, 512], 1, 5, 13), dropouts()[2], Some(cfg));
+}
+
+#[test]
+fn attention_emu_reports_too_much_shared_memory() {
+    // 512 threads: the fallback needs 17 floats per token, 54.4 KB for 800 tokens.
+    let be = emu();
+    let (t, nh, c) = (800, 1, 4);
+    let b = batch(&be, &[t]);
+    let qkv = be.alloc(t * 3 * c).unwrap();
+    let att = be.alloc(b.layout.att_len(nh)).unwrap();
+    let (dout, mut dqkv) = (be.alloc(t * c).unwrap(), be.alloc(t * 3 * c).unwrap());
+    let cfg = AttentionLaunch { threads: 512, shared_limit: 48 * 1024 };
+    let (dv, av, qv) = (be.view(&dout), be.view(&att), be.view(&qkv));
+    backward_with(&be, &cfg, be.view_mut(&mut dqkv), dv, av, qv, &b, nh, c, Dropout::OFF);
+    let err = be.check().expect_err("the launch must be refused").to_string();
+    assert!(err.contains("shared memory"), "{err}");
+}
+
+#[test]
+#[should_panic(expected = "not a multiple of the 3 heads")]
+fn attention_emu_rejects_c_not_a_multiple_of_nh() {
+    let be = emu();
+    let b = batch(&be, &[2]);
+    let (mut out, mut att, qkv) = (be.alloc(8).unwrap(), be.alloc(12).unwrap(), be.alloc(24).unwrap());
+    be.attention_forward(be.view_mut(&mut out), be.view_mut(&mut att), be.view(&qkv), &b, 3, 4, Dropout::OFF);
+}
+
+#[test]
+#[should_panic(expected = "att has 9 elements")]
+fn attention_emu_rejects_a_short_att_buffer() {
+    let be = emu();
+    let b = batch(&be, &[2, 1]);
+    let (mut out, mut att, qkv) = (be.alloc(12).unwrap(), be.alloc(9).unwrap(), be.alloc(36).unwrap());
+    be.attention_forward(be.view_mut(&mut out), be.view_mut(&mut att), be.view(&qkv), &b, 2, 4, Dropout::OFF);
+}
