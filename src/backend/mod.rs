@@ -8,6 +8,7 @@
 //! - every shape is in the argument's doc comment.
 
 pub mod cpu;
+pub mod gpu;
 
 use crate::error::Result;
 use crate::float::Float;

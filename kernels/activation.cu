@@ -1,0 +1,114 @@
+// activation.cu: element-wise kernels around the linear layers.
+//
+// act_forward / act_backward: out = act(inp); dinp = act'(inp)·dout (overwrites). act: 0 ReLU,
+//   1 GELU (erf), 2 GELU (tanh approximation), 3 tanh. Same formulas as the CPU twin
+//   (src/backend/cpu/elementwise.rs). ReLU's gradient uses the forward output (0 where out <= 0).
+// bias_forward: out (N,OC) += bias (OC) per row (after the GEMM).
+// bias_backward: dbias (OC) += Σ_rows dout (N,OC); one thread per column, rows in order.
+// dropout_forward / dropout_backward: out = x · factor(idx) (0 or 1/(1-p)), idx = element index.
+// cls_forward: out (B,C) = x (T,C) at row cu_seqlens[b] (zero row for an empty sequence).
+// cls_scatter: dx (T,C) rows cu_seqlens[b] = dout (B,C) rows (dx zeroed by the launcher first).
+#include "common.cuh"
+
+#define NLI_SQRT_2_OVER_PI 0.7978845608028654f
+#define NLI_INV_SQRT_2PI 0.3989422804014327f
+#define NLI_FRAC_1_SQRT_2 0.70710678118654752f
+
+__device__ __forceinline__ float nli_gelu_cdf(float x) { return 0.5f * (1.0f + erff(x * NLI_FRAC_1_SQRT_2)); }
+
+__device__ __forceinline__ float nli_gelu_tanh_u(float x) {
+    return NLI_SQRT_2_OVER_PI * (x + 0.044715f * x * x * x);
+}
+
+extern "C" __global__ void act_forward(float* __restrict__ out, const float* __restrict__ inp, long long n,
+                                       int act) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float x = inp[i];
+    float y;
+    if (act == 0) {
+        y = x < 0.0f ? 0.0f : x;
+    } else if (act == 1) {
+        y = x * nli_gelu_cdf(x);
+    } else if (act == 2) {
+        y = 0.5f * x * (1.0f + tanhf(nli_gelu_tanh_u(x)));
+    } else {
+        y = tanhf(x);
+    }
+    out[i] = y;
+}
+
+extern "C" __global__ void act_backward(float* __restrict__ dinp, const float* __restrict__ dout,
+                                        const float* __restrict__ inp, const float* __restrict__ out,
+                                        long long n, int act) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float dy = dout[i];
+    float d;
+    if (act == 0) {
+        d = out[i] > 0.0f ? dy : 0.0f;
+    } else if (act == 1) {
+        float x = inp[i];
+        float pdf = NLI_INV_SQRT_2PI * expf(-0.5f * x * x);
+        d = dy * (nli_gelu_cdf(x) + x * pdf);
+    } else if (act == 2) {
+        float x = inp[i];
+        float th = tanhf(nli_gelu_tanh_u(x));
+        float du = NLI_SQRT_2_OVER_PI * (1.0f + 3.0f * 0.044715f * x * x);
+        d = dy * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du);
+    } else {
+        float y = out[i];
+        d = dy * (1.0f - y * y);
+    }
+    dinp[i] = d;
+}
+
+extern "C" __global__ void bias_forward(float* __restrict__ out, const float* __restrict__ bias, int n, int oc) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * oc) return;
+    out[i] += bias[i % oc];
+}
+
+extern "C" __global__ void bias_backward(float* __restrict__ dbias, const float* __restrict__ dout, int n, int oc) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= oc) return;
+    float acc = 0.0f;
+    for (int r = 0; r < n; ++r) acc += dout[(long long)r * oc + j];
+    dbias[j] += acc;
+}
+
+extern "C" __global__ void dropout_forward(float* __restrict__ out, const float* __restrict__ x, long long n,
+                                           unsigned long long seed, unsigned int step, unsigned int site,
+                                           unsigned int thr, float scale) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    nli_dropout d = nli_make_dropout(seed, step, site, thr, scale);
+    out[i] = x[i] * nli_dropout_factor(d, (unsigned long long)i);
+}
+
+extern "C" __global__ void dropout_backward(float* __restrict__ dinp, const float* __restrict__ dout,
+                                            long long n, unsigned long long seed, unsigned int step,
+                                            unsigned int site, unsigned int thr, float scale) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    nli_dropout d = nli_make_dropout(seed, step, site, thr, scale);
+    dinp[i] = dout[i] * nli_dropout_factor(d, (unsigned long long)i);
+}
+
+extern "C" __global__ void cls_forward(float* __restrict__ out, const float* __restrict__ x,
+                                       const int* __restrict__ cu_seqlens, int b, int c) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)b * c) return;
+    int s = (int)(i / c), ch = (int)(i % c);
+    int row = cu_seqlens[s];
+    out[i] = cu_seqlens[s + 1] > row ? x[(long long)row * c + ch] : 0.0f;
+}
+
+extern "C" __global__ void cls_scatter(float* __restrict__ dx, const float* __restrict__ dout,
+                                       const int* __restrict__ cu_seqlens, int b, int c) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)b * c) return;
+    int s = (int)(i / c), ch = (int)(i % c);
+    int row = cu_seqlens[s];
+    if (cu_seqlens[s + 1] > row) dx[(long long)row * c + ch] = dout[i];
+}

@@ -1,0 +1,150 @@
+// common.cuh: what every kernel file shares. Self-contained (no CUDA headers), so the same text
+// compiles with NVRTC (no include path), with nvcc, and as C++ for the CPU emulator (build.rs
+// includes kernels/emu/emu.h first and defines NLI_EMU).
+//
+// - NLI_DYNAMIC_SHARED(type, name): the block's dynamic shared memory as `type name[]`.
+// - Philox4x32-10 and the dropout decision, bit-identical to src/rng.rs: element `idx` of site
+//   `site` at step `step` uses lane idx % 4 of the block with counter (idx/4 lo, idx/4 hi, site,
+//   step) and key (seed lo, seed hi); kept iff (bits >> 8) >= thr, thr = ceil(p * 2^24).
+// - Warp and block reductions (sum, max) in a fixed order: the result does not depend on the
+//   schedule, so a kernel is deterministic run to run.
+// - bf16 / f16 stored as unsigned short, with conversions written in plain integer/float code.
+#ifndef NLI_COMMON_CUH
+#define NLI_COMMON_CUH
+
+#ifndef NLI_EMU
+#define NLI_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
+#define NLI_WARP 32
+#define NLI_FULL_MASK 0xffffffffu
+// No <math.h> under NVRTC: infinities and NaN from their bit patterns.
+#define NLI_NEG_INF __uint_as_float(0xff800000u)
+#define NLI_NAN __uint_as_float(0x7fc00000u)
+
+// ---- Philox4x32-10 -------------------------------------------------------------------------
+struct nli_u32x4 {
+    unsigned int x, y, z, w;
+};
+
+__device__ __forceinline__ nli_u32x4 nli_philox(unsigned int c0, unsigned int c1, unsigned int c2,
+                                                 unsigned int c3, unsigned int k0, unsigned int k1) {
+    for (int r = 0; r < 10; ++r) {
+        if (r > 0) {
+            k0 += 0x9E3779B9u;
+            k1 += 0xBB67AE85u;
+        }
+        unsigned long long p0 = (unsigned long long)0xD2511F53u * c0;
+        unsigned long long p1 = (unsigned long long)0xCD9E8D57u * c2;
+        unsigned int n0 = (unsigned int)(p1 >> 32) ^ c1 ^ k0;
+        unsigned int n2 = (unsigned int)(p0 >> 32) ^ c3 ^ k1;
+        c1 = (unsigned int)p1;
+        c3 = (unsigned int)p0;
+        c0 = n0;
+        c2 = n2;
+    }
+    nli_u32x4 o;
+    o.x = c0;
+    o.y = c1;
+    o.z = c2;
+    o.w = c3;
+    return o;
+}
+
+// The 32 random bits of element `idx` (see the file header).
+__device__ __forceinline__ unsigned int nli_dropout_bits(unsigned long long seed, unsigned int step,
+                                                         unsigned int site, unsigned long long idx) {
+    unsigned long long blk = idx >> 2;
+    nli_u32x4 o = nli_philox((unsigned int)blk, (unsigned int)(blk >> 32), site, step, (unsigned int)seed,
+                             (unsigned int)(seed >> 32));
+    unsigned int lane = (unsigned int)(idx & 3);
+    return lane == 0 ? o.x : lane == 1 ? o.y : lane == 2 ? o.z : o.w;
+}
+
+// Dropout parameters as passed to kernels: thr = ceil(p * 2^24) (0 = dropout off), scale =
+// 1/(1-p) rounded to float on the host.
+struct nli_dropout {
+    unsigned long long seed;
+    unsigned int step, site, thr;
+    float scale;
+};
+
+__device__ __forceinline__ nli_dropout nli_make_dropout(unsigned long long seed, unsigned int step,
+                                                        unsigned int site, unsigned int thr, float scale) {
+    nli_dropout d;
+    d.seed = seed;
+    d.step = step;
+    d.site = site;
+    d.thr = thr;
+    d.scale = scale;
+    return d;
+}
+
+// The factor of element `idx`: 1 when dropout is off, else 0 (dropped) or scale (kept).
+__device__ __forceinline__ float nli_dropout_factor(const nli_dropout& d, unsigned long long idx) {
+    if (d.thr == 0u) return 1.0f;
+    return (nli_dropout_bits(d.seed, d.step, d.site, idx) >> 8) >= d.thr ? d.scale : 0.0f;
+}
+
+// ---- reductions ----------------------------------------------------------------------------
+// Butterfly sum over the 32 lanes of a full warp; every lane gets the same total.
+__device__ __forceinline__ float nli_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(NLI_FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float nli_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(NLI_FULL_MASK, v, o));
+    return v;
+}
+
+// Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets the
+// total. `scratch` holds at least 32 floats of shared memory; the function begins and ends with a
+// barrier, so it can be called repeatedly with the same scratch.
+__device__ __forceinline__ float nli_block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+    v = nli_warp_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float t = lane < nwarps ? scratch[lane] : 0.0f;
+    return nli_warp_sum(t);
+}
+
+__device__ __forceinline__ float nli_block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+    v = nli_warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float t = lane < nwarps ? scratch[lane] : -3.402823466e38f;
+    return nli_warp_max(t);
+}
+
+// ---- 16-bit floats -------------------------------------------------------------------------
+__device__ __forceinline__ float nli_bf16_to_f32(unsigned short h) {
+    return __uint_as_float(((unsigned int)h) << 16);
+}
+
+// Round to nearest even; NaN stays a (quiet) NaN.
+__device__ __forceinline__ unsigned short nli_f32_to_bf16(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
+__device__ __forceinline__ float nli_f16_to_f32(unsigned short h) {
+    unsigned int sign = ((unsigned int)h & 0x8000u) << 16;
+    unsigned int exp = ((unsigned int)h >> 10) & 0x1fu;
+    unsigned int man = (unsigned int)h & 0x3ffu;
+    if (exp == 0x1fu) return __uint_as_float(sign | 0x7f800000u | (man << 13));
+    if (exp == 0u) {
+        // subnormal or zero: man * 2^-24
+        float f = (float)man * 5.9604644775390625e-8f;
+        return sign ? -f : f;
+    }
+    return __uint_as_float(sign | ((exp + 112u) << 23) | (man << 13));
+}
+
+#endif  // NLI_COMMON_CUH

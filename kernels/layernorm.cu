@@ -1,0 +1,91 @@
+// layernorm.cu: d2l's AddNorm, out = LayerNorm(dropout(sub) + res), fused into one row kernel,
+// and its backward. Twin: src/backend/cpu/addnorm.rs.
+//
+// Shapes: out, sum, res, sub (T,C); mean, rstd (T,); weight, bias (C,). `sub` may be null (a
+// plain LayerNorm of res: the Hugging Face embedding LayerNorm). Dropout element index = row*C +
+// col. Biased variance in two passes (mean, then Σ(x-mean)²), rstd = 1/sqrt(var + eps).
+//
+// forward:  one warp per row; saves sum (the pre-norm input), mean and rstd for backward.
+// backward: addnorm_backward_rows, one warp per row: dres = rstd*(g - mean(g) - x̂*mean(g*x̂)) with
+//           g = dout*weight (overwritten), dsub = dres * dropout factor (overwritten, if not null);
+//           addnorm_backward_params, one thread per column, rows in order: dweight += Σ dout*x̂,
+//           dbias += Σ dout (accumulate).
+#include "common.cuh"
+
+extern "C" __global__ void addnorm_forward(float* __restrict__ out, float* __restrict__ sum,
+                                           float* __restrict__ mean, float* __restrict__ rstd,
+                                           const float* __restrict__ res, const float* __restrict__ sub,
+                                           const float* __restrict__ weight, const float* __restrict__ bias,
+                                           float eps, int t, int c, unsigned long long seed, unsigned int step,
+                                           unsigned int site, unsigned int thr, float scale) {
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= t) return;  // whole warps leave together
+    const long long base = (long long)row * c;
+    nli_dropout d = nli_make_dropout(seed, step, site, thr, scale);
+    float acc = 0.0f;
+    for (int j = lane; j < c; j += 32) {
+        float x = res[base + j];
+        float s = sub ? sub[base + j] * nli_dropout_factor(d, (unsigned long long)(base + j)) + x : x;
+        sum[base + j] = s;
+        acc += s;
+    }
+    const float inv_c = 1.0f / (float)c;
+    const float m = nli_warp_sum(acc) * inv_c;
+    float acc2 = 0.0f;
+    for (int j = lane; j < c; j += 32) {
+        float dx = sum[base + j] - m;
+        acc2 += dx * dx;
+    }
+    const float var = nli_warp_sum(acc2) * inv_c;
+    const float r = 1.0f / sqrtf(var + eps);
+    for (int j = lane; j < c; j += 32) out[base + j] = (sum[base + j] - m) * r * weight[j] + bias[j];
+    if (lane == 0) {
+        mean[row] = m;
+        rstd[row] = r;
+    }
+}
+
+extern "C" __global__ void addnorm_backward_rows(float* __restrict__ dres, float* __restrict__ dsub,
+                                                 const float* __restrict__ dout, const float* __restrict__ sum,
+                                                 const float* __restrict__ mean, const float* __restrict__ rstd,
+                                                 const float* __restrict__ weight, int t, int c,
+                                                 unsigned long long seed, unsigned int step, unsigned int site,
+                                                 unsigned int thr, float scale) {
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= t) return;
+    const long long base = (long long)row * c;
+    const float mu = mean[row], rs = rstd[row];
+    float sg = 0.0f, sgx = 0.0f;
+    for (int j = lane; j < c; j += 32) {
+        float g = dout[base + j] * weight[j];
+        sg += g;
+        sgx += g * ((sum[base + j] - mu) * rs);
+    }
+    const float inv_c = 1.0f / (float)c;
+    const float mg = nli_warp_sum(sg) * inv_c, mgx = nli_warp_sum(sgx) * inv_c;
+    nli_dropout d = nli_make_dropout(seed, step, site, thr, scale);
+    for (int j = lane; j < c; j += 32) {
+        float v = rs * (dout[base + j] * weight[j] - mg - (sum[base + j] - mu) * rs * mgx);
+        dres[base + j] = v;
+        if (dsub) dsub[base + j] = v * nli_dropout_factor(d, (unsigned long long)(base + j));
+    }
+}
+
+extern "C" __global__ void addnorm_backward_params(float* __restrict__ dweight, float* __restrict__ dbias,
+                                                   const float* __restrict__ dout, const float* __restrict__ sum,
+                                                   const float* __restrict__ mean, const float* __restrict__ rstd,
+                                                   int t, int c) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= c) return;
+    float pw = 0.0f, pb = 0.0f;
+    for (int row = 0; row < t; ++row) {
+        const long long i = (long long)row * c + j;
+        const float dy = dout[i];
+        pw += dy * ((sum[i] - mean[row]) * rstd[row]);
+        pb += dy;
+    }
+    dweight[j] += pw;
+    dbias[j] += pb;
+}

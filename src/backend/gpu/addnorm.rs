@@ -1,0 +1,131 @@
+//! Launchers of kernels/layernorm.cu: fused dropout + residual + LayerNorm (d2l's AddNorm).
+//! One warp per row (4 rows per 128-thread block); parameter gradients by one thread per column.
+
+use super::device::{Device, KArg, LaunchCfg};
+use super::{dropout_args, i, need, p, pm, GView, GViewMut, Gpu, THREADS};
+use crate::rng::Dropout;
+
+/// Threads per block of the row kernels (one warp per row).
+const ROW_THREADS: u32 = 128;
+
+fn row_cfg(t: usize) -> LaunchCfg {
+    let rows_per_block = (ROW_THREADS / 32) as usize;
+    LaunchCfg::linear(t.div_ceil(rows_per_block) as u32, ROW_THREADS, 0)
+}
+
+/// See [`Backend::addnorm_forward`](crate::backend::Backend::addnorm_forward).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward<D: Device>(
+    g: &Gpu<D>,
+    out: GViewMut<'_>,
+    sum: GViewMut<'_>,
+    mean: GViewMut<'_>,
+    rstd: GViewMut<'_>,
+    res: GView<'_>,
+    sub: Option<GView<'_>>,
+    weight: GView<'_>,
+    bias: GView<'_>,
+    eps: f64,
+    dropout: Dropout,
+    t: usize,
+    c: usize,
+) {
+    let op = "addnorm_forward";
+    let tc = t * c;
+    for (what, have, n) in [
+        ("out", out.len, tc),
+        ("sum", sum.len, tc),
+        ("mean", mean.len, t),
+        ("rstd", rstd.len, t),
+        ("res", res.len, tc),
+        ("sub", sub.map_or(tc, |s| s.len), tc),
+        ("weight", weight.len, c),
+        ("bias", bias.len, c),
+    ] {
+        need(op, what, have, n);
+    }
+    if tc == 0 {
+        return;
+    }
+    let [s0, s1, s2, s3, s4] = dropout_args(&dropout);
+    let args = [
+        pm(&out),
+        pm(&sum),
+        pm(&mean),
+        pm(&rstd),
+        p(&res),
+        KArg::Ptr(sub.map_or(0, |s| s.ptr)),
+        p(&weight),
+        p(&bias),
+        KArg::F32(eps as f32),
+        i(t),
+        i(c),
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+    ];
+    g.launch(op, row_cfg(t), &args);
+}
+
+/// See [`Backend::addnorm_backward`](crate::backend::Backend::addnorm_backward).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward<D: Device>(
+    g: &Gpu<D>,
+    dres: GViewMut<'_>,
+    dsub: Option<GViewMut<'_>>,
+    dweight: GViewMut<'_>,
+    dbias: GViewMut<'_>,
+    dout: GView<'_>,
+    sum: GView<'_>,
+    mean: GView<'_>,
+    rstd: GView<'_>,
+    weight: GView<'_>,
+    dropout: Dropout,
+    t: usize,
+    c: usize,
+) {
+    let op = "addnorm_backward";
+    let tc = t * c;
+    for (what, have, n) in [
+        ("dres", dres.len, tc),
+        ("dsub", dsub.as_ref().map_or(tc, |d| d.len), tc),
+        ("dweight", dweight.len, c),
+        ("dbias", dbias.len, c),
+        ("dout", dout.len, tc),
+        ("sum", sum.len, tc),
+        ("mean", mean.len, t),
+        ("rstd", rstd.len, t),
+        ("weight", weight.len, c),
+    ] {
+        need(op, what, have, n);
+    }
+    if tc == 0 {
+        return;
+    }
+    let [s0, s1, s2, s3, s4] = dropout_args(&dropout);
+    let args = [
+        pm(&dres),
+        KArg::Ptr(dsub.as_ref().map_or(0, |d| d.ptr)),
+        p(&dout),
+        p(&sum),
+        p(&mean),
+        p(&rstd),
+        p(&weight),
+        i(t),
+        i(c),
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+    ];
+    g.launch("addnorm_backward_rows", row_cfg(t), &args);
+    let args = [pm(&dweight), pm(&dbias), p(&dout), p(&sum), p(&mean), p(&rstd), i(t), i(c)];
+    g.launch(
+        "addnorm_backward_params",
+        LaunchCfg::linear(c.div_ceil(THREADS as usize) as u32, THREADS, 0),
+        &args,
+    );
+}

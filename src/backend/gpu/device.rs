@@ -1,0 +1,228 @@
+//! The `Device` trait: what the GPU backend [`Gpu`](super::Gpu) needs from a machine that runs
+//! our CUDA kernels. Two implementations share every line of launch code above this trait:
+//! [`Cuda`](super::cuda::Cuda) (a real GPU through cudarc, NVRTC and cuBLAS) and
+//! [`Emu`](super::emu::Emu) (the CUDA execution model on the CPU: the same kernel sources compiled
+//! as C++ by build.rs, each CUDA thread a fiber, randomised schedule; GEMMs by the CPU path).
+//!
+//! Memory is addressed by raw 64-bit device addresses ([`DevPtr`]): a `CUdeviceptr` on CUDA, a
+//! host address on the emulator. Kernel arguments are passed as a list of [`KArg`] values, which
+//! both devices hand to the kernel the way `cuLaunchKernel` does (an array of pointers to the
+//! argument values), after checking them against the kernel's signature parsed by build.rs
+//! ([`kernel_signature`]).
+
+use crate::error::{Error, Result};
+
+/// A device address (`CUdeviceptr` on CUDA, a host address on the emulator).
+pub type DevPtr = u64;
+
+/// The type of one kernel parameter, as parsed from the kernel's signature by build.rs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgKind {
+    /// Any pointer (`float*`, `const int*`, `unsigned short*`, …).
+    Ptr,
+    /// `int`.
+    I32,
+    /// `unsigned int`.
+    U32,
+    /// `long long`.
+    I64,
+    /// `unsigned long long`.
+    U64,
+    /// `float`.
+    F32,
+    /// `double`.
+    F64,
+}
+
+/// One kernel argument value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KArg {
+    /// A device address.
+    Ptr(DevPtr),
+    /// `int`.
+    I32(i32),
+    /// `unsigned int`.
+    U32(u32),
+    /// `long long`.
+    I64(i64),
+    /// `unsigned long long`.
+    U64(u64),
+    /// `float`.
+    F32(f32),
+    /// `double`.
+    F64(f64),
+}
+
+impl KArg {
+    /// The parameter kind this value fits.
+    pub fn kind(&self) -> ArgKind {
+        match self {
+            KArg::Ptr(_) => ArgKind::Ptr,
+            KArg::I32(_) => ArgKind::I32,
+            KArg::U32(_) => ArgKind::U32,
+            KArg::I64(_) => ArgKind::I64,
+            KArg::U64(_) => ArgKind::U64,
+            KArg::F32(_) => ArgKind::F32,
+            KArg::F64(_) => ArgKind::F64,
+        }
+    }
+
+    /// The value as the 8 little-endian bytes a kernel parameter slot holds (4-byte types in
+    /// the low half). Devices pass a pointer to this slot per argument.
+    pub fn to_slot(&self) -> [u8; 8] {
+        let mut s = [0u8; 8];
+        match *self {
+            KArg::Ptr(v) | KArg::U64(v) => s.copy_from_slice(&v.to_le_bytes()),
+            KArg::I64(v) => s.copy_from_slice(&v.to_le_bytes()),
+            KArg::F64(v) => s.copy_from_slice(&v.to_le_bytes()),
+            KArg::I32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
+            KArg::U32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
+            KArg::F32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
+        }
+        s
+    }
+}
+
+/// Grid and block shape of one launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchCfg {
+    /// Blocks in x, y, z.
+    pub grid: [u32; 3],
+    /// Threads per block in x, y, z.
+    pub block: [u32; 3],
+    /// Bytes of dynamic shared memory per block.
+    pub shared_bytes: u32,
+}
+
+impl LaunchCfg {
+    /// A 1-D grid of `blocks` blocks of `threads` threads.
+    pub fn linear(blocks: u32, threads: u32, shared_bytes: u32) -> Self {
+        LaunchCfg { grid: [blocks, 1, 1], block: [threads, 1, 1], shared_bytes }
+    }
+}
+
+/// One single-precision matrix product in **row-major** terms:
+/// `C (m,n) = alpha · op(A) (m,k) · op(B) (k,n) + beta · C`, where `op(X)` is `X` or `Xᵀ`
+/// (`trans_a`, `trans_b`) and `lda`, `ldb`, `ldc` are row strides (elements) of the stored
+/// matrices. CUDA maps it onto column-major cuBLAS by computing `Cᵀ = op(B)ᵀ · op(A)ᵀ`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    /// Use `Aᵀ` (A stored as (k, m)).
+    pub trans_a: bool,
+    /// Use `Bᵀ` (B stored as (n, k)).
+    pub trans_b: bool,
+    /// Rows of C.
+    pub m: usize,
+    /// Columns of C.
+    pub n: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// Scale of the product.
+    pub alpha: f32,
+    /// A's address.
+    pub a: DevPtr,
+    /// A's row stride.
+    pub lda: usize,
+    /// B's address.
+    pub b: DevPtr,
+    /// B's row stride.
+    pub ldb: usize,
+    /// Scale of the old C (0 overwrites: C is not read, NaNs in it do not propagate).
+    pub beta: f32,
+    /// C's address.
+    pub c: DevPtr,
+    /// C's row stride.
+    pub ldc: usize,
+}
+
+/// A machine that runs our kernels. All calls are issued in order on one stream; errors of
+/// asynchronous work may surface at a later call (as in CUDA).
+pub trait Device: Send + Sync + 'static {
+    /// Human-readable name, e.g. `cuda:0 (NVIDIA H100 80GB HBM3)` or `emu`.
+    fn name(&self) -> String;
+    /// Allocates `bytes` bytes, zero-filled, aligned to at least 256 bytes.
+    fn alloc(&self, bytes: usize) -> Result<DevPtr>;
+    /// Frees an allocation returned by [`Device::alloc`].
+    ///
+    /// # Safety
+    /// `ptr` came from `alloc` on this device and is not used afterwards.
+    unsafe fn free(&self, ptr: DevPtr);
+    /// Copies host bytes to `dst`.
+    ///
+    /// # Safety
+    /// `dst .. dst + src.len()` lies inside one live allocation.
+    unsafe fn copy_htod(&self, dst: DevPtr, src: &[u8]) -> Result<()>;
+    /// Copies device bytes to the host (waits for earlier work).
+    ///
+    /// # Safety
+    /// `src .. src + dst.len()` lies inside one live allocation.
+    unsafe fn copy_dtoh(&self, src: DevPtr, dst: &mut [u8]) -> Result<()>;
+    /// Copies `bytes` bytes between (non-overlapping) device ranges.
+    ///
+    /// # Safety
+    /// Both ranges lie inside live allocations and do not overlap.
+    unsafe fn copy_dtod(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()>;
+    /// Sets `bytes` bytes at `dst` to zero.
+    ///
+    /// # Safety
+    /// `dst .. dst + bytes` lies inside one live allocation.
+    unsafe fn memset_zero(&self, dst: DevPtr, bytes: usize) -> Result<()>;
+    /// Launches kernel `name` (one of [`KERNELS`](super::KERNELS)). The caller has checked the
+    /// arguments against the signature ([`check_args`]).
+    ///
+    /// # Safety
+    /// Every pointer argument addresses memory the kernel may read/write for this launch shape.
+    unsafe fn launch(&self, name: &str, cfg: &LaunchCfg, args: &[KArg]) -> Result<()>;
+    /// A row-major f32 matrix product (see [`Gemm`]).
+    ///
+    /// # Safety
+    /// The matrices described by `g` lie inside live allocations.
+    unsafe fn sgemm(&self, g: &Gemm) -> Result<()>;
+    /// Waits until all issued work is done and reports any asynchronous error.
+    fn synchronize(&self) -> Result<()>;
+}
+
+/// The parameter kinds of kernel `name`, from the signatures build.rs parsed out of kernels/*.cu.
+pub fn kernel_signature(name: &str) -> Option<&'static [ArgKind]> {
+    super::KERNELS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+}
+
+/// Checks a launch against kernel `name`'s signature and the CUDA launch limits, so that a
+/// programming error is an error here rather than garbage on the device.
+pub fn check_args(name: &str, cfg: &LaunchCfg, args: &[KArg]) -> Result<()> {
+    let sig = kernel_signature(name)
+        .ok_or_else(|| Error::msg(format!("no kernel named `{name}` in kernels/*.cu")))?;
+    if sig.len() != args.len() {
+        return Err(Error::msg(format!(
+            "kernel `{name}` takes {} arguments, launch passed {}",
+            sig.len(),
+            args.len()
+        )));
+    }
+    for (i, (k, a)) in sig.iter().zip(args).enumerate() {
+        if *k != a.kind() {
+            return Err(Error::msg(format!(
+                "kernel `{name}` argument {i}: expected {k:?}, launch passed {:?}",
+                a.kind()
+            )));
+        }
+    }
+    let threads = cfg.block.iter().map(|&x| x as u64).product::<u64>();
+    if threads == 0 || threads > 1024 || cfg.grid.contains(&0) {
+        return Err(Error::msg(format!(
+            "kernel `{name}`: bad launch shape grid {:?} block {:?} (1..=1024 threads per block, no empty \
+             dimension)",
+            cfg.grid, cfg.block
+        )));
+    }
+    if cfg.grid[1] > 65_535 || cfg.grid[2] > 65_535 {
+        return Err(Error::msg(format!("kernel `{name}`: grid {:?} exceeds 65535 in y or z", cfg.grid)));
+    }
+    if cfg.shared_bytes > 227 * 1024 {
+        return Err(Error::msg(format!(
+            "kernel `{name}`: {} bytes of dynamic shared memory exceeds the 227 KiB limit",
+            cfg.shared_bytes
+        )));
+    }
+    Ok(())
+}

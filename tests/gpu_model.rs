@@ -1,0 +1,138 @@
+//! The whole model through `Gpu<Emu>` (the real kernels and launch code on the CUDA emulator)
+//! against `Cpu<f64>`: forward (loss, logits), backward (every parameter gradient) and three
+//! Adam steps with dropout on, for d2l's variant (ReLU, frozen positions) and the Hugging Face
+//! variant (GELU, embedding LayerNorm, extra dropout sites), with the row-sparse embedding step.
+
+use nli_bert::backend::cpu::Cpu;
+use nli_bert::backend::gpu::emu::Emu;
+use nli_bert::backend::gpu::Gpu;
+use nli_bert::backend::{Activation, Backend};
+use nli_bert::data::batch::Batch;
+use nli_bert::float::Float;
+use nli_bert::model::bert::{cast_params, init_params, upload_batch, Acts, Mode, Model};
+use nli_bert::model::config::{BertConfig, TokenizerKind};
+use nli_bert::model::params::ParamLayout;
+use nli_bert::rng::HostRng;
+use nli_bert::train::optim::{Adam, AdamConfig};
+
+fn tiny(d2l: bool) -> BertConfig {
+    BertConfig {
+        vocab_size: 23,
+        hidden: 12,
+        ffn: 20,
+        heads: 3,
+        layers: 2,
+        max_positions: 16,
+        type_vocab_size: 2,
+        activation: if d2l { Activation::Relu } else { Activation::Gelu },
+        ln_eps: 1e-5,
+        embedding_layernorm: !d2l,
+        train_pos_embedding: !d2l,
+        num_labels: 3,
+        tokenizer: TokenizerKind::D2lWords,
+        lowercase: true,
+        hf_extra_dropout: !d2l,
+    }
+}
+
+/// Packed sequences of lengths 3, 16 (max), 1, 7 and 5.
+fn batch(step: u64) -> Batch {
+    let lens = [3usize, 16, 1, 7, 5];
+    let mut rng = HostRng::new(100 + step, 0);
+    let mut b =
+        Batch { tokens: vec![], segments: vec![], positions: vec![], lens: lens.to_vec(), labels: vec![] };
+    for &l in &lens {
+        for i in 0..l {
+            b.tokens.push(rng.below(23) as i32);
+            b.segments.push(i32::from(i >= l / 2));
+            b.positions.push(i as i32);
+        }
+        b.labels.push(rng.below(3) as i32);
+    }
+    b
+}
+
+/// Losses, logits, gradients after the first step and parameters after three Adam steps.
+struct Trace {
+    losses: Vec<f64>,
+    logits: Vec<f64>,
+    grads: Vec<f64>,
+    params: Vec<f64>,
+}
+
+fn run<B: Backend>(be: &B, cfg: &BertConfig, host: &[f64], dropout: f64) -> Trace {
+    let mut model = Model::from_host(be, cfg.clone(), &cast_params::<B::F>(host)).unwrap();
+    let mut acts = Acts::new(be, cfg).unwrap();
+    let mut opt = Adam::new(be, &model, AdamConfig::adam(1e-2)).unwrap();
+    let mut tr = Trace { losses: vec![], logits: vec![], grads: vec![], params: vec![] };
+    for step in 0..3u64 {
+        let b = batch(step);
+        let db = upload_batch(be, &b).unwrap();
+        let mode = Mode { dropout, seed: 42, step };
+        opt.zero_grad(be, &mut model);
+        let out = model.forward(be, &mut acts, &db, mode).unwrap();
+        tr.losses.push(out.loss_sum);
+        if step == 0 {
+            tr.logits = model
+                .logits_host(be, &acts, b.lens.len())
+                .unwrap()
+                .iter()
+                .map(|&x| <B::F as Float>::to_f64(x))
+                .collect();
+        }
+        model.backward(be, &mut acts, &db, mode).unwrap();
+        if step == 0 {
+            tr.grads = model.grads_host(be).unwrap().iter().map(|&x| <B::F as Float>::to_f64(x)).collect();
+        }
+        opt.step_batch(be, &mut model, &b.tokens);
+    }
+    tr.params = model.params_host(be).unwrap().iter().map(|&x| <B::F as Float>::to_f64(x)).collect();
+    tr
+}
+
+fn check(d2l: bool) {
+    let cfg = tiny(d2l);
+    let layout = ParamLayout::new(&cfg);
+    let host = init_params(&layout, 5);
+    let want = run(&Cpu::<f64>::new(1).unwrap(), &cfg, &host, 0.3);
+    let emu = Gpu::new(Emu::new().expect("the CUDA emulator is built with the crate"));
+    let got = run(&emu, &cfg, &host, 0.3);
+    emu.check().expect("no device error");
+    let close = |what: &str, g: &[f64], w: &[f64], atol: f64, rtol: f64| {
+        assert_eq!(g.len(), w.len());
+        for (i, (a, b)) in g.iter().zip(w).enumerate() {
+            let name = if g.len() == layout.total {
+                layout.entries.iter().find(|e| e.range().contains(&i)).map_or("?", |e| e.name.as_str())
+            } else {
+                ""
+            };
+            assert!((a - b).abs() <= atol + rtol * b.abs(), "{what}[{i}] {name}: emu {a} vs cpu f64 {b}");
+        }
+    };
+    close("losses", &got.losses, &want.losses, 1e-5, 1e-5);
+    close("logits", &got.logits, &want.logits, 1e-5, 1e-5);
+    close("grads", &got.grads, &want.grads, 1e-5, 1e-4);
+    // The key bias has an identically zero gradient (softmax is invariant to a per-query
+    // constant), so its computed gradient is rounding noise (~1e-9) and Adam, which normalises
+    // the step, moves it by up to lr per step in a direction set by that noise. It is compared
+    // for staying within that bound instead.
+    let kb: Vec<usize> =
+        layout.entries.iter().filter(|e| e.name.ends_with("W_k.bias")).flat_map(|e| e.range()).collect();
+    let (mut gp, mut wp) = (got.params.clone(), want.params.clone());
+    for &i in &kb {
+        assert!((gp[i] - host[i]).abs() <= 3.0 * 1e-2 + 1e-6, "W_k.bias[{i}] moved more than 3 lr");
+        gp[i] = 0.0;
+        wp[i] = 0.0;
+    }
+    close("params after 3 Adam steps", &gp, &wp, 1e-5, 1e-4);
+}
+
+#[test]
+fn model_emu_matches_cpu_f64_d2l() {
+    check(true);
+}
+
+#[test]
+fn model_emu_matches_cpu_f64_hf() {
+    check(false);
+}

@@ -1,0 +1,421 @@
+//! Every kernel family of the GPU backend (embedding, matmul + bias, activations, `<cls>`,
+//! dropout, AddNorm, cross-entropy, Adam) run through `Gpu<Emu>` — the real kernels and launch
+//! code on the CPU emulator — against the float64 CPU reference `Cpu<f64>`, at two or more
+//! shapes each (sizes that are not multiples of the block size, sequences of length 1, 3 and
+//! max_len, random lengths). Attention has its own file (tests/gpu_attention.rs).
+//!
+//! Tolerances are f32-vs-f64: `|a − b| <= atol + rtol·|ref|`.
+
+use nli_bert::backend::cpu::Cpu;
+use nli_bert::backend::gpu::emu::Emu;
+use nli_bert::backend::gpu::Gpu;
+use nli_bert::backend::{Activation, AdamStep, Backend, BatchLayout, DeviceBatch};
+use nli_bert::float::Float;
+use nli_bert::rng::{Dropout, HostRng};
+
+fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let bad: Vec<String> = got
+        .iter()
+        .zip(want)
+        .enumerate()
+        .filter(|(_, (g, w))| {
+            let close = (*g - *w).abs() <= atol + rtol * w.abs();
+            let both_nan = g.is_nan() && w.is_nan();
+            !close && !both_nan
+        })
+        .take(5)
+        .map(|(i, (g, w))| format!("[{i}] got {g} want {w}"))
+        .collect();
+    assert!(bad.is_empty(), "{what}: mismatches (atol {atol}, rtol {rtol}): {}", bad.join(", "));
+}
+
+fn emu() -> Gpu<Emu> {
+    Gpu::new(Emu::new().expect("the CUDA emulator is built with the crate"))
+}
+
+fn cpu() -> Cpu<f64> {
+    Cpu::<f64>::new(1).expect("thread pool")
+}
+
+fn randn(rng: &mut HostRng, n: usize) -> Vec<f64> {
+    (0..n).map(|_| rng.normal()).collect()
+}
+
+fn up<B: Backend>(be: &B, x: &[f64]) -> B::Buf {
+    let v: Vec<B::F> = x.iter().map(|&x| <B::F as Float>::from_f64(x)).collect();
+    be.upload(&v).expect("upload")
+}
+
+fn down<B: Backend>(be: &B, b: &B::Buf) -> Vec<f64> {
+    be.download(be.view(b)).expect("download").into_iter().map(|x| x.to_f64()).collect()
+}
+
+/// Token ids in 0..v, segments, positions and labels for sequences of the given lengths.
+fn batch<B: Backend>(be: &B, lens: &[usize], v: usize, seed: u64) -> DeviceBatch<B> {
+    let layout = BatchLayout::new(lens);
+    let mut rng = HostRng::new(seed, 0);
+    let (mut tok, mut seg, mut pos) = (vec![], vec![], vec![]);
+    for &l in lens {
+        for i in 0..l {
+            tok.push(rng.below(v as u64) as i32);
+            seg.push(i32::from(i >= l / 2));
+            pos.push(i as i32);
+        }
+    }
+    let labels: Vec<i32> = (0..lens.len()).map(|_| rng.below(3) as i32).collect();
+    let ints = |x: &[usize]| x.iter().map(|&x| x as i32).collect::<Vec<_>>();
+    DeviceBatch {
+        tokens: be.upload_i32(&tok).unwrap(),
+        segments: be.upload_i32(&seg).unwrap(),
+        positions: be.upload_i32(&pos).unwrap(),
+        cu_seqlens: be.upload_i32(&ints(&layout.cu_seqlens)).unwrap(),
+        att_offsets: be.upload_i32(&ints(&layout.att_offsets)).unwrap(),
+        labels: be.upload_i32(&labels).unwrap(),
+        labels_host: labels,
+        layout,
+    }
+}
+
+/// A test shape: sequence lengths, hidden size C, FFN size F, vocabulary V, positions P.
+struct Shape {
+    lens: Vec<usize>,
+    c: usize,
+    f: usize,
+    v: usize,
+    p: usize,
+}
+
+fn shapes() -> Vec<Shape> {
+    let mut rng = HostRng::new(77, 3);
+    let random: Vec<usize> = (0..9).map(|_| 1 + rng.below(20) as usize).collect();
+    vec![
+        Shape { lens: vec![3, 1, 8, 5], c: 8, f: 12, v: 11, p: 8 },
+        Shape { lens: random, c: 40, f: 70, v: 37, p: 21 },
+        Shape { lens: vec![33, 3, 33], c: 36, f: 300, v: 5, p: 33 },
+    ]
+}
+
+macro_rules! on_both {
+    ($atol:expr, $rtol:expr, |$be:ident| $body:block) => {{
+        let run_cpu = {
+            let $be = cpu();
+            $body
+        };
+        let run_emu = {
+            let $be = emu();
+            let r = $body;
+            $be.check().expect("no device error");
+            r
+        };
+        assert_eq!(run_cpu.len(), run_emu.len());
+        for ((name, want), (_, got)) in run_cpu.iter().zip(&run_emu) {
+            assert_close(&format!("emu vs cpu f64: {name}"), got, want, $atol, $rtol);
+        }
+    }};
+}
+
+#[test]
+fn embedding_emu_matches_cpu_f64() {
+    for (si, s) in shapes().iter().enumerate() {
+        let mut rng = HostRng::new(si as u64, 1);
+        let t: usize = s.lens.iter().sum();
+        let (wte, wse, wpe, dout) = (
+            randn(&mut rng, s.v * s.c),
+            randn(&mut rng, 2 * s.c),
+            randn(&mut rng, s.p * s.c),
+            randn(&mut rng, t * s.c),
+        );
+        let base = randn(&mut rng, s.v.max(s.p) * s.c);
+        on_both!(1e-5, 1e-5, |be| {
+            let bt = batch(&be, &s.lens, s.v, 9 + si as u64);
+            let (wte, wse, wpe, dout) = (up(&be, &wte), up(&be, &wse), up(&be, &wpe), up(&be, &dout));
+            let mut out = be.alloc(t * s.c).unwrap();
+            be.embedding_forward(
+                be.view_mut(&mut out),
+                &bt,
+                be.view(&wte),
+                be.view(&wse),
+                be.view(&wpe),
+                s.c,
+            );
+            // gradients accumulate onto existing values
+            let mut dwte = up(&be, &base[..s.v * s.c]);
+            let mut dwse = up(&be, &base[..2 * s.c]);
+            let mut dwpe = up(&be, &base[..s.p * s.c]);
+            be.embedding_backward(
+                be.view_mut(&mut dwte),
+                be.view_mut(&mut dwse),
+                Some(be.view_mut(&mut dwpe)),
+                be.view(&dout),
+                &bt,
+                s.c,
+            );
+            vec![
+                (format!("shape {si} embedding_forward"), down(&be, &out)),
+                (format!("shape {si} embedding_backward dwte"), down(&be, &dwte)),
+                (format!("shape {si} embedding_backward dwse"), down(&be, &dwse)),
+                (format!("shape {si} embedding_backward dwpe"), down(&be, &dwpe)),
+            ]
+        });
+    }
+}
+
+#[test]
+fn matmul_emu_matches_cpu_f64() {
+    for (si, s) in shapes().iter().enumerate() {
+        let mut rng = HostRng::new(si as u64, 2);
+        let (n, ic, oc) = (s.lens.iter().sum::<usize>(), s.c, s.f);
+        let (x, w, b, dy) =
+            (randn(&mut rng, n * ic), randn(&mut rng, oc * ic), randn(&mut rng, oc), randn(&mut rng, n * oc));
+        let (dx0, dw0, db0) = (randn(&mut rng, n * ic), randn(&mut rng, oc * ic), randn(&mut rng, oc));
+        for accumulate in [false, true] {
+            on_both!(1e-5, 1e-5, |be| {
+                let (x, w, b, dy) = (up(&be, &x), up(&be, &w), up(&be, &b), up(&be, &dy));
+                let mut y = up(&be, &vec![f64::NAN; n * oc]); // beta = 0 must not read C
+                be.matmul_forward(
+                    be.view_mut(&mut y),
+                    be.view(&x),
+                    be.view(&w),
+                    Some(be.view(&b)),
+                    n,
+                    ic,
+                    oc,
+                );
+                let mut y2 = be.alloc(n * oc).unwrap();
+                be.matmul_forward(be.view_mut(&mut y2), be.view(&x), be.view(&w), None, n, ic, oc);
+                let (mut dx, mut dw, mut db) = (up(&be, &dx0), up(&be, &dw0), up(&be, &db0));
+                be.matmul_backward(
+                    Some(be.view_mut(&mut dx)),
+                    accumulate,
+                    be.view_mut(&mut dw),
+                    Some(be.view_mut(&mut db)),
+                    be.view(&dy),
+                    be.view(&x),
+                    be.view(&w),
+                    n,
+                    ic,
+                    oc,
+                );
+                vec![
+                    (format!("shape {si} matmul_forward"), down(&be, &y)),
+                    (format!("shape {si} matmul_forward no bias"), down(&be, &y2)),
+                    (format!("shape {si} acc {accumulate} matmul_backward dinp"), down(&be, &dx)),
+                    (format!("shape {si} matmul_backward dweight"), down(&be, &dw)),
+                    (format!("shape {si} matmul_backward dbias"), down(&be, &db)),
+                ]
+            });
+        }
+    }
+}
+
+#[test]
+fn activations_emu_match_cpu_f64() {
+    for n in [7usize, 256, 1000, 4099] {
+        let mut rng = HostRng::new(n as u64, 3);
+        let x: Vec<f64> = randn(&mut rng, n).iter().map(|v| 3.0 * v).collect();
+        let dy = randn(&mut rng, n);
+        for act in [Activation::Relu, Activation::Gelu, Activation::GeluTanh, Activation::Tanh] {
+            on_both!(1e-6, 1e-5, |be| {
+                let (xb, dyb) = (up(&be, &x), up(&be, &dy));
+                let mut y = be.alloc(n).unwrap();
+                be.act_forward(be.view_mut(&mut y), be.view(&xb), act);
+                let mut dx = be.alloc(n).unwrap();
+                be.act_backward(be.view_mut(&mut dx), be.view(&dyb), be.view(&xb), be.view(&y), act);
+                vec![
+                    (format!("n {n} act_forward {act:?}"), down(&be, &y)),
+                    (format!("act_backward {act:?}"), down(&be, &dx)),
+                ]
+            });
+        }
+    }
+}
+
+#[test]
+fn cls_and_dropout_emu_match_cpu_f64() {
+    for (si, s) in shapes().iter().enumerate() {
+        let mut rng = HostRng::new(si as u64, 4);
+        let (t, nb) = (s.lens.iter().sum::<usize>(), s.lens.len());
+        let (x, dy) = (randn(&mut rng, t * s.c), randn(&mut rng, nb * s.c));
+        for p in [0.0, 0.1, 0.5] {
+            let drop = Dropout { p, seed: 1234 + si as u64, step: 7, site: 5 };
+            on_both!(0.0, 1e-6, |be| {
+                let bt = batch(&be, &s.lens, s.v, 3);
+                let (xb, dyb) = (up(&be, &x), up(&be, &dy));
+                let mut cls = be.alloc(nb * s.c).unwrap();
+                be.cls_forward(be.view_mut(&mut cls), be.view(&xb), &bt, s.c);
+                let mut dx = up(&be, &x); // overwritten
+                be.cls_backward(be.view_mut(&mut dx), be.view(&dyb), &bt, s.c);
+                let mut d = be.alloc(t * s.c).unwrap();
+                be.dropout_forward(be.view_mut(&mut d), be.view(&xb), drop);
+                let mut dd = be.alloc(t * s.c).unwrap();
+                be.dropout_backward(be.view_mut(&mut dd), be.view(&xb), drop);
+                vec![
+                    (format!("shape {si} cls_forward"), down(&be, &cls)),
+                    (format!("shape {si} cls_backward"), down(&be, &dx)),
+                    (format!("shape {si} p {p} dropout_forward"), down(&be, &d)),
+                    (format!("shape {si} p {p} dropout_backward"), down(&be, &dd)),
+                ]
+            });
+        }
+    }
+}
+
+#[test]
+fn addnorm_emu_matches_cpu_f64() {
+    for (si, s) in shapes().iter().enumerate() {
+        let mut rng = HostRng::new(si as u64, 5);
+        let (t, c) = (s.lens.iter().sum::<usize>(), s.c);
+        let (res, sub, dy) = (randn(&mut rng, t * c), randn(&mut rng, t * c), randn(&mut rng, t * c));
+        let w: Vec<f64> = randn(&mut rng, c).iter().map(|x| 1.0 + 0.3 * x).collect();
+        let b = randn(&mut rng, c);
+        let (dw0, db0) = (randn(&mut rng, c), randn(&mut rng, c));
+        for (with_sub, p) in [(true, 0.0), (true, 0.2), (false, 0.0)] {
+            let drop = Dropout { p, seed: 5, step: 3, site: 1 };
+            on_both!(1e-5, 1e-4, |be| {
+                let (rb, sb, dyb, wb, bb) =
+                    (up(&be, &res), up(&be, &sub), up(&be, &dy), up(&be, &w), up(&be, &b));
+                let (mut out, mut sum, mut mean, mut rstd) = (
+                    be.alloc(t * c).unwrap(),
+                    be.alloc(t * c).unwrap(),
+                    be.alloc(t).unwrap(),
+                    be.alloc(t).unwrap(),
+                );
+                be.addnorm_forward(
+                    be.view_mut(&mut out),
+                    be.view_mut(&mut sum),
+                    be.view_mut(&mut mean),
+                    be.view_mut(&mut rstd),
+                    be.view(&rb),
+                    with_sub.then(|| be.view(&sb)),
+                    be.view(&wb),
+                    be.view(&bb),
+                    1e-5,
+                    drop,
+                    t,
+                    c,
+                );
+                let (mut dres, mut dsub, mut dw, mut db) =
+                    (be.alloc(t * c).unwrap(), be.alloc(t * c).unwrap(), up(&be, &dw0), up(&be, &db0));
+                be.addnorm_backward(
+                    be.view_mut(&mut dres),
+                    if with_sub { Some(be.view_mut(&mut dsub)) } else { None },
+                    be.view_mut(&mut dw),
+                    be.view_mut(&mut db),
+                    be.view(&dyb),
+                    be.view(&sum),
+                    be.view(&mean),
+                    be.view(&rstd),
+                    be.view(&wb),
+                    drop,
+                    t,
+                    c,
+                );
+                let tag = format!("shape {si} sub {with_sub} p {p}");
+                vec![
+                    (format!("{tag} addnorm_forward out"), down(&be, &out)),
+                    (format!("{tag} addnorm_forward sum"), down(&be, &sum)),
+                    (format!("{tag} addnorm_forward mean"), down(&be, &mean)),
+                    (format!("{tag} addnorm_forward rstd"), down(&be, &rstd)),
+                    (format!("{tag} addnorm_backward dres"), down(&be, &dres)),
+                    (format!("{tag} addnorm_backward dsub"), down(&be, &dsub)),
+                    (format!("{tag} addnorm_backward dweight"), down(&be, &dw)),
+                    (format!("{tag} addnorm_backward dbias"), down(&be, &db)),
+                ]
+            });
+        }
+    }
+}
+
+#[test]
+fn crossentropy_emu_matches_cpu_f64() {
+    for (nb, k) in [(1usize, 3usize), (37, 3), (300, 5)] {
+        let mut rng = HostRng::new(nb as u64, 6);
+        let logits: Vec<f64> = randn(&mut rng, nb * k).iter().map(|x| 4.0 * x).collect();
+        on_both!(1e-6, 1e-5, |be| {
+            let lens = vec![2usize; nb];
+            let mut bt = batch(&be, &lens, 7, 11);
+            if k == 5 {
+                // labels up to 4 and one out of range (NaN loss, no one-hot term)
+                let mut labels: Vec<i32> = (0..nb as i32).map(|i| i % 5).collect();
+                labels[3] = 9;
+                bt.labels = be.upload_i32(&labels).unwrap();
+            }
+            let lb = up(&be, &logits);
+            let (mut losses, mut probs, mut dl) =
+                (be.alloc(nb).unwrap(), be.alloc(nb * k).unwrap(), be.alloc(nb * k).unwrap());
+            be.crossentropy_forward(be.view_mut(&mut losses), be.view_mut(&mut probs), be.view(&lb), &bt, k);
+            be.crossentropy_backward(be.view_mut(&mut dl), be.view(&probs), &bt, k, 1.0 / nb as f64);
+            vec![
+                (format!("B {nb} K {k} crossentropy_forward losses"), down(&be, &losses)),
+                (format!("B {nb} K {k} crossentropy_forward probs"), down(&be, &probs)),
+                (format!("B {nb} K {k} crossentropy_backward"), down(&be, &dl)),
+            ]
+        });
+    }
+}
+
+#[test]
+fn adam_emu_matches_cpu_f64() {
+    for n in [5usize, 1000, 3001] {
+        let mut rng = HostRng::new(n as u64, 7);
+        let (p0, g) = (randn(&mut rng, n), randn(&mut rng, n));
+        let row_len = 7;
+        let nrows = n / row_len;
+        let rows: Vec<u32> = (0..nrows as u32).filter(|r| r % 3 != 1).collect();
+        on_both!(1e-6, 1e-5, |be| {
+            let gb = up(&be, &g);
+            let (mut p, mut m, mut v) = (up(&be, &p0), be.alloc(n).unwrap(), be.alloc(n).unwrap());
+            for (t, (wd, decoupled, beta1)) in
+                [(0.0, false, 0.9), (0.01, false, 0.9), (0.05, true, 0.3)].into_iter().enumerate()
+            {
+                let s = AdamStep {
+                    lr: 1e-2,
+                    beta1,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: wd,
+                    decoupled,
+                    t: t as u64 + 1,
+                };
+                be.adam_update(
+                    be.view_mut(&mut p),
+                    be.view(&gb),
+                    be.view_mut(&mut m),
+                    be.view_mut(&mut v),
+                    &s,
+                );
+            }
+            let rl = nrows * row_len;
+            let (mut pr, mut mr, mut vr) = (up(&be, &p0[..rl]), be.alloc(rl).unwrap(), be.alloc(rl).unwrap());
+            let s = AdamStep {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+                decoupled: false,
+                t: 2,
+            };
+            be.adam_update_rows(
+                be.view_mut(&mut pr),
+                be.slice(&gb, 0..rl),
+                be.view_mut(&mut mr),
+                be.view_mut(&mut vr),
+                &rows,
+                row_len,
+                &s,
+            );
+            let mut z = up(&be, &g[..rl]);
+            be.zero_rows(be.view_mut(&mut z), &rows, row_len);
+            vec![
+                (format!("n {n} adam_update params"), down(&be, &p)),
+                (format!("n {n} adam_update m"), down(&be, &m)),
+                (format!("n {n} adam_update v"), down(&be, &v)),
+                (format!("n {n} adam_update_rows params"), down(&be, &pr)),
+                (format!("n {n} adam_update_rows v"), down(&be, &vr)),
+                (format!("n {n} zero_rows"), down(&be, &z)),
+            ]
+        });
+    }
+}
