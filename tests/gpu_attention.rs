@@ -11,7 +11,7 @@
 //! Tolerances are f32-vs-f64: `|a − b| <= atol + rtol·|ref|`.
 
 use nli_bert::backend::cpu::Cpu;
-use nli_bert::backend::gpu::attention::{backward_with, forward_with, AttentionLaunch};
+use nli_bert::backend::gpu::attention::{backward_with, forward_with, AttentionLaunch, SHARED_LIMIT};
 use nli_bert::backend::gpu::emu::Emu;
 use nli_bert::backend::gpu::Gpu;
 use nli_bert::backend::{Backend, BatchLayout, DeviceBatch};
@@ -195,7 +195,7 @@ fn attention_emu_block_sizes_and_shared_paths_match_cpu_f64() {
     let k = Case::new(vec![3, 45, 1, 17], 4, 44, 9);
     let d = dropouts()[1];
     for threads in [32, 64, 96, 256] {
-        for shared_limit in [64, 48 * 1024] {
+        for shared_limit in [64, SHARED_LIMIT] {
             compare(&k, d, Some(AttentionLaunch { threads, shared_limit }));
         }
     }
@@ -221,7 +221,7 @@ fn attention_emu_is_deterministic_across_runs_block_sizes_and_paths() {
 
 #[test]
 fn attention_emu_long_sequence_takes_the_fallback_and_matches_cpu_f64() {
-    // 300 tokens: dS (300·301 floats) exceeds the 48 KiB budget, so backward recomputes columns.
+    // 300 tokens: dS (300·301 floats) exceeds the 96 KiB budget, so backward recomputes columns.
     compare(&Case::new(vec![300, 3], 1, 8, 12), dropouts()[1], None);
     // 512 tokens (BERT's longest) with a 4 KiB budget: forward also takes the rows of att.
     let cfg = AttentionLaunch { threads: 128, shared_limit: 4096 };
@@ -230,14 +230,14 @@ fn attention_emu_long_sequence_takes_the_fallback_and_matches_cpu_f64() {
 
 #[test]
 fn attention_emu_reports_too_much_shared_memory() {
-    // 512 threads: the fallback needs 17 floats per token, 54.4 KB for 800 tokens.
+    // 512 threads: the fallback needs 17 floats per token, 102 KB for 1500 tokens.
     let be = emu();
-    let (t, nh, c) = (800, 1, 4);
+    let (t, nh, c) = (1500, 1, 4);
     let b = batch(&be, &[t]);
     let qkv = be.alloc(t * 3 * c).unwrap();
     let att = be.alloc(b.layout.att_len(nh)).unwrap();
     let (dout, mut dqkv) = (be.alloc(t * c).unwrap(), be.alloc(t * 3 * c).unwrap());
-    let cfg = AttentionLaunch { threads: 512, shared_limit: 48 * 1024 };
+    let cfg = AttentionLaunch { threads: 512, ..AttentionLaunch::default() };
     let (dv, av, qv) = (be.view(&dout), be.view(&att), be.view(&qkv));
     backward_with(&be, &cfg, be.view_mut(&mut dqkv), dv, av, qv, &b, nh, c, Dropout::OFF);
     let err = be.check().expect_err("the launch must be refused").to_string();
