@@ -15,8 +15,9 @@
 //   dV = (f⊙P)ᵀ dO; dP = f ⊙ (dO Vᵀ); r_i = Σ_j P_ij dP_ij; dS = P ⊙ (dP − r)/√hs;
 //   dQ = dS K; dK = dSᵀ Q.
 //
-// Grid (B, nh): one block per (sequence, head); any blockDim.x that is a multiple of 32 (at most
-// 1024). An empty sequence returns at once. Work is split by warps, lanes own the key columns
+// Grid (B, nh): one block per (sequence, head); any blockDim.x that is a multiple of 32 (the
+// launcher allows up to 512: backward takes ~94 registers on sm_80). An empty sequence returns at
+// once. Work is split by warps, lanes own the key columns
 // j ≡ lane (mod 32) of a row, and values move between lanes only by shuffles; a product over j
 // (or i) broadcasts 32 weights by __shfl_sync and each lane accumulates up to NLI_ATT_GROUP/32
 // head columns. Every sum runs in a fixed order (j ascending, or the warp butterfly), so results
