@@ -173,6 +173,7 @@ pub fn load_model(
         ));
     }
     let layout = ParamLayout::new(&cfg);
+    names::check_layout_fits(&tensors, &layout, &cfg, &params_path)?;
     // Every tensor but a missing `output.*` comes from the checkpoint (checked by the loader).
     let mut params = vec![0.0; layout.total];
     let rep = names::load_into_params(&tensors, &layout, &mut params, &params_path)?;
@@ -221,6 +222,7 @@ fn load_saved(dir: &Path) -> Result<LoadedModel> {
     let wpath = dir.join("model.safetensors");
     let tensors = st::load_safetensors(&wpath)?;
     let layout = ParamLayout::new(&cfg);
+    names::check_layout_fits(&tensors, &layout, &cfg, &wpath)?;
     let mut params = vec![0.0; layout.total];
     let rep = names::load_into_params(&tensors, &layout, &mut params, &wpath)?;
     rep.refuse_non_finite(&wpath)?;
@@ -427,6 +429,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<(LoadedModel, Resume)> {
     let moment = |name: &str| -> Result<Vec<f64>> {
         let p = ck.join(name);
         let t = st::load_safetensors(&p)?;
+        names::check_layout_fits(&t, &layout, &m.cfg, &p)?;
         let mut out = vec![0.0; layout.total];
         names::load_into_params(&t, &layout, &mut out, &p)?.refuse_non_finite(&p)?;
         Ok(out)

@@ -722,3 +722,79 @@ fn a_line_beyond_64_mib_is_an_error_naming_its_line() {
     drop(f);
     data_err(read_snli_jsonl(&p), &p, 2, "line longer than 67108864 bytes");
 }
+
+// ------------------------------------------------------------------------ configuration files
+
+#[test]
+fn configurations_declaring_huge_models_are_refused_before_allocating() {
+    // param_count is the layout's exact size (it guards the layout's arithmetic)
+    for cfg in [
+        BertConfig::d2l_small(60005),
+        BertConfig::d2l_base(30522),
+        BertConfig { embedding_layernorm: true, num_labels: 2, ..BertConfig::d2l_small(7) },
+    ] {
+        assert_eq!(cfg.param_count(), Some(ParamLayout::new(&cfg).total));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // a directory saved by this tool, then its config.json edited
+    let cfg =
+        BertConfig { hidden: 4, ffn: 8, heads: 1, layers: 1, max_positions: 16, ..BertConfig::d2l_small(6) };
+    let layout = ParamLayout::new(&cfg);
+    let vocab = Vocab::from_tokens(["<unk>", "<pad>", "<cls>", "<sep>", "a", "b"].map(String::from).to_vec())
+        .unwrap();
+    let saved = dir.path().join("saved");
+    let params = vec![0.01f32; layout.total];
+    nli_bert::app::save_model(&saved, &cfg, &vocab, &params, 16, Truncate::Longest).unwrap();
+    let original = std::fs::read_to_string(saved.join("config.json")).unwrap();
+    for (field, value, needle) in [
+        ("hidden", "1000000000", "hidden 1000000000 is beyond the supported 32768"),
+        ("layers", "18446744073709551615", "layers 18446744073709551615 is beyond"),
+        ("ffn", "131072", "parameters, more than the supported"),
+        ("max_positions", "1048576", "does not belong to these weights"),
+        ("hidden", "1024", "does not belong to these weights"),
+    ] {
+        let mut v: serde_json::Value = serde_json::from_str(&original).unwrap();
+        v["model"][field] = serde_json::from_str(value).unwrap();
+        if field == "ffn" {
+            v["model"]["hidden"] = 32768.into();
+            v["model"]["layers"] = 1024.into();
+        }
+        if field == "hidden" && value == "1024" {
+            v["model"]["heads"] = 16.into();
+        }
+        std::fs::write(saved.join("config.json"), v.to_string()).unwrap();
+        let e = err_of(load_model(saved.to_str().unwrap(), None, false, 0));
+        assert!(e.contains(needle), "{field} = {value}: {e}");
+    }
+    // a Hugging Face directory whose config.json claims bert-large over a tiny model
+    let hf = dir.path().join("hf");
+    std::fs::create_dir(&hf).unwrap();
+    for f in std::fs::read_dir(fixture("hf/tiny_safetensors")).unwrap().flatten() {
+        std::fs::copy(f.path(), hf.join(f.file_name())).unwrap();
+    }
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    assert!(load_model(hf.to_str().unwrap(), None, false, 0).is_ok());
+    v["hidden_size"] = 1024.into();
+    v["num_attention_heads"] = 16.into();
+    v["intermediate_size"] = 4096.into();
+    v["num_hidden_layers"] = 24.into();
+    std::fs::write(hf.join("config.json"), v.to_string()).unwrap();
+    let e = err_of(load_model(hf.to_str().unwrap(), None, false, 0));
+    assert!(e.contains("model.safetensors") && e.contains("does not belong to these weights"), "{e}");
+    // and on the command line: a usage error, not an allocation failure
+    let o = Command::new(env!("CARGO_BIN_EXE_nli-bert"))
+        .args([
+            "finetune",
+            "--model",
+            "scratch",
+            "--data",
+            write(dir.path(), "d.tsv", b"label\tpremise\thypothesis\nneutral\ta\tb\n").to_str().unwrap(),
+        ])
+        .args(["--hidden", "65536", "--heads", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("hidden 65536 is beyond the supported 32768"), "{stderr}");
+}

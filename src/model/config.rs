@@ -14,6 +14,9 @@ pub enum TokenizerKind {
     WordPiece,
 }
 
+/// The most parameters a configuration may have (2^32: 17 GB in f32, far beyond BERT-large).
+pub const MAX_PARAMS: usize = 1 << 32;
+
 /// Architecture and run-independent settings of a BERT classifier.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BertConfig {
@@ -87,7 +90,7 @@ impl BertConfig {
         self.hidden / self.heads.max(1)
     }
 
-    /// Checks the configuration is consistent; says which field is wrong.
+    /// Checks the configuration is consistent and of a supported size; says which field is wrong.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::usage(format!("invalid model configuration: {m}")));
         if self.hidden == 0 || self.ffn == 0 || self.heads == 0 || self.layers == 0 {
@@ -108,6 +111,46 @@ impl BertConfig {
         if self.ln_eps.is_nan() || self.ln_eps <= 0.0 {
             return bad(format!("ln_eps must be positive, got {}", self.ln_eps));
         }
-        Ok(())
+        // Far beyond any BERT, and small enough that sizes computed from them cannot overflow
+        // (a hostile config.json must not make the layout's arithmetic wrap or loop for ever).
+        for (name, v, max) in [
+            ("hidden", self.hidden, 1 << 15),
+            ("ffn", self.ffn, 1 << 17),
+            ("layers", self.layers, 1 << 10),
+            ("heads", self.heads, 1 << 10),
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("max_positions", self.max_positions, 1 << 20),
+            ("type_vocab_size", self.type_vocab_size, 1 << 10),
+            ("num_labels", self.num_labels, 1 << 10),
+        ] {
+            if v > max {
+                return bad(format!("{name} {v} is beyond the supported {max}"));
+            }
+        }
+        match self.param_count() {
+            Some(n) if n <= MAX_PARAMS => Ok(()),
+            n => bad(format!(
+                "{} parameters, more than the supported {MAX_PARAMS}",
+                n.map_or("an overflowing number of".to_string(), |n| n.to_string())
+            )),
+        }
+    }
+
+    /// The number of parameters (all of [`crate::model::params::ParamLayout`]), `None` on
+    /// overflow.
+    pub fn param_count(&self) -> Option<usize> {
+        let (c, f, k) = (self.hidden, self.ffn, self.num_labels);
+        let table = (self.max_positions.checked_add(self.vocab_size)?.checked_add(self.type_vocab_size)?)
+            .checked_mul(c)?;
+        let emb_ln = if self.embedding_layernorm { 2 * c } else { 0 };
+        // QKV + output projections with biases, FFN with biases, two LayerNorms
+        let block = c.checked_mul(c)?.checked_mul(4)?.checked_add(c.checked_mul(f)?.checked_mul(2)?)?
+            + 4 * c
+            + f
+            + c
+            + 4 * c;
+        let blocks = block.checked_mul(self.layers)?;
+        let head = c.checked_mul(c)?.checked_add(c)?.checked_add(k.checked_mul(c)?.checked_add(k)?)?;
+        table.checked_add(emb_ln)?.checked_add(blocks)?.checked_add(head)
     }
 }

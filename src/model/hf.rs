@@ -246,6 +246,7 @@ pub fn load_hf_dir(dir: &Path, seed: u64) -> Result<HfModel> {
         torch::load_torch_state_dict(&wpath)?
     };
     let layout = ParamLayout::new(&cfg);
+    names::check_layout_fits(&tensors, &layout, &cfg, &wpath)?;
     let (tensors, notices) = prepare_tensors(tensors, &hf, &layout, seed, &wpath)?;
     let mut params = vec![0.0; layout.total];
     let rep = names::load_into_params(&tensors, &layout, &mut params, &wpath)?;

@@ -9,6 +9,7 @@
 
 use super::torch::TensorData;
 use crate::error::{Error, Result};
+use crate::model::config::BertConfig;
 use crate::model::params::{ParamLayout, EMB_LN_BIAS, EMB_LN_WEIGHT};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -53,6 +54,36 @@ impl LoadReport {
             ),
         ))
     }
+}
+
+/// Refuses a configuration whose parameters far outnumber the values in the checkpoint, before
+/// the parameter buffer is allocated: a hostile or mismatched `config.json` must not make the
+/// loader allocate gigabytes for a small file. Beyond the tensors present, a fresh classifier
+/// and pooler (`hidden`) may be added; mismatches within twice the file's size plus 2^20 values
+/// pass, for [`load_into_params`] to name the tensors that differ.
+pub fn check_layout_fits(
+    tensors: &[TensorData],
+    layout: &ParamLayout,
+    cfg: &BertConfig,
+    path: &Path,
+) -> Result<()> {
+    let present: usize = tensors.iter().map(|t| t.values.len()).fold(0usize, usize::saturating_add);
+    let (c, k) = (cfg.hidden, cfg.num_labels);
+    let fresh = (c + 1).saturating_mul(c + k);
+    // slack for small mismatches, which `load_into_params` then reports tensor by tensor
+    let slack = present.saturating_add(1 << 20);
+    if layout.total > present.saturating_add(fresh).saturating_add(slack) {
+        return Err(Error::checkpoint(
+            path,
+            format!(
+                "the configuration describes {} parameters but the file holds {present} values: the \
+                 configuration (hidden {c}, ffn {}, layers {}, vocab {}, positions {}) does not belong to \
+                 these weights",
+                layout.total, cfg.ffn, cfg.layers, cfg.vocab_size, cfg.max_positions
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The hint for size mismatches. The number of heads is not in the weights.
