@@ -96,6 +96,9 @@ fn same_seed_gives_bit_identical_metrics_and_weights_run_to_run_and_across_threa
         let out = tmp.path().join(name);
         let mut extra = DET_MODEL.to_vec();
         extra.extend(["--threads", threads, "--seed", seed]);
+        if name.starts_with("f64") {
+            extra.extend(["--precision", "f64"]);
+        }
         let o = bin().args(finetune_args(&train, Some(&test), &out, &extra)).output().unwrap();
         assert!(o.status.success(), "{name}: {}", text(&o).1);
         out
@@ -104,14 +107,48 @@ fn same_seed_gives_bit_identical_metrics_and_weights_run_to_run_and_across_threa
     let b = run("t2", "2", "7");
     let c = run("t2-again", "2", "7");
     let d = run("t1-seed8", "1", "8");
+    let e = run("t3", "3", "7"); // more threads than cores, work split three ways
     let weights = |p: &Path| std::fs::read(p.join("model.safetensors")).unwrap();
     assert_eq!(metrics_no_timing(&b), metrics_no_timing(&c), "two 2-thread runs differ");
     assert!(weights(&b) == weights(&c), "two 2-thread runs end with different weights");
     assert_eq!(metrics_no_timing(&a), metrics_no_timing(&b), "1 thread and 2 threads differ");
     assert!(weights(&a) == weights(&b), "1 thread and 2 threads end with different weights");
+    assert_eq!(metrics_no_timing(&a), metrics_no_timing(&e), "1 thread and 3 threads differ");
+    assert!(weights(&a) == weights(&e), "1 thread and 3 threads end with different weights");
+    // The f64 reference engine too.
+    let (f1, f2) = (run("f64-t1", "1", "7"), run("f64-t2", "2", "7"));
+    assert_eq!(metrics_no_timing(&f1), metrics_no_timing(&f2), "f64: 1 thread and 2 threads differ");
+    assert!(weights(&f1) == weights(&f2), "f64: 1 thread and 2 threads end with different weights");
     // The comparison can fail: another seed gives other numbers.
     assert_ne!(metrics_no_timing(&a), metrics_no_timing(&d));
     assert_eq!(metrics_no_timing(&a).len(), 2);
+}
+
+// ------------------------------------------------------------------------------------ NaN loss
+
+#[test]
+fn a_nan_loss_stops_the_run_with_a_message_and_keeps_the_last_checkpoint() {
+    // lr 1e30: the first Adam step throws the weights to ~1e30, the second forward pass overflows.
+    let tmp = tempfile::tempdir().unwrap();
+    let train = write_tsv(tmp.path(), "train.tsv", 120, 0);
+    let out = tmp.path().join("out");
+    let args: Vec<String> = kill_run_args(&train, &out)
+        .into_iter()
+        .map(|a| if a == "1e-3" { "1e30".into() } else { a })
+        .collect();
+    let o = bin().args(&args).output().unwrap();
+    let (_, stderr) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the training loss became NaN at step 2 (epoch 1): lower --lr or check the data")
+            && stderr.contains("the last checkpoint is intact"),
+        "{stderr}"
+    );
+    // the step-1 checkpoint is there, complete, and no model was written from the broken weights
+    let (_, resume) = nli_bert::app::load_checkpoint(&out).unwrap();
+    assert_eq!(resume.state.step, 1);
+    assert!(!out.join("model.safetensors").exists());
+    assert_eq!(temporaries(&out), Vec::<String>::new());
 }
 
 // ------------------------------------------------------------------------------------ SIGKILL
