@@ -1,0 +1,684 @@
+//! [`Cuda`]: the [`Device`] of a real NVIDIA GPU, through cudarc's low-level driver API (raw
+//! `CUdeviceptr`s, `cuLaunchKernel`), cuBLAS for the f32 matrix products, and our kernels loaded
+//! once per device: the PTX build.rs precompiled with nvcc when the driver accepts it, else a
+//! cubin NVRTC compiles for the device's `sm_XY` (cached in the cache dir, see [`super::nvrtc`]).
+//!
+//! Nothing here needs CUDA to build. At run time cudarc loads `libcuda`, `libnvrtc` and
+//! `libcublas` by bare name and **panics** when one is missing, so every entry point checks for
+//! the library first (after [`preload_libraries`], which also searches the toolkit and PyPI
+//! wheel folders and `NLI_BERT_CUDA_LIB_DIR`) and returns an error naming it.
+//!
+//! All work goes to one non-blocking stream, in call order. Environment:
+//! `NLI_BERT_CUDA_LIB_DIR` (library folders), `NLI_BERT_CUDA_KERNELS=auto|ptx|nvrtc` (kernel
+//! image; `auto`: the precompiled PTX if usable, else NVRTC), `NLI_BERT_HOME` (cubin cache).
+
+mod libs;
+
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::Mutex;
+
+use cudarc::cublas::{result as blas, sys as blas_sys};
+use cudarc::driver::result::{self as drv, DriverError};
+use cudarc::driver::sys;
+
+pub use libs::{missing_library_error, preload_libraries, LibraryReport};
+
+use super::device::{check_args, DevPtr, Device, Gemm, KArg, LaunchCfg};
+use super::nvrtc;
+use crate::error::{Error, Result};
+
+fn require_driver() -> Result<()> {
+    preload_libraries();
+    if libs::driver_present() {
+        Ok(())
+    } else {
+        Err(missing_library_error(
+            "CUDA driver",
+            "libcuda.so.1",
+            "it comes with the NVIDIA driver; without a GPU use --device cpu",
+        ))
+    }
+}
+
+fn drv_err(what: impl std::fmt::Display) -> impl FnOnce(DriverError) -> Error {
+    move |e| {
+        let name =
+            e.error_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|_| format!("{:?}", e.0));
+        let text = e.error_string().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        Error::msg(format!("CUDA: {what}: {name} ({text})"))
+    }
+}
+
+/// The number of CUDA devices, or an error saying why there are none usable (driver library
+/// missing, `cuInit` failing).
+fn count_devices() -> Result<usize> {
+    require_driver()?;
+    drv::init().map_err(drv_err("cuInit (is an NVIDIA GPU and driver present?)"))?;
+    let n = drv::device::get_count().map_err(drv_err("cuDeviceGetCount"))?;
+    Ok(n.max(0) as usize)
+}
+
+/// The number of usable CUDA devices: 0 without a driver or GPU. Never panics (for
+/// `--device auto`); [`Cuda::device_count`] says why there are none.
+pub fn device_count() -> usize {
+    std::panic::catch_unwind(|| count_devices().unwrap_or(0)).unwrap_or(0)
+}
+
+/// Whether at least one CUDA device is usable. Never panics.
+pub fn cuda_available() -> bool {
+    device_count() > 0
+}
+
+/// The driver's CUDA version as `1000 * major + 10 * minor` (13000 = CUDA 13.0).
+pub fn driver_version() -> Result<i32> {
+    require_driver()?;
+    let mut v = 0;
+    // SAFETY: the driver library is loaded; `v` is valid for writes.
+    unsafe { sys::cuDriverGetVersion(&mut v) }.result().map_err(drv_err("cuDriverGetVersion"))?;
+    Ok(v)
+}
+
+/// Binds `ctx` to the calling thread if it is not already current.
+fn bind(ctx: sys::CUcontext) -> Result<()> {
+    if drv::ctx::get_current().map_err(drv_err("cuCtxGetCurrent"))? != Some(ctx) {
+        // SAFETY: `ctx` is a retained primary context, alive as long as its owner.
+        unsafe { drv::ctx::set_current(ctx) }.map_err(drv_err("cuCtxSetCurrent"))?;
+    }
+    Ok(())
+}
+
+/// A loaded module (cubin or PTX) and its functions, looked up by name on first use.
+pub struct Module {
+    ctx: sys::CUcontext,
+    module: sys::CUmodule,
+    /// name -> (function, dynamic shared memory it is currently allowed).
+    funcs: Mutex<HashMap<String, (sys::CUfunction, u32)>>,
+}
+
+// SAFETY: a CUmodule/CUfunction may be used from any thread once its context is bound, which
+// every use does (`bind`); the function cache is behind a Mutex.
+unsafe impl Send for Module {}
+// SAFETY: as above.
+unsafe impl Sync for Module {}
+
+impl Module {
+    /// Loads a cubin, or PTX text (NUL-terminated here), into `ctx`.
+    fn load(ctx: sys::CUcontext, image: &[u8], is_ptx: bool) -> Result<Module> {
+        bind(ctx)?;
+        let mut owned;
+        let bytes = if is_ptx {
+            owned = image.to_vec();
+            owned.push(0);
+            &owned[..]
+        } else {
+            image
+        };
+        // SAFETY: `bytes` is a whole cubin (ELF) or NUL-terminated PTX text that outlives the
+        // call; the driver copies what it keeps.
+        let module = unsafe { drv::module::load_data(bytes.as_ptr() as *const c_void) }.map_err(drv_err(
+            if is_ptx { "loading the kernels' PTX" } else { "loading the kernels' cubin" },
+        ))?;
+        Ok(Module { ctx, module, funcs: Mutex::new(HashMap::new()) })
+    }
+
+    /// The function `name`, allowed at least `shared_bytes` of dynamic shared memory.
+    fn function(&self, name: &str, shared_bytes: u32) -> Result<sys::CUfunction> {
+        let mut funcs = self.funcs.lock().unwrap_or_else(|p| p.into_inner());
+        let (f, allowed) = match funcs.get(name) {
+            Some(&entry) => entry,
+            None => {
+                let c = CString::new(name).map_err(|_| Error::msg(format!("bad kernel name {name:?}")))?;
+                // SAFETY: the module is loaded (unloaded only on drop); `c` is NUL-terminated.
+                let f = unsafe { drv::module::get_function(self.module, c) }
+                    .map_err(drv_err(format_args!("kernel `{name}` in the loaded module")))?;
+                (f, 48 * 1024)
+            }
+        };
+        let mut allowed = allowed;
+        if shared_bytes > allowed {
+            // SAFETY: `f` is a live function of this module.
+            unsafe {
+                drv::function::set_function_attribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    shared_bytes as i32,
+                )
+            }
+            .map_err(drv_err(format_args!(
+                "kernel `{name}`: allowing {shared_bytes} bytes of dynamic shared memory"
+            )))?;
+            allowed = shared_bytes;
+        }
+        funcs.insert(name.to_string(), (f, allowed));
+        Ok(f)
+    }
+}
+
+impl Drop for Module {
+    fn drop(&mut self) {
+        if bind(self.ctx).is_ok() {
+            // SAFETY: loaded in `load`, unloaded once here; no launch can use it afterwards
+            // (launches borrow the module).
+            let _ = unsafe { drv::module::unload(self.module) };
+        }
+    }
+}
+
+/// A CUDA GPU: primary context, one non-blocking stream, a cuBLAS handle on it, our kernels.
+pub struct Cuda {
+    ordinal: usize,
+    dev: sys::CUdevice,
+    name: String,
+    cc: (i32, i32),
+    /// Null until retained (partial construction is cleaned up by `Drop`).
+    ctx: sys::CUcontext,
+    stream: sys::CUstream,
+    blas: Mutex<blas_sys::cublasHandle_t>,
+    kernels: Option<Module>,
+    kernel_origin: String,
+}
+
+// SAFETY: driver handles may be used from any thread once the context is bound, which every
+// method does first; the cuBLAS handle is used only under its Mutex; the stream orders the work.
+unsafe impl Send for Cuda {}
+// SAFETY: as above.
+unsafe impl Sync for Cuda {}
+
+impl Cuda {
+    /// Opens device `ordinal`: context, stream, cuBLAS, and the kernels (PTX or NVRTC cubin).
+    pub fn new(ordinal: usize) -> Result<Cuda> {
+        let count = count_devices()?;
+        if ordinal >= count {
+            return Err(Error::usage(format!(
+                "cuda:{ordinal} does not exist: this machine has {count} CUDA device(s) (cuda:0 .. cuda:{})",
+                count.saturating_sub(1)
+            )));
+        }
+        let dev =
+            drv::device::get(ordinal as i32).map_err(drv_err(format_args!("cuDeviceGet({ordinal})")))?;
+        let name = drv::device::get_name(dev).map_err(drv_err("cuDeviceGetName"))?;
+        let attr = |a| {
+            // SAFETY: `dev` came from cuDeviceGet.
+            unsafe { drv::device::get_attribute(dev, a) }.map_err(drv_err("cuDeviceGetAttribute"))
+        };
+        let cc = (
+            attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+            attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+        );
+        let mut cuda = Cuda {
+            ordinal,
+            dev,
+            name,
+            cc,
+            ctx: std::ptr::null_mut(),
+            stream: std::ptr::null_mut(),
+            blas: Mutex::new(std::ptr::null_mut()),
+            kernels: None,
+            kernel_origin: String::new(),
+        };
+        // SAFETY: `dev` came from cuDeviceGet; released in Drop.
+        cuda.ctx = unsafe { drv::primary_ctx::retain(dev) }.map_err(drv_err("cuDevicePrimaryCtxRetain"))?;
+        bind(cuda.ctx)?;
+        cuda.stream =
+            drv::stream::create(drv::stream::StreamKind::NonBlocking).map_err(drv_err("cuStreamCreate"))?;
+        cuda.init_cublas()?;
+        cuda.load_kernels()?;
+        Ok(cuda)
+    }
+
+    /// The number of CUDA devices, or an error saying why none is usable.
+    pub fn device_count() -> Result<usize> {
+        count_devices()
+    }
+
+    /// The device ordinal (`N` of `cuda:N`).
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// Compute capability, e.g. `(9, 0)`.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.cc
+    }
+
+    /// Where the kernels came from, e.g. `NVRTC 13.0 cubin for sm_90 (cached)`.
+    pub fn kernel_origin(&self) -> &str {
+        &self.kernel_origin
+    }
+
+    fn init_cublas(&mut self) -> Result<()> {
+        preload_libraries();
+        // SAFETY: only tries to dlopen the library by its usual names.
+        if !unsafe { blas_sys::is_culib_present() } {
+            return Err(missing_library_error(
+                "cuBLAS",
+                "libcublas.so.13 + libcublasLt.so.13",
+                "it comes with the CUDA toolkit (lib64) or `pip install nvidia-cublas`",
+            ));
+        }
+        let cublas_err =
+            |what: &'static str| move |e: blas::CublasError| Error::msg(format!("cuBLAS: {what}: {e}"));
+        let h = blas::create_handle().map_err(cublas_err("cublasCreate"))?;
+        *self.blas.get_mut().unwrap_or_else(|p| p.into_inner()) = h;
+        // SAFETY: `h` is a fresh handle and `self.stream` a live stream of the current context.
+        unsafe { blas::set_stream(h, self.stream as blas_sys::cudaStream_t) }
+            .map_err(cublas_err("cublasSetStream"))?;
+        // Exact fp32: no TF32 tensor-op math.
+        // SAFETY: `h` is a live handle.
+        unsafe { blas_sys::cublasSetMathMode(h, blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH) }
+            .result()
+            .map_err(cublas_err("cublasSetMathMode"))?;
+        Ok(())
+    }
+
+    /// The precompiled PTX if the driver and device take it, else NVRTC's cubin for `sm_XY`.
+    fn load_kernels(&mut self) -> Result<()> {
+        if super::COMBINED.trim().is_empty() {
+            self.kernel_origin = "no kernels in this build".into();
+            return Ok(());
+        }
+        let mode = std::env::var("NLI_BERT_CUDA_KERNELS").unwrap_or_default();
+        if !["", "auto", "ptx", "nvrtc"].contains(&mode.as_str()) {
+            return Err(Error::usage(format!("NLI_BERT_CUDA_KERNELS={mode:?}: expected auto, ptx or nvrtc")));
+        }
+        let mut why_not_ptx = String::new();
+        if mode != "nvrtc" {
+            match super::PTX {
+                None => why_not_ptx = "this build has no precompiled PTX (no nvcc at build time)".into(),
+                Some(ptx) => match ptx_fits(ptx, driver_version()?, self.cc) {
+                    Err(why) => why_not_ptx = why,
+                    Ok(desc) => match Module::load(self.ctx, ptx.as_bytes(), true) {
+                        Ok(m) => {
+                            self.kernels = Some(m);
+                            self.kernel_origin = desc;
+                            return Ok(());
+                        }
+                        Err(e) => why_not_ptx = e.to_string(),
+                    },
+                },
+            }
+            if mode == "ptx" {
+                return Err(Error::msg(format!(
+                    "NLI_BERT_CUDA_KERNELS=ptx, but the PTX cannot be used: {why_not_ptx}"
+                )));
+            }
+        }
+        let arch = format!("sm_{}{}", self.cc.0, self.cc.1);
+        let context = |e: Error| {
+            if why_not_ptx.is_empty() {
+                e
+            } else {
+                Error::msg(format!("{e}\n(the precompiled PTX was not used: {why_not_ptx})"))
+            }
+        };
+        let (major, minor) = nvrtc::version().map_err(context)?;
+        let (cubin, cached) =
+            nvrtc::compile_cubin_cached(super::COMBINED, &arch, &crate::data::hub::cache_dir())
+                .map_err(context)?;
+        self.kernels = Some(Module::load(self.ctx, &cubin, false)?);
+        self.kernel_origin =
+            format!("NVRTC {major}.{minor} cubin for {arch}{}", if cached { " (cached)" } else { "" });
+        Ok(())
+    }
+
+    /// Compiles extra CUDA source with NVRTC for this device (cached like the kernels), e.g.
+    /// test kernels. Launch its functions with [`Cuda::launch_in`].
+    pub fn load_source(&self, src: &str) -> Result<Module> {
+        let arch = format!("sm_{}{}", self.cc.0, self.cc.1);
+        let (cubin, _) = nvrtc::compile_cubin_cached(src, &arch, &crate::data::hub::cache_dir())?;
+        Module::load(self.ctx, &cubin, false)
+    }
+
+    /// Launches function `name` of `module` (loaded on this device) on the stream. Only the
+    /// launch shape is checked here, not the arguments.
+    ///
+    /// # Safety
+    /// `args` match the function's parameters, and every pointer addresses memory the kernel
+    /// may read/write for this launch shape.
+    pub unsafe fn launch_in(
+        &self,
+        module: &Module,
+        name: &str,
+        cfg: &LaunchCfg,
+        args: &[KArg],
+    ) -> Result<()> {
+        bind(self.ctx)?;
+        let f = module.function(name, cfg.shared_bytes)?;
+        // 8-byte aligned slots, one per argument; cuLaunchKernel copies them before returning.
+        let mut slots: Vec<u64> = args.iter().map(|a| u64::from_le_bytes(a.to_slot())).collect();
+        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut u64 as *mut c_void).collect();
+        let [gx, gy, gz] = cfg.grid;
+        let [bx, by, bz] = cfg.block;
+        // SAFETY: `f` is a live function of this context; `params` points at one slot per
+        // argument holding its value (4-byte types in the low half, little-endian host); the
+        // caller vouches for the argument types and the memory the kernel touches.
+        unsafe {
+            drv::launch_kernel(f, (gx, gy, gz), (bx, by, bz), cfg.shared_bytes, self.stream, &mut params)
+        }
+        .map_err(drv_err(format_args!("launching `{name}` grid {:?} block {:?}", cfg.grid, cfg.block)))
+    }
+}
+
+impl Drop for Cuda {
+    fn drop(&mut self) {
+        if self.ctx.is_null() || bind(self.ctx).is_err() {
+            return;
+        }
+        if !self.stream.is_null() {
+            // SAFETY: live stream of this context.
+            let _ = unsafe { drv::stream::synchronize(self.stream) };
+        }
+        self.kernels = None;
+        let h = *self.blas.get_mut().unwrap_or_else(|p| p.into_inner());
+        if !h.is_null() {
+            // SAFETY: created in init_cublas, destroyed once here.
+            let _ = unsafe { blas::destroy_handle(h) };
+        }
+        if !self.stream.is_null() {
+            // SAFETY: created in `new`, all work done (synchronized above), destroyed once.
+            let _ = unsafe { drv::stream::destroy(self.stream) };
+        }
+        // SAFETY: retained once in `new`.
+        let _ = unsafe { drv::primary_ctx::release(self.dev) };
+    }
+}
+
+/// Why PTX cannot be used here, or a description of it: its `.version` needs a driver at least
+/// as new as the toolkit that wrote it, and its `.target sm_XY` a device of that capability.
+fn ptx_fits(ptx: &str, driver: i32, cc: (i32, i32)) -> std::result::Result<String, String> {
+    let (isa, target) = ptx_header(ptx);
+    let dev = cc.0 * 10 + cc.1;
+    let target_desc = match &target {
+        Some(t) => {
+            let num: String =
+                t.trim_start_matches("sm_").chars().take_while(|c| c.is_ascii_digit()).collect();
+            let n: i32 = num.parse().map_err(|_| format!("PTX target `{t}` not understood"))?;
+            let arch_specific = t.ends_with('a') || t.ends_with('f');
+            if n > dev || (arch_specific && n != dev) {
+                return Err(format!("the PTX targets {t}, the device is sm_{dev}"));
+            }
+            t.clone()
+        }
+        None => "?".into(),
+    };
+    if let Some((maj, min)) = isa {
+        if let Some(need) = ptx_isa_min_driver(maj, min) {
+            if driver < need {
+                return Err(format!(
+                    "the PTX is ISA {maj}.{min} (CUDA {}.{}), newer than the driver's CUDA {}.{}",
+                    need / 1000,
+                    need % 1000 / 10,
+                    driver / 1000,
+                    driver % 1000 / 10
+                ));
+            }
+        }
+    }
+    let isa = isa.map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|| "?".into());
+    Ok(format!("PTX ISA {isa} for {target_desc} (nvcc at build time, JIT by the driver)"))
+}
+
+/// `.version X.Y` and `.target T` of a PTX text.
+fn ptx_header(ptx: &str) -> (Option<(i32, i32)>, Option<String>) {
+    let mut isa = None;
+    let mut target = None;
+    for line in ptx.lines().take(200) {
+        let l = line.trim();
+        if let Some(v) = l.strip_prefix(".version") {
+            let mut it = v.trim().split('.');
+            if let (Some(a), Some(b)) = (it.next(), it.next()) {
+                if let (Ok(a), Ok(b)) = (a.trim().parse(), b.trim().parse()) {
+                    isa = Some((a, b));
+                }
+            }
+        } else if let Some(t) = l.strip_prefix(".target") {
+            target = t.split(',').next().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        }
+        if isa.is_some() && target.is_some() {
+            break;
+        }
+    }
+    (isa, target)
+}
+
+/// The oldest driver (CUDA version as 1000·major + 10·minor) that JIT-compiles PTX ISA
+/// `maj.min`; `None` if unknown (then loading is simply tried).
+fn ptx_isa_min_driver(maj: i32, min: i32) -> Option<i32> {
+    match (maj, min) {
+        (7, 0..=8) => Some(11000 + 10 * min),
+        (8, 0..=5) => Some(12000 + 10 * min),
+        (8, 6) => Some(12070),
+        (8, 7) => Some(12080),
+        (8, 8) => Some(12090),
+        (9, 0..=9) => Some(13000 + 10 * min),
+        _ => None,
+    }
+}
+
+/// cuBLAS (column-major) arguments for a row-major [`Gemm`]: row-major `C = op(A)·op(B)` is
+/// column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`, so A and B swap places, m and n swap, the transpose
+/// flags stay with their matrices. Returns `(trans_first, trans_second, m', n', k, first, ld1,
+/// second, ld2)` after checking the sizes and strides.
+#[allow(clippy::type_complexity)]
+fn sgemm_colmajor(g: &Gemm) -> Result<(bool, bool, i32, i32, i32, DevPtr, i32, DevPtr, i32)> {
+    let a_cols = if g.trans_a { g.m } else { g.k };
+    let b_cols = if g.trans_b { g.k } else { g.n };
+    let bad = |what: String| Error::msg(format!("sgemm m={} n={} k={}: {what}", g.m, g.n, g.k));
+    for (name, ld, cols) in [("lda", g.lda, a_cols), ("ldb", g.ldb, b_cols), ("ldc", g.ldc, g.n)] {
+        if ld < cols.max(1) {
+            return Err(bad(format!("{name} = {ld} is less than the row length {cols}")));
+        }
+    }
+    let int = |x: usize, what: &str| i32::try_from(x).map_err(|_| bad(format!("{what} = {x} exceeds i32")));
+    Ok((
+        g.trans_b,
+        g.trans_a,
+        int(g.n, "n")?,
+        int(g.m, "m")?,
+        int(g.k, "k")?,
+        g.b,
+        int(g.ldb, "ldb")?,
+        g.a,
+        int(g.lda, "lda")?,
+    ))
+}
+
+fn op(t: bool) -> blas_sys::cublasOperation_t {
+    if t {
+        blas_sys::cublasOperation_t::CUBLAS_OP_T
+    } else {
+        blas_sys::cublasOperation_t::CUBLAS_OP_N
+    }
+}
+
+impl Device for Cuda {
+    fn name(&self) -> String {
+        format!("cuda:{} ({})", self.ordinal, self.name)
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DevPtr> {
+        bind(self.ctx)?;
+        // SAFETY: a plain allocation in the current context; zero-filled on the stream below.
+        let p = unsafe { drv::malloc_sync(bytes.max(1)) }
+            .map_err(drv_err(format_args!("allocating {bytes} bytes on {}", self.name())))?;
+        if bytes > 0 {
+            // SAFETY: `p .. p + bytes` was just allocated; the stream orders this zero-fill
+            // before any later use.
+            if let Err(e) = unsafe { drv::memset_d8_async(p, 0, bytes, self.stream) } {
+                // SAFETY: `p` was allocated above and is not handed out.
+                let _ = unsafe { drv::free_sync(p) };
+                return Err(drv_err("zero-filling a new allocation")(e));
+            }
+        }
+        Ok(p)
+    }
+
+    unsafe fn free(&self, ptr: DevPtr) {
+        if bind(self.ctx).is_ok() {
+            // SAFETY: queued work may still use `ptr`: wait for it, then free (caller: `ptr`
+            // came from `alloc` and is not used again).
+            unsafe {
+                let _ = drv::stream::synchronize(self.stream);
+                let _ = drv::free_sync(ptr);
+            }
+        }
+    }
+
+    unsafe fn copy_htod(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        bind(self.ctx)?;
+        // SAFETY: the caller guarantees `dst .. dst + len` is live. `src` is pageable memory
+        // (this crate never pins host memory), which the driver has staged before returning.
+        unsafe { drv::memcpy_htod_async(dst, src, self.stream) }
+            .map_err(drv_err(format_args!("copying {} bytes to the device", src.len())))
+    }
+
+    unsafe fn copy_dtoh(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        bind(self.ctx)?;
+        // SAFETY: the caller guarantees the source range is live; `dst` is borrowed until the
+        // stream is synchronized below.
+        unsafe {
+            drv::memcpy_dtoh_async(dst, src, self.stream)
+                .map_err(drv_err(format_args!("copying {} bytes from the device", dst.len())))?;
+            drv::stream::synchronize(self.stream)
+                .map_err(drv_err("synchronizing after a device-to-host copy"))
+        }
+    }
+
+    unsafe fn copy_dtod(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        bind(self.ctx)?;
+        // SAFETY: the caller guarantees both ranges are live and disjoint.
+        unsafe { drv::memcpy_dtod_async(dst, src, bytes, self.stream) }
+            .map_err(drv_err(format_args!("copying {bytes} bytes on the device")))
+    }
+
+    unsafe fn memset_zero(&self, dst: DevPtr, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        bind(self.ctx)?;
+        // SAFETY: the caller guarantees the range is live.
+        unsafe { drv::memset_d8_async(dst, 0, bytes, self.stream) }
+            .map_err(drv_err(format_args!("zeroing {bytes} bytes")))
+    }
+
+    unsafe fn launch(&self, name: &str, cfg: &LaunchCfg, args: &[KArg]) -> Result<()> {
+        check_args(name, cfg, args)?;
+        let m = self.kernels.as_ref().ok_or_else(|| {
+            Error::msg(format!(
+                "kernel `{name}`: no kernels are loaded on {} ({})",
+                self.name(),
+                self.kernel_origin
+            ))
+        })?;
+        // SAFETY: the arguments match the signature (checked); the caller vouches for memory.
+        unsafe { self.launch_in(m, name, cfg, args) }
+    }
+
+    unsafe fn sgemm(&self, g: &Gemm) -> Result<()> {
+        let (t1, t2, m, n, k, first, ld1, second, ld2) = sgemm_colmajor(g)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let ldc =
+            i32::try_from(g.ldc).map_err(|_| Error::msg(format!("sgemm: ldc = {} exceeds i32", g.ldc)))?;
+        let h = self.blas.lock().unwrap_or_else(|p| p.into_inner());
+        bind(self.ctx)?;
+        // SAFETY: `*h` is a live handle on our stream; the caller guarantees the matrices lie
+        // in live allocations; alpha/beta are host values (the default pointer mode).
+        unsafe {
+            blas::sgemm(
+                *h,
+                op(t1),
+                op(t2),
+                m,
+                n,
+                k,
+                &g.alpha,
+                first as *const f32,
+                ld1,
+                second as *const f32,
+                ld2,
+                &g.beta,
+                g.c as *mut f32,
+                ldc,
+            )
+        }
+        .map_err(|e| {
+            Error::msg(format!(
+                "cuBLAS sgemm (row-major m={} n={} k={}, trans_a={}, trans_b={}): {e}",
+                g.m, g.n, g.k, g.trans_a, g.trans_b
+            ))
+        })
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        bind(self.ctx)?;
+        // SAFETY: live stream of this context.
+        unsafe { drv::stream::synchronize(self.stream) }
+            .map_err(drv_err(format_args!("synchronizing {}", self.name())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ptx_header_and_driver_checks() {
+        let ptx = "//\n// Generated by NVIDIA NVVM Compiler\n.version 9.0\n.target sm_90\n.address_size 64\n";
+        assert_eq!(ptx_header(ptx), (Some((9, 0)), Some("sm_90".into())));
+        assert!(ptx_fits(ptx, 13000, (9, 0)).is_ok());
+        assert!(ptx_fits(ptx, 13000, (10, 0)).is_ok());
+        assert!(ptx_fits(ptx, 12090, (9, 0)).unwrap_err().contains("newer than the driver"));
+        assert!(ptx_fits(ptx, 13000, (8, 0)).unwrap_err().contains("targets sm_90"));
+        let a = ".version 8.8\n.target sm_90a\n";
+        assert!(ptx_fits(a, 12090, (9, 0)).is_ok());
+        assert!(ptx_fits(a, 13000, (10, 0)).is_err());
+        assert_eq!(ptx_isa_min_driver(8, 7), Some(12080));
+        assert_eq!(ptx_isa_min_driver(9, 1), Some(13010));
+    }
+
+    #[test]
+    fn sgemm_maps_row_major_to_column_major() {
+        let g = Gemm {
+            trans_a: true,
+            trans_b: false,
+            m: 3,
+            n: 5,
+            k: 7,
+            alpha: 1.0,
+            a: 0xA,
+            lda: 3,
+            b: 0xB,
+            ldb: 6,
+            beta: 0.0,
+            c: 0xC,
+            ldc: 5,
+        };
+        assert_eq!(sgemm_colmajor(&g).ok(), Some((false, true, 5, 3, 7, 0xB, 6, 0xA, 3)));
+        let bad = Gemm { lda: 2, ..g };
+        assert!(sgemm_colmajor(&bad).unwrap_err().to_string().contains("lda = 2"));
+    }
+
+    #[test]
+    fn no_gpu_is_an_error_not_a_panic() {
+        // On a machine without a GPU this must say so; with one it must find a device.
+        match Cuda::device_count() {
+            Ok(n) => assert_eq!((cuda_available(), device_count()), (n > 0, n)),
+            Err(e) => {
+                assert!(!cuda_available() && device_count() == 0);
+                assert!(e.to_string().contains("CUDA"), "{e}");
+            }
+        }
+    }
+}
