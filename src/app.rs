@@ -2,6 +2,9 @@
 //! save. `main.rs` only parses arguments and calls these.
 
 use crate::backend::cpu::Cpu;
+use crate::backend::gpu::cuda::{self, Cuda};
+use crate::backend::gpu::emu::Emu;
+use crate::backend::gpu::Gpu;
 use crate::backend::Backend;
 use crate::data::batch::{encode_dataset_with, Encoded, TextEncoder, Truncate};
 use crate::data::snli::{Dataset, Example, LABELS};
@@ -31,15 +34,105 @@ pub enum Precision {
     F32,
 }
 
-/// Where computation runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum DeviceArg {
-    /// A GPU when one is usable, else the CPU.
+/// Where computation runs (`--device`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeviceSel {
+    /// A CUDA GPU when one is usable, else the CPU.
+    #[default]
     Auto,
     /// The multi-threaded CPU engine.
     Cpu,
-    /// An NVIDIA GPU (not built yet: see the README's roadmap).
-    Cuda,
+    /// CUDA device N (our kernels + cuBLAS).
+    Cuda(usize),
+    /// The CUDA emulator: our kernels on the CPU, one fiber per CUDA thread (slow; for checking).
+    Emu,
+}
+
+impl std::str::FromStr for DeviceSel {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceSel::Auto),
+            "cpu" => Ok(DeviceSel::Cpu),
+            "emu" => Ok(DeviceSel::Emu),
+            "cuda" => Ok(DeviceSel::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSel::Cuda)
+                .ok_or_else(|| format!("`{s}`: expected auto, cpu, cuda, cuda:N (N = 0, 1, ...) or emu")),
+        }
+    }
+}
+
+/// The engine a command runs on: device, precision and CPU threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Engine {
+    /// Where to compute.
+    pub device: DeviceSel,
+    /// CPU precision (the GPU computes in f32).
+    pub precision: Precision,
+    /// CPU worker threads (0 = all cores).
+    pub threads: usize,
+}
+
+impl Engine {
+    /// The CPU engine in f32 on `threads` threads.
+    pub fn cpu(threads: usize) -> Self {
+        Engine { device: DeviceSel::Cpu, precision: Precision::F32, threads }
+    }
+}
+
+/// A backend, chosen at run time.
+pub enum AnyBackend {
+    /// `Cpu<f32>`.
+    CpuF32(Cpu<f32>),
+    /// `Cpu<f64>`.
+    CpuF64(Cpu<f64>),
+    /// Our kernels on a CUDA GPU.
+    Cuda(Gpu<Cuda>),
+    /// Our kernels on the emulator.
+    Emu(Gpu<Emu>),
+}
+
+impl Engine {
+    /// Opens the backend: `auto` takes CUDA device 0 when a driver and a GPU are present (and
+    /// the precision is f32), else the CPU.
+    pub fn open(&self) -> Result<AnyBackend> {
+        let gpu_precision = |what: &str| -> Result<()> {
+            if self.precision == Precision::F64 {
+                return Err(Error::usage(format!(
+                    "--precision f64 runs on the CPU only; use --device cpu, or --precision f32 on {what}"
+                )));
+            }
+            Ok(())
+        };
+        match self.device {
+            DeviceSel::Cpu => self.open_cpu(),
+            DeviceSel::Auto => {
+                if self.precision == Precision::F32 && cuda::device_count() > 0 {
+                    Ok(AnyBackend::Cuda(Gpu::new(Cuda::new(0)?)))
+                } else {
+                    self.open_cpu()
+                }
+            }
+            DeviceSel::Cuda(n) => {
+                gpu_precision("a GPU")?;
+                Ok(AnyBackend::Cuda(Gpu::new(Cuda::new(n)?)))
+            }
+            DeviceSel::Emu => {
+                gpu_precision("the emulator")?;
+                Ok(AnyBackend::Emu(Gpu::new(Emu::new()?)))
+            }
+        }
+    }
+
+    fn open_cpu(&self) -> Result<AnyBackend> {
+        Ok(match self.precision {
+            Precision::F32 => AnyBackend::CpuF32(Cpu::new(self.threads)?),
+            Precision::F64 => AnyBackend::CpuF64(Cpu::new(self.threads)?),
+        })
+    }
 }
 
 /// The `config.json` this tool writes next to `model.safetensors` and `vocab.json`.
@@ -356,8 +449,8 @@ pub struct FinetuneArgs {
     pub max_len: usize,
     /// Pair truncation.
     pub truncate: Truncate,
-    /// Worker threads (0 = all cores).
-    pub threads: usize,
+    /// Device, precision and CPU threads.
+    pub engine: Engine,
     /// Output directory.
     pub out: Option<PathBuf>,
     /// Suppress informational stderr lines (progress included).
@@ -446,22 +539,19 @@ pub fn load_checkpoint(dir: &Path) -> Result<(LoadedModel, Resume)> {
 }
 
 /// Prints, plots and saves as training goes.
-struct RunHooks<'a, F: Float> {
+struct RunHooks<'a, B: Backend> {
     device: String,
     epochs: usize,
     a: &'a FinetuneArgs,
     vocab: &'a Vocab,
-    be: &'a Cpu<F>,
+    be: &'a B,
     curves: report::Curves,
     tty: bool,
     last_print: std::time::Instant,
     progress_shown: bool,
 }
 
-impl<F: Float> RunHooks<'_, F>
-where
-    Cpu<F>: Backend<F = F, Buf = Vec<F>>,
-{
+impl<B: Backend> RunHooks<'_, B> {
     fn clear_progress(&mut self) {
         if self.progress_shown && self.tty {
             eprint!("\r{:79}\r", "");
@@ -477,10 +567,7 @@ where
     }
 }
 
-impl<F: Float> trainer::Hooks<Cpu<F>> for RunHooks<'_, F>
-where
-    Cpu<F>: Backend<F = F, Buf = Vec<F>>,
-{
+impl<B: Backend> trainer::Hooks<B> for RunHooks<'_, B> {
     fn on_step(&mut self, p: &trainer::Progress) -> Result<()> {
         if self.a.quiet {
             return Ok(());
@@ -534,7 +621,7 @@ where
         self.write_curves()
     }
 
-    fn on_checkpoint(&mut self, state: &TrainState, model: &Model<Cpu<F>>, opt: &Adam<Cpu<F>>) -> Result<()> {
+    fn on_checkpoint(&mut self, state: &TrainState, model: &Model<B>, opt: &Adam<B>) -> Result<()> {
         let Some(out) = &self.a.out else { return Ok(()) };
         let tmp = out.join(format!(".checkpoint.tmp-{}", std::process::id()));
         let res = (|| -> Result<()> {
@@ -544,8 +631,10 @@ where
             let params = model.params_host(self.be)?;
             save_model(&tmp, &model.cfg, self.vocab, &params, self.a.max_len, self.a.truncate)?;
             let meta = BTreeMap::new();
-            st::save_params(&tmp.join("adam_m.safetensors"), &model.layout, &opt.m, &meta)?;
-            st::save_params(&tmp.join("adam_v.safetensors"), &model.layout, &opt.v, &meta)?;
+            let m = self.be.download(self.be.view(&opt.m))?;
+            let v = self.be.download(self.be.view(&opt.v))?;
+            st::save_params(&tmp.join("adam_m.safetensors"), &model.layout, &m, &meta)?;
+            st::save_params(&tmp.join("adam_v.safetensors"), &model.layout, &v, &meta)?;
             let sf = StateFile {
                 format: "nli-bert-checkpoint".into(),
                 train: state.clone(),
@@ -623,25 +712,39 @@ pub fn remove_stale_temporaries(dir: &Path) -> Result<usize> {
     Ok(removed)
 }
 
-/// Fine-tunes `m` on `train` (evaluating on `test` after each epoch), printing d2l's lines and
-/// progress, writing `metrics.jsonl`, `curves.svg`, checkpoints and the model to `--out`.
-pub fn finetune<F: Float>(
+/// Fine-tunes `m` on `train` (evaluating on `test` after each epoch) on the engine of
+/// `a.engine`, printing d2l's lines and progress, writing `metrics.jsonl`, `curves.svg`,
+/// checkpoints and the model to `--out`.
+pub fn finetune(
     m: LoadedModel,
     train: &[Encoded],
     test: Option<&[Encoded]>,
     a: &FinetuneArgs,
     resume: Option<Resume>,
-) -> Result<FinetuneResult>
-where
-    Cpu<F>: Backend<F = F, Buf = Vec<F>>,
-{
-    let be = Cpu::<F>::new(a.threads)?;
+) -> Result<FinetuneResult> {
+    match a.engine.open()? {
+        AnyBackend::CpuF32(be) => finetune_on(&be, m, train, test, a, resume),
+        AnyBackend::CpuF64(be) => finetune_on(&be, m, train, test, a, resume),
+        AnyBackend::Cuda(be) => finetune_on(&be, m, train, test, a, resume),
+        AnyBackend::Emu(be) => finetune_on(&be, m, train, test, a, resume),
+    }
+}
+
+/// [`finetune`] on a given backend.
+pub fn finetune_on<B: Backend>(
+    be: &B,
+    m: LoadedModel,
+    train: &[Encoded],
+    test: Option<&[Encoded]>,
+    a: &FinetuneArgs,
+    resume: Option<Resume>,
+) -> Result<FinetuneResult> {
     let device = be.name();
-    let mut model = Model::from_host(&be, m.cfg.clone(), &cast_params::<F>(&m.params))?;
-    let mut opt = Adam::new(&be, &model, a.adam)?;
+    let mut model = Model::from_host(be, m.cfg.clone(), &cast_params::<B::F>(&m.params))?;
+    let mut opt = Adam::new(be, &model, a.adam)?;
     let mut start = TrainState::default();
     if let Some(r) = resume {
-        opt.restore(&be, &cast_params::<F>(&r.m), &cast_params::<F>(&r.v), r.t, r.rows.as_deref())?;
+        opt.restore(be, &cast_params::<B::F>(&r.m), &cast_params::<B::F>(&r.v), r.t, r.rows.as_deref())?;
         start = r.state;
     }
     let mut hooks = RunHooks {
@@ -649,7 +752,7 @@ where
         epochs: a.train.epochs,
         a,
         vocab: &m.vocab,
-        be: &be,
+        be,
         curves: report::Curves { epochs: a.train.epochs, ..Default::default() },
         tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         last_print: std::time::Instant::now(),
@@ -676,7 +779,7 @@ where
     for em in &start.history {
         println!("{}", report::epoch_line(em, a.train.epochs, &device));
     }
-    let end = trainer::train(&be, &mut model, &mut opt, train, test, &a.train, start, &mut hooks)?;
+    let end = trainer::train(be, &mut model, &mut opt, train, test, &a.train, start, &mut hooks)?;
     hooks.clear_progress();
     let history = end.history;
     if let Some((l1, l2)) = report::final_lines(&history, &device) {
@@ -684,7 +787,7 @@ where
         println!("{l2}");
     }
     if let Some(dir) = &a.out {
-        let host = model.params_host(&be)?;
+        let host = model.params_host(be)?;
         save_model(dir, &model.cfg, &m.vocab, &host, a.max_len, a.truncate)?;
         if !a.quiet {
             eprintln!("saved the fine-tuned model, metrics.jsonl and curves.svg to {}", dir.display());
@@ -693,20 +796,26 @@ where
     Ok(FinetuneResult { history, device })
 }
 
-/// Evaluates a loaded model on encoded data with the CPU engine.
-pub fn evaluate<F: Float>(
+/// Evaluates a loaded model on encoded data on `engine`.
+pub fn evaluate(m: &LoadedModel, data: &[Encoded], batch_size: usize, engine: &Engine) -> Result<EvalResult> {
+    match engine.open()? {
+        AnyBackend::CpuF32(be) => evaluate_on(&be, m, data, batch_size),
+        AnyBackend::CpuF64(be) => evaluate_on(&be, m, data, batch_size),
+        AnyBackend::Cuda(be) => evaluate_on(&be, m, data, batch_size),
+        AnyBackend::Emu(be) => evaluate_on(&be, m, data, batch_size),
+    }
+}
+
+/// [`evaluate`] on a given backend.
+pub fn evaluate_on<B: Backend>(
+    be: &B,
     m: &LoadedModel,
     data: &[Encoded],
     batch_size: usize,
-    threads: usize,
-) -> Result<EvalResult>
-where
-    Cpu<F>: Backend<F = F, Buf = Vec<F>>,
-{
-    let be = Cpu::<F>::new(threads)?;
-    let model = Model::from_host(&be, m.cfg.clone(), &cast_params::<F>(&m.params))?;
-    let mut acts = Acts::new(&be, &model.cfg)?;
-    trainer::evaluate(&be, &model, &mut acts, data, batch_size)
+) -> Result<EvalResult> {
+    let model = Model::from_host(be, m.cfg.clone(), &cast_params::<B::F>(&m.params))?;
+    let mut acts = Acts::new(be, &model.cfg)?;
+    trainer::evaluate(be, &model, &mut acts, data, batch_size)
 }
 
 /// Softmax of one row of logits, in f64.

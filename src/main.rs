@@ -3,7 +3,7 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 usage error.
 
 use clap::{Args, Parser, Subcommand};
-use nli_bert::app::{self, DeviceArg, FinetuneArgs, LoadedModel, Precision, ScratchArgs};
+use nli_bert::app::{self, DeviceSel, Engine, FinetuneArgs, LoadedModel, Precision, ScratchArgs};
 use nli_bert::data::batch::Truncate;
 use nli_bert::data::hub;
 use nli_bert::data::snli::{read_dataset, LABELS};
@@ -50,9 +50,10 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct EngineArgs {
-    /// Where to compute.
-    #[arg(long, value_enum, default_value = "auto")]
-    device: DeviceArg,
+    /// Where to compute: auto (a CUDA GPU if usable, else the CPU), cpu, cuda, cuda:N, or emu (our
+    /// CUDA kernels on the CPU emulator: slow, for checking).
+    #[arg(long, default_value = "auto")]
+    device: DeviceSel,
     /// Numeric precision (f64 is the reference, f32 the fast trainer).
     #[arg(long, value_enum, default_value = "f32")]
     precision: Precision,
@@ -237,12 +238,9 @@ fn main() {
     }
 }
 
-fn check_device(d: DeviceArg) -> Result<()> {
-    match d {
-        DeviceArg::Auto | DeviceArg::Cpu => Ok(()),
-        DeviceArg::Cuda => Err(Error::usage(
-            "--device cuda: the CUDA engine is not part of this build yet; use --device cpu (or auto)",
-        )),
+impl EngineArgs {
+    fn engine(&self) -> Engine {
+        Engine { device: self.device, precision: self.precision, threads: self.threads }
     }
 }
 
@@ -279,7 +277,6 @@ fn apply_run_settings(a: &mut FinetuneCmd, r: &serde_json::Value, dir: &std::pat
 }
 
 fn finetune(mut a: FinetuneCmd) -> Result<()> {
-    check_device(a.engine.device)?;
     let mut resume = None;
     let mut resumed_model = None;
     if let Some(dir) = a.resume.clone() {
@@ -359,15 +356,12 @@ fn finetune(mut a: FinetuneCmd) -> Result<()> {
         },
         max_len: a.max_len,
         truncate: a.truncate,
-        threads: a.engine.threads,
+        engine: a.engine.engine(),
         out: a.out.clone(),
         quiet: a.quiet,
         run: run_settings(&a),
     };
-    match a.engine.precision {
-        Precision::F32 => app::finetune::<f32>(m, &train, test.as_deref(), &args, resume).map(|_| ()),
-        Precision::F64 => app::finetune::<f64>(m, &train, test.as_deref(), &args, resume).map(|_| ()),
-    }
+    app::finetune(m, &train, test.as_deref(), &args, resume).map(|_| ())
 }
 
 /// `--max-len` must fit the model's positional table (and leave room for text).
@@ -387,14 +381,10 @@ fn run_eval(
     bs: usize,
     e: &EngineArgs,
 ) -> Result<nli_bert::train::trainer::EvalResult> {
-    match e.precision {
-        Precision::F32 => app::evaluate::<f32>(m, data, bs, e.threads),
-        Precision::F64 => app::evaluate::<f64>(m, data, bs, e.threads),
-    }
+    app::evaluate(m, data, bs, &e.engine())
 }
 
 fn eval(a: EvalCmd) -> Result<()> {
-    check_device(a.engine.device)?;
     let m = app::load_model(&a.model, None, false, 0)?;
     let ds = read_dataset(&a.data)?;
     let max_len = check_max_len(a.max_len.or(m.max_len).unwrap_or(128), &m)?;
@@ -433,7 +423,6 @@ fn eval(a: EvalCmd) -> Result<()> {
 }
 
 fn predict(a: PredictCmd) -> Result<()> {
-    check_device(a.engine.device)?;
     let m = app::load_model(&a.model, None, false, 0)?;
     let ds = match (&a.premise, &a.hypothesis, &a.input) {
         (Some(p), Some(h), None) => app::pairs_dataset(vec![(p.clone(), h.clone())], "command line"),
@@ -492,14 +481,14 @@ fn demo(a: DemoCmd) -> Result<()> {
         adam: AdamConfig::adam(1e-3),
         max_len,
         truncate: Truncate::Longest,
-        threads: a.threads,
+        engine: Engine::cpu(a.threads),
         out: Some(out.clone()),
         quiet: false,
         run: serde_json::Value::Null,
     };
     let vocab = m.vocab.clone();
     let cfg = m.cfg.clone();
-    let res = app::finetune::<f32>(m, &train, Some(&test), &args, None)?;
+    let res = app::finetune(m, &train, Some(&test), &args, None)?;
     let acc = res.history.last().and_then(|h| h.test_acc).unwrap_or(0.0);
     println!("held-out accuracy {acc:.3}");
     // A few predictions from the saved model, as a user would run them.
@@ -516,7 +505,7 @@ fn demo(a: DemoCmd) -> Result<()> {
         "demo samples",
     );
     let enc = app::encode(&ds, &saved.vocab, max_len, Truncate::Longest, true)?;
-    let r = app::evaluate::<f32>(&saved, &enc, 8, a.threads)?;
+    let r = app::evaluate(&saved, &enc, 8, &Engine::cpu(a.threads))?;
     for (i, (p, h)) in samples.iter().enumerate() {
         let row = &r.logits[i * 3..i * 3 + 3];
         let probs = app::softmax(row);

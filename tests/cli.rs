@@ -451,3 +451,38 @@ fn cli_ctrl_c_saves_a_checkpoint_and_the_run_resumes_bit_identically() {
         std::fs::read(cut.join("model.safetensors")).unwrap()
     );
 }
+
+#[test]
+fn cli_finetune_on_emu_device_matches_cpu() {
+    // The same run on the CPU engine and on our CUDA kernels under the emulator (--device emu):
+    // the epoch lines name the device, and the metrics agree to f32 rounding.
+    let dir = tempfile::tempdir().unwrap();
+    let (cpu_out, emu_out) = (dir.path().join("cpu"), dir.path().join("emu"));
+    let o = small_finetune(dir.path(), &cpu_out, "f32", &["--device", "cpu"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = small_finetune(dir.path(), &emu_out, "f32", &["--device", "emu"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.lines().filter(|l| l.starts_with("epoch ")).all(|l| l.ends_with("on emu")), "{stdout}");
+    let read = |d: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (c, e) = (read(&cpu_out), read(&emu_out));
+    assert_eq!(c.len(), 2);
+    assert_eq!(c.len(), e.len());
+    for (c, e) in c.iter().zip(&e) {
+        let (lc, le) = (c["loss"].as_f64().unwrap(), e["loss"].as_f64().unwrap());
+        assert!((lc - le).abs() <= 1e-4 * lc.abs(), "loss cpu {lc} vs emu {le}");
+        for k in ["train_acc", "test_acc", "steps"] {
+            assert_eq!(c[k], e[k], "{k}: cpu {} vs emu {}", c[k], e[k]);
+        }
+    }
+    // --precision f64 is CPU-only: a usage error (exit 2) naming the fix.
+    let o = small_finetune(dir.path(), &dir.path().join("x"), "f64", &["--device", "emu"]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    assert!(text(&o).1.contains("--precision f64 runs on the CPU only"), "{:?}", text(&o));
+}

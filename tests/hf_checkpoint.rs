@@ -105,7 +105,13 @@ fn tiny_checkpoint_in_both_formats_matches_transformers_with_labels_reordered() 
                 want.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
             assert_eq!(got.ids, want, "{kind}: input ids");
         }
-        let r = app::evaluate::<f64>(&m, &enc, 8, 1).unwrap();
+        let r = app::evaluate(
+            &m,
+            &enc,
+            8,
+            &app::Engine { device: app::DeviceSel::Cpu, precision: app::Precision::F64, threads: 1 },
+        )
+        .unwrap();
         for (i, row) in e["logits_f64_checkpoint_order"].as_array().unwrap().iter().enumerate() {
             let theirs: Vec<f64> = row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
             for (k, &p) in perm.iter().enumerate() {

@@ -189,7 +189,7 @@ fn minilm_logits_f32_match_transformers() {
     let f = fixture();
     let m = load(&dir, &f);
     let enc = encoded(&m, &f);
-    let r = app::evaluate::<f32>(&m, &enc, 64, 2).unwrap();
+    let r = app::evaluate(&m, &enc, 64, &app::Engine::cpu(2)).unwrap();
     assert_close("logits f32", &r.logits, &f.expected["logits_f32"], 1e-4, 1e-4);
     let maxdiff =
         r.logits.iter().zip(&f.expected["logits_f32"]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
