@@ -13,9 +13,10 @@
 //! image; `auto`: the precompiled PTX if usable, else NVRTC), `NLI_BERT_HOME` (cubin cache).
 
 mod libs;
+mod module;
+mod ptx;
 
-use std::collections::HashMap;
-use std::ffi::{c_void, CString};
+use std::ffi::c_void;
 use std::sync::Mutex;
 
 use cudarc::cublas::{result as blas, sys as blas_sys};
@@ -23,10 +24,12 @@ use cudarc::driver::result::{self as drv, DriverError};
 use cudarc::driver::sys;
 
 pub use libs::{missing_library_error, preload_libraries, LibraryReport};
+pub use module::Module;
 
 use super::device::{check_args, DevPtr, Device, Gemm, KArg, LaunchCfg};
 use super::nvrtc;
 use crate::error::{Error, Result};
+use ptx::ptx_fits;
 
 fn require_driver() -> Result<()> {
     preload_libraries();
@@ -86,83 +89,6 @@ fn bind(ctx: sys::CUcontext) -> Result<()> {
         unsafe { drv::ctx::set_current(ctx) }.map_err(drv_err("cuCtxSetCurrent"))?;
     }
     Ok(())
-}
-
-/// A loaded module (cubin or PTX) and its functions, looked up by name on first use.
-pub struct Module {
-    ctx: sys::CUcontext,
-    module: sys::CUmodule,
-    /// name -> (function, dynamic shared memory it is currently allowed).
-    funcs: Mutex<HashMap<String, (sys::CUfunction, u32)>>,
-}
-
-// SAFETY: a CUmodule/CUfunction may be used from any thread once its context is bound, which
-// every use does (`bind`); the function cache is behind a Mutex.
-unsafe impl Send for Module {}
-// SAFETY: as above.
-unsafe impl Sync for Module {}
-
-impl Module {
-    /// Loads a cubin, or PTX text (NUL-terminated here), into `ctx`.
-    fn load(ctx: sys::CUcontext, image: &[u8], is_ptx: bool) -> Result<Module> {
-        bind(ctx)?;
-        let mut owned;
-        let bytes = if is_ptx {
-            owned = image.to_vec();
-            owned.push(0);
-            &owned[..]
-        } else {
-            image
-        };
-        // SAFETY: `bytes` is a whole cubin (ELF) or NUL-terminated PTX text that outlives the
-        // call; the driver copies what it keeps.
-        let module = unsafe { drv::module::load_data(bytes.as_ptr() as *const c_void) }.map_err(drv_err(
-            if is_ptx { "loading the kernels' PTX" } else { "loading the kernels' cubin" },
-        ))?;
-        Ok(Module { ctx, module, funcs: Mutex::new(HashMap::new()) })
-    }
-
-    /// The function `name`, allowed at least `shared_bytes` of dynamic shared memory.
-    fn function(&self, name: &str, shared_bytes: u32) -> Result<sys::CUfunction> {
-        let mut funcs = self.funcs.lock().unwrap_or_else(|p| p.into_inner());
-        let (f, allowed) = match funcs.get(name) {
-            Some(&entry) => entry,
-            None => {
-                let c = CString::new(name).map_err(|_| Error::msg(format!("bad kernel name {name:?}")))?;
-                // SAFETY: the module is loaded (unloaded only on drop); `c` is NUL-terminated.
-                let f = unsafe { drv::module::get_function(self.module, c) }
-                    .map_err(drv_err(format_args!("kernel `{name}` in the loaded module")))?;
-                (f, 48 * 1024)
-            }
-        };
-        let mut allowed = allowed;
-        if shared_bytes > allowed {
-            // SAFETY: `f` is a live function of this module.
-            unsafe {
-                drv::function::set_function_attribute(
-                    f,
-                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    shared_bytes as i32,
-                )
-            }
-            .map_err(drv_err(format_args!(
-                "kernel `{name}`: allowing {shared_bytes} bytes of dynamic shared memory"
-            )))?;
-            allowed = shared_bytes;
-        }
-        funcs.insert(name.to_string(), (f, allowed));
-        Ok(f)
-    }
-}
-
-impl Drop for Module {
-    fn drop(&mut self) {
-        if bind(self.ctx).is_ok() {
-            // SAFETY: loaded in `load`, unloaded once here; no launch can use it afterwards
-            // (launches borrow the module).
-            let _ = unsafe { drv::module::unload(self.module) };
-        }
-    }
 }
 
 /// A CUDA GPU: primary context, one non-blocking stream, a cuBLAS handle on it, our kernels.
@@ -384,78 +310,6 @@ impl Drop for Cuda {
     }
 }
 
-/// Why PTX cannot be used here, or a description of it: its `.version` needs a driver at least
-/// as new as the toolkit that wrote it, and its `.target sm_XY` a device of that capability.
-fn ptx_fits(ptx: &str, driver: i32, cc: (i32, i32)) -> std::result::Result<String, String> {
-    let (isa, target) = ptx_header(ptx);
-    let dev = cc.0 * 10 + cc.1;
-    let target_desc = match &target {
-        Some(t) => {
-            let num: String =
-                t.trim_start_matches("sm_").chars().take_while(|c| c.is_ascii_digit()).collect();
-            let n: i32 = num.parse().map_err(|_| format!("PTX target `{t}` not understood"))?;
-            let arch_specific = t.ends_with('a') || t.ends_with('f');
-            if n > dev || (arch_specific && n != dev) {
-                return Err(format!("the PTX targets {t}, the device is sm_{dev}"));
-            }
-            t.clone()
-        }
-        None => "?".into(),
-    };
-    if let Some((maj, min)) = isa {
-        if let Some(need) = ptx_isa_min_driver(maj, min) {
-            if driver < need {
-                return Err(format!(
-                    "the PTX is ISA {maj}.{min} (CUDA {}.{}), newer than the driver's CUDA {}.{}",
-                    need / 1000,
-                    need % 1000 / 10,
-                    driver / 1000,
-                    driver % 1000 / 10
-                ));
-            }
-        }
-    }
-    let isa = isa.map(|(a, b)| format!("{a}.{b}")).unwrap_or_else(|| "?".into());
-    Ok(format!("PTX ISA {isa} for {target_desc} (nvcc at build time, JIT by the driver)"))
-}
-
-/// `.version X.Y` and `.target T` of a PTX text.
-fn ptx_header(ptx: &str) -> (Option<(i32, i32)>, Option<String>) {
-    let mut isa = None;
-    let mut target = None;
-    for line in ptx.lines().take(200) {
-        let l = line.trim();
-        if let Some(v) = l.strip_prefix(".version") {
-            let mut it = v.trim().split('.');
-            if let (Some(a), Some(b)) = (it.next(), it.next()) {
-                if let (Ok(a), Ok(b)) = (a.trim().parse(), b.trim().parse()) {
-                    isa = Some((a, b));
-                }
-            }
-        } else if let Some(t) = l.strip_prefix(".target") {
-            target = t.split(',').next().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
-        }
-        if isa.is_some() && target.is_some() {
-            break;
-        }
-    }
-    (isa, target)
-}
-
-/// The oldest driver (CUDA version as 1000·major + 10·minor) that JIT-compiles PTX ISA
-/// `maj.min`; `None` if unknown (then loading is simply tried).
-fn ptx_isa_min_driver(maj: i32, min: i32) -> Option<i32> {
-    match (maj, min) {
-        (7, 0..=8) => Some(11000 + 10 * min),
-        (8, 0..=5) => Some(12000 + 10 * min),
-        (8, 6) => Some(12070),
-        (8, 7) => Some(12080),
-        (8, 8) => Some(12090),
-        (9, 0..=9) => Some(13000 + 10 * min),
-        _ => None,
-    }
-}
-
 /// cuBLAS (column-major) arguments for a row-major [`Gemm`]: row-major `C = op(A)·op(B)` is
 /// column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`, so A and B swap places, m and n swap, the transpose
 /// flags stay with their matrices. Returns `(trans_first, trans_second, m', n', k, first, ld1,
@@ -632,21 +486,6 @@ impl Device for Cuda {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ptx_header_and_driver_checks() {
-        let ptx = "//\n// Generated by NVIDIA NVVM Compiler\n.version 9.0\n.target sm_90\n.address_size 64\n";
-        assert_eq!(ptx_header(ptx), (Some((9, 0)), Some("sm_90".into())));
-        assert!(ptx_fits(ptx, 13000, (9, 0)).is_ok());
-        assert!(ptx_fits(ptx, 13000, (10, 0)).is_ok());
-        assert!(ptx_fits(ptx, 12090, (9, 0)).unwrap_err().contains("newer than the driver"));
-        assert!(ptx_fits(ptx, 13000, (8, 0)).unwrap_err().contains("targets sm_90"));
-        let a = ".version 8.8\n.target sm_90a\n";
-        assert!(ptx_fits(a, 12090, (9, 0)).is_ok());
-        assert!(ptx_fits(a, 13000, (10, 0)).is_err());
-        assert_eq!(ptx_isa_min_driver(8, 7), Some(12080));
-        assert_eq!(ptx_isa_min_driver(9, 1), Some(13010));
-    }
 
     #[test]
     fn sgemm_maps_row_major_to_column_major() {
