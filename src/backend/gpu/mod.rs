@@ -35,9 +35,51 @@ include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 /// Threads per block of the element-wise kernels.
 pub(crate) const THREADS: u32 = 256;
 
-/// An owned device buffer of `T` (f32 or i32), freed on drop.
-pub struct GBuf<D: Device, T> {
+/// Device memory blocks kept for reuse: freeing is slow on CUDA (it waits for the device) and
+/// a training step would otherwise allocate and free its batch buffers every step. Blocks are
+/// grouped by size class (powers of two from 256 bytes); a reused block is zeroed on the stream.
+pub(crate) struct Pool<D: Device> {
     dev: Arc<D>,
+    free: Mutex<std::collections::HashMap<usize, Vec<DevPtr>>>,
+}
+
+impl<D: Device> Pool<D> {
+    fn class(bytes: usize) -> usize {
+        bytes.max(256).next_power_of_two()
+    }
+
+    fn get(&self, bytes: usize) -> Result<DevPtr> {
+        let class = Self::class(bytes);
+        let reused = self.free.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&class).and_then(Vec::pop);
+        match reused {
+            Some(ptr) => {
+                // SAFETY: `ptr` is a pooled block of `class >= bytes` bytes that nothing uses.
+                unsafe { self.dev.memset_zero(ptr, bytes)? };
+                Ok(ptr)
+            }
+            None => self.dev.alloc(class),
+        }
+    }
+
+    fn put(&self, ptr: DevPtr, bytes: usize) {
+        let class = Self::class(bytes);
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).entry(class).or_default().push(ptr);
+    }
+}
+
+impl<D: Device> Drop for Pool<D> {
+    fn drop(&mut self) {
+        let free = std::mem::take(&mut *self.free.lock().unwrap_or_else(|p| p.into_inner()));
+        for ptr in free.into_values().flatten() {
+            // SAFETY: pooled blocks came from `alloc` on this device and are owned by the pool only.
+            unsafe { self.dev.free(ptr) };
+        }
+    }
+}
+
+/// An owned device buffer of `T` (f32 or i32), returned to the pool on drop.
+pub struct GBuf<D: Device, T> {
+    pool: Arc<Pool<D>>,
     ptr: DevPtr,
     len: usize,
     _t: PhantomData<T>,
@@ -61,8 +103,7 @@ impl<D: Device, T> GBuf<D, T> {
 impl<D: Device, T> Drop for GBuf<D, T> {
     fn drop(&mut self) {
         if self.ptr != 0 {
-            // SAFETY: `ptr` came from `alloc` on this device and this buffer is its only owner.
-            unsafe { self.dev.free(self.ptr) };
+            self.pool.put(self.ptr, self.len * ELEM as usize);
         }
     }
 }
@@ -100,6 +141,7 @@ const ELEM: u64 = 4;
 /// The GPU backend over a device `D`.
 pub struct Gpu<D: Device> {
     dev: Arc<D>,
+    pool: Arc<Pool<D>>,
     sticky: Mutex<Option<String>>,
     /// Scratch for row lists (Adam's sparse rows): reused, grown when needed.
     rows: Mutex<Option<GBuf<D, i32>>>,
@@ -108,7 +150,9 @@ pub struct Gpu<D: Device> {
 impl<D: Device> Gpu<D> {
     /// A backend on `dev`.
     pub fn new(dev: D) -> Self {
-        Gpu { dev: Arc::new(dev), sticky: Mutex::new(None), rows: Mutex::new(None) }
+        let dev = Arc::new(dev);
+        let pool = Arc::new(Pool { dev: dev.clone(), free: Mutex::new(Default::default()) });
+        Gpu { dev, pool, sticky: Mutex::new(None), rows: Mutex::new(None) }
     }
 
     /// The device.
@@ -189,8 +233,8 @@ impl<D: Device> Gpu<D> {
     }
 
     fn alloc_buf<T>(&self, n: usize) -> Result<GBuf<D, T>> {
-        let ptr = if n == 0 { 0 } else { self.dev.alloc(n * ELEM as usize)? };
-        Ok(GBuf { dev: self.dev.clone(), ptr, len: n, _t: PhantomData })
+        let ptr = if n == 0 { 0 } else { self.pool.get(n * ELEM as usize)? };
+        Ok(GBuf { pool: self.pool.clone(), ptr, len: n, _t: PhantomData })
     }
 
     /// Uploads `rows` into the reused scratch buffer and returns its address.
