@@ -483,3 +483,19 @@ fn emu_sgemm_matches_a_naive_loop_for_all_transposes_and_strides() {
     // SAFETY: the call must be refused before touching memory.
     assert!(unsafe { e.sgemm(&g) }.is_err());
 }
+
+#[test]
+fn emu_new_says_clearly_when_the_emulator_was_not_built() {
+    let available = std::hint::black_box(EMU_AVAILABLE);
+    match Emu::with_seed(0) {
+        Ok(e) => {
+            assert!(available);
+            assert_eq!(e.name(), "emu");
+            assert!(e.synchronize().is_ok());
+        }
+        Err(err) => {
+            assert!(!available);
+            assert!(err.to_string().contains("no C++ compiler found at build time (install g++)"), "{err}");
+        }
+    }
+}

@@ -188,13 +188,24 @@ class Runner {
     swapcontext(&t->uc, &sched_uc_);
 #endif
   }
-  unsigned live_mask(unsigned warp) const {
-    unsigned m = 0;
-    for (unsigned l = 0; l < 32; ++l) {
-      unsigned i = warp * 32 + l;
-      if (i < n_ && threads_[i]->st != St::Exited) m |= 1u << l;
+  unsigned live_mask(unsigned warp) const { return full_[warp] & ~exited_[warp]; }
+  // Moves `t` to a wait state (or exit), keeping the per-warp masks and counts.
+  void enter(Thread* t, St s) {
+    const unsigned w = t->regs.warp, bit = 1u << t->regs.lane;
+    if (s == St::Barrier) ++at_barrier_;
+    if (s == St::Warp) {
+      ++at_warp_;
+      arrived_[w] |= bit;
     }
-    return m;
+    if (s == St::Exited) {
+      ++exited_n_;
+      exited_[w] |= bit;
+    }
+    if ((s == St::Warp || s == St::Exited) && !touched_flag_[w]) {
+      touched_flag_[w] = 1;
+      touched_.push_back(w);
+    }
+    t->st = s;
   }
   long long tick = 0;
 
@@ -223,8 +234,23 @@ class Runner {
     return fmt("thread (%u,%u,%u) of %s", t.regs.tid.x, t.regs.tid.y, t.regs.tid.z, block_name().c_str());
   }
 
+  void make_ready(Thread* t) {
+    if (t->st == St::Warp) {
+      --at_warp_;
+      arrived_[t->regs.warp] &= ~(1u << t->regs.lane);
+    } else if (t->st == St::Barrier) {
+      --at_barrier_;
+    }
+    t->st = St::Ready;
+  }
+
   std::vector<std::unique_ptr<Thread>> threads_;
   unsigned n_ = 0;
+  // Per warp: existing lanes, exited lanes, lanes waiting in a warp collective; the warps whose
+  // masks changed since the last resolution.
+  std::vector<unsigned> full_, exited_, arrived_, touched_;
+  std::vector<unsigned char> touched_flag_;
+  unsigned at_barrier_ = 0, at_warp_ = 0, exited_n_ = 0;
   BlockRegs regs_{};
   unsigned long long gen_ = 0;
   unsigned char* dyn_ = nullptr;
@@ -236,15 +262,20 @@ class Runner {
 #endif
 };
 
+__thread Runner* tl_runner = nullptr;  // cached: function-local thread_local needs a guard check
+
 Runner& runner() {
-  static thread_local Runner r;
-  return r;
+  if (!tl_runner) {
+    static thread_local Runner r;  // destroyed (stacks unmapped) when the OS thread exits
+    tl_runner = &r;
+  }
+  return *tl_runner;
 }
 
 void Runner::ensure_threads(unsigned n) {
   while (threads_.size() < n) {
     auto t = std::make_unique<Thread>();
-    void* mem = mmap(nullptr, kStackBytes + guard(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* mem = mmap(nullptr, kStackBytes + guard(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (mem == MAP_FAILED) throw LaunchError{5, "out of memory for fiber stacks"};
     // A guard page below the stack turns an overflow into a fault instead of silent corruption.
     mprotect(mem, guard(), PROT_NONE);
@@ -330,6 +361,14 @@ void Runner::run_block(const uint3& bid, unsigned long long seed) {
     start_fiber(t);
     ready[i] = i;
   }
+  const unsigned nwarps = (n_ + 31) / 32;
+  full_.assign(nwarps, 0xffffffffu);
+  if (n_ % 32) full_[nwarps - 1] = (1u << (n_ % 32)) - 1;
+  exited_.assign(nwarps, 0);
+  arrived_.assign(nwarps, 0);
+  touched_flag_.assign(nwarps, 0);
+  touched_.clear();
+  at_barrier_ = at_warp_ = exited_n_ = 0;
   Rng rng{seed};
   fiber_error.clear();
   for (;;) {
@@ -347,11 +386,9 @@ void Runner::run_block(const uint3& bid, unsigned long long seed) {
 }
 
 void Runner::resolve_warps(std::vector<unsigned>& ready) {
-  const unsigned nwarps = (n_ + 31) / 32;
-  for (unsigned w = 0; w < nwarps; ++w) {
-    unsigned arrived = 0;
-    for (unsigned l = 0; l < 32 && w * 32 + l < n_; ++l)
-      if (threads_[w * 32 + l]->st == St::Warp) arrived |= 1u << l;
+  for (unsigned w : touched_) {
+    touched_flag_[w] = 0;
+    unsigned arrived = arrived_[w];
     if (!arrived) continue;
     const unsigned live = live_mask(w);
     unsigned pending = arrived;
@@ -378,13 +415,14 @@ void Runner::resolve_warps(std::vector<unsigned>& ready) {
       complete_warp_group(w, group);
       for (unsigned g = group; g; g &= g - 1) {
         unsigned i = w * 32 + (unsigned)__builtin_ctz(g);
-        threads_[i]->st = St::Ready;
+        make_ready(threads_[i].get());
         ready.push_back(i);
       }
       pending &= ~group;
       arrived &= ~group;
     }
   }
+  touched_.clear();
 }
 
 void Runner::complete_warp_group(unsigned w, unsigned group) {
@@ -451,25 +489,18 @@ void Runner::complete_warp_group(unsigned w, unsigned group) {
 }
 
 void Runner::release_barrier(std::vector<unsigned>& ready) {
-  const Thread* at = nullptr;
-  const Thread* stuck = nullptr;
-  unsigned live = 0;
-  for (unsigned i = 0; i < n_; ++i) {
-    const Thread& t = *threads_[i];
-    if (t.st == St::Exited) continue;
-    ++live;
-    if (t.st == St::Barrier && !at) at = &t;
-    if (t.st != St::Barrier && !stuck) stuck = &t;
-  }
-  if (live == 0) return;
-  if (!stuck) {
+  if (exited_n_ == n_) return;
+  if (at_warp_ == 0) {
+    const Thread* at = nullptr;
+    for (unsigned i = 0; i < n_ && !at; ++i)
+      if (threads_[i]->st == St::Barrier) at = threads_[i].get();
     // Everyone waits at a barrier: it must be the same one.
     int count = 0;
     bool all = true;
     for (unsigned i = 0; i < n_; ++i) {
       const Thread& t = *threads_[i];
       if (t.st == St::Exited) continue;
-      if (t.line != at->line || std::strcmp(t.file, at->file) != 0 || t.op != at->op)
+      if (t.line != at->line || t.op != at->op || (t.file != at->file && std::strcmp(t.file, at->file) != 0))
         throw LaunchError{4, fmt("%s: divergent barriers: thread (%u,%u,%u) waits at %s (%s) while thread "
                                  "(%u,%u,%u) waits at %s (%s); __syncthreads must be reached by the whole "
                                  "block at the same place",
@@ -486,7 +517,7 @@ void Runner::release_barrier(std::vector<unsigned>& ready) {
       Thread& t = *threads_[i];
       if (t.st == St::Exited) continue;
       t.result = result;
-      t.st = St::Ready;
+      make_ready(&t);
       ready.push_back(i);
     }
     return;
@@ -523,7 +554,7 @@ unsigned long long park(St st, int op, unsigned mask, unsigned long long value, 
   Runner& r = runner();
   Thread* t = r.cur;
   if (!t) return value;  // not inside a launch: nothing to synchronise with
-  t->st = st;
+  r.enter(t, st);
   t->op = op;
   t->mask = mask;
   t->value = value;
@@ -551,7 +582,7 @@ extern "C" void nli_emu_fiber_entry() {
   } catch (...) {
     r.fiber_error = "a C++ exception escaped the kernel";
   }
-  t->st = St::Exited;
+  r.enter(t, St::Exited);
   for (;;) r.yield(t);  // never resumed after exit
 }
 
@@ -579,7 +610,7 @@ void fail(const char* what, const char* file, int line) {
     r.fiber_error = fmt("thread (%u,%u,%u) of block (%u,%u,%u): %s at %s:%d", t->regs.tid.x, t->regs.tid.y,
                         t->regs.tid.z, nli_emu_block->bid.x, nli_emu_block->bid.y, nli_emu_block->bid.z, what,
                         file, line);
-  t->st = St::Exited;
+  r.enter(t, St::Exited);
   for (;;) r.yield(t);
 }
 

@@ -39,6 +39,9 @@ pub struct Emu {
     next_seed: AtomicU64,
     /// The first error of a kernel that ran (deadlock, trap, ...) or a bad `free`.
     sticky: Mutex<Option<String>>,
+    /// Held by every operation that touches device memory, so that calls from several host
+    /// threads run one at a time, in order, as on one CUDA stream.
+    stream: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -71,6 +74,7 @@ impl Emu {
             allocs: Mutex::new(BTreeMap::new()),
             next_seed: AtomicU64::new(seed),
             sticky: Mutex::default(),
+            stream: Mutex::default(),
         })
     }
 
@@ -169,6 +173,7 @@ impl Device for Emu {
     }
 
     unsafe fn free(&self, ptr: DevPtr) {
+        let _stream = lock(&self.stream);
         let len = lock(&self.allocs).remove(&ptr);
         match len.map(|len| (len, Layout::from_size_align(len, ALIGN))) {
             // SAFETY: `ptr` was allocated by `alloc` with this layout and is now untracked.
@@ -178,6 +183,7 @@ impl Device for Emu {
     }
 
     unsafe fn copy_htod(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        let _stream = lock(&self.stream);
         self.check_range(dst, src.len(), "copy_htod destination")?;
         if !src.is_empty() {
             // SAFETY: the destination range lies inside a live allocation (checked above), which
@@ -188,6 +194,7 @@ impl Device for Emu {
     }
 
     unsafe fn copy_dtoh(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
+        let _stream = lock(&self.stream);
         self.check_range(src, dst.len(), "copy_dtoh source")?;
         if !dst.is_empty() {
             // SAFETY: the source range lies inside a live allocation (checked above); `dst` is a
@@ -198,6 +205,7 @@ impl Device for Emu {
     }
 
     unsafe fn copy_dtod(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
+        let _stream = lock(&self.stream);
         self.check_range(src, bytes, "copy_dtod source")?;
         self.check_range(dst, bytes, "copy_dtod destination")?;
         if bytes > 0 {
@@ -209,6 +217,7 @@ impl Device for Emu {
     }
 
     unsafe fn memset_zero(&self, dst: DevPtr, bytes: usize) -> Result<()> {
+        let _stream = lock(&self.stream);
         self.check_range(dst, bytes, "memset_zero")?;
         if bytes > 0 {
             // SAFETY: the range lies inside a live allocation (checked above).
@@ -241,6 +250,7 @@ impl Device for Emu {
         let nargs = c_int::try_from(ptrs.len()).map_err(|_| Error::msg("too many kernel arguments"))?;
         let seed = self.next_seed.fetch_add(1, Ordering::Relaxed);
         let mut err = vec![0u8; 4096];
+        let stream = lock(&self.stream);
         // SAFETY: `cname` is NUL-terminated; grid/block point to 3 u32 each; `ptrs` holds `nargs`
         // pointers to 8-byte slots that outlive the call; `err` is writable for its length. The
         // kernel's own memory accesses are the caller's contract (`Device::launch`), and every
@@ -258,6 +268,7 @@ impl Device for Emu {
                 err.len(),
             )
         };
+        drop(stream);
         if rc == 0 {
             return Ok(());
         }
@@ -278,6 +289,7 @@ impl Device for Emu {
     }
 
     unsafe fn sgemm(&self, g: &Gemm) -> Result<()> {
+        let _stream = lock(&self.stream);
         let (m, n, k) = (g.m, g.n, g.k);
         if m == 0 || n == 0 {
             return Ok(());
