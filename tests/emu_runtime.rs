@@ -499,3 +499,35 @@ fn emu_new_says_clearly_when_the_emulator_was_not_built() {
         }
     }
 }
+
+#[test]
+fn emu_exited_threads_count_as_arrived_at_barriers() {
+    let Some(e) = emu(17) else { return };
+    for live in [1i32, 31, 33, 200, 256] {
+        let out = zeros::<i32>(&e, 3);
+        let (g, b) = lin(3, 256);
+        launch(&e, "emu_test_early_exit", g, b, 0, &[KArg::Ptr(out), KArg::I32(live)]).expect("launch");
+        assert_eq!(download::<i32>(&e, out, 3), vec![live * (live - 1) / 2; 3], "live {live}");
+    }
+}
+
+#[test]
+fn emu_many_blocks_and_concurrent_launches_from_host_threads() {
+    let Some(e) = emu(18) else { return };
+    let start = std::time::Instant::now();
+    let (got, want) = block_sums(&e, "emu_test_block_sum", 4096 * 64, 64);
+    assert_eq!(got, want);
+    eprintln!("4096 blocks of 64 threads: {:?}", start.elapsed());
+    // One device used from several threads (serialised like one stream), and several devices.
+    let others: Vec<Emu> = (0..3).filter_map(|s| emu(100 + s)).collect();
+    std::thread::scope(|s| {
+        for dev in std::iter::repeat_n(&e, 3).chain(&others) {
+            s.spawn(move || {
+                for _ in 0..5 {
+                    let (got, want) = block_sums(dev, "emu_test_warp_block_sum", 3000, 96);
+                    assert_eq!(got, want);
+                }
+            });
+        }
+    });
+}

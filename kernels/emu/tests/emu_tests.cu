@@ -200,3 +200,20 @@ extern "C" __global__ void emu_test_trap(float* out, int at) {
   if ((int)threadIdx.x == at) __trap();
   out[threadIdx.x] = 1.0f;
 }
+
+// Threads past `live` return at once; the rest sum their thread ids through shared memory across
+// two barriers, which must not wait for the exited threads. out[blockIdx.x] = Σ_{t<live} t.
+extern "C" __global__ void emu_test_early_exit(int* out, int live) {
+  __shared__ int partial[1024];
+  const int t = threadIdx.x;
+  if (t >= live) return;
+  partial[t] = t;
+  __syncthreads();
+  if (t == 0) {
+    int s = 0;
+    for (int i = 0; i < live; ++i) s += partial[i];
+    partial[0] = s;
+  }
+  __syncthreads();
+  if (t == live - 1) out[blockIdx.x] = partial[0];
+}
