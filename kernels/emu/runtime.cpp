@@ -24,7 +24,11 @@
 #include <tuple>
 #include <vector>
 
-#if !defined(__x86_64__)
+// Fibers switch with a few instructions of assembly on x86-64, with ucontext elsewhere (or when
+// NLI_EMU_USE_UCONTEXT is defined, to test that path).
+#if defined(__x86_64__) && !defined(NLI_EMU_USE_UCONTEXT)
+#define NLI_EMU_ASM_SWITCH 1
+#else
 #include <ucontext.h>
 #endif
 
@@ -35,7 +39,7 @@ extern "C" const nli_emu::KernelEntry nli_emu_kernels_main[];
 extern "C" const nli_emu::KernelEntry nli_emu_kernels_test[];
 extern "C" void nli_emu_fiber_entry();
 
-#if defined(__x86_64__)
+#if defined(NLI_EMU_ASM_SWITCH)
 // void nli_emu_ctx_switch(void** save_sp, void* load_sp): saves the callee-saved registers on the
 // current stack, stores the stack pointer in *save_sp, switches to load_sp and restores from there.
 extern "C" void nli_emu_ctx_switch(void** save_sp, void* load_sp) __attribute__((visibility("hidden")));
@@ -90,7 +94,7 @@ struct Thread {
   unsigned long long result = 0;
   // Its fiber.
   char* stack_lo = nullptr;
-#if defined(__x86_64__)
+#if defined(NLI_EMU_ASM_SWITCH)
   void* sp = nullptr;
 #else
   ucontext_t uc;
@@ -182,7 +186,7 @@ class Runner {
   const Launch* launch = nullptr;
   std::string fiber_error;  // set by a fiber that failed (fail(), C++ exception)
   void yield(Thread* t) {
-#if defined(__x86_64__)
+#if defined(NLI_EMU_ASM_SWITCH)
     nli_emu_ctx_switch(&t->sp, sched_sp_);
 #else
     swapcontext(&t->uc, &sched_uc_);
@@ -216,7 +220,7 @@ class Runner {
   void resume(Thread* t) {
     cur = t;
     nli_emu_thread = &t->regs;
-#if defined(__x86_64__)
+#if defined(NLI_EMU_ASM_SWITCH)
     nli_emu_ctx_switch(&sched_sp_, t->sp);
 #else
     swapcontext(&sched_uc_, &t->uc);
@@ -255,7 +259,7 @@ class Runner {
   unsigned long long gen_ = 0;
   unsigned char* dyn_ = nullptr;
   std::size_t dyn_cap_ = 0;
-#if defined(__x86_64__)
+#if defined(NLI_EMU_ASM_SWITCH)
   void* sched_sp_ = nullptr;
 #else
   ucontext_t sched_uc_;
@@ -288,7 +292,7 @@ void Runner::ensure_threads(unsigned n) {
 }
 
 void Runner::start_fiber(Thread* t) {
-#if defined(__x86_64__)
+#if defined(NLI_EMU_ASM_SWITCH)
   // Top of stack: a zero "return address" for the entry function, the entry function as the
   // address `ret` jumps to, and six zeroed callee-saved registers that nli_emu_ctx_switch pops.
   auto top = reinterpret_cast<std::uintptr_t>(t->stack_lo + kStackBytes) & ~std::uintptr_t(15);
