@@ -531,3 +531,40 @@ fn emu_many_blocks_and_concurrent_launches_from_host_threads() {
         }
     });
 }
+
+#[test]
+fn emu_math_intrinsics_resolve_for_float_double_and_int() {
+    let Some(e) = emu(19) else { return };
+    let (of, od, ou) = (zeros::<f32>(&e, 15), zeros::<f64>(&e, 6), zeros::<u32>(&e, 10));
+    let (x, y) = (1.7f32, 0.3f64);
+    let args = [KArg::Ptr(of), KArg::Ptr(od), KArg::Ptr(ou), KArg::F32(x), KArg::F64(y)];
+    launch(&e, "emu_test_math", [1, 1, 1], [1, 1, 1], 0, &args).expect("launch");
+    let f = download::<f32>(&e, of, 15);
+    let want_f = [
+        x.exp(),
+        x.ln(),
+        x.tanh(),
+        libm::erff(x),
+        x.sqrt(),
+        x,
+        2.0,
+        1.0 / x.sqrt(),
+        x.exp(),
+        x / 3.0,
+        x.mul_add(2.0, 1.0),
+        x,
+        x.exp(),
+        x.tanh(),
+        x.ln(),
+    ];
+    for (i, (g, w)) in f.iter().zip(want_f).enumerate() {
+        assert!((g - w).abs() <= 1e-6 * w.abs(), "float {i}: {g} vs {w}");
+    }
+    let d = download::<f64>(&e, od, 6);
+    let want_d = [y.exp(), y.tanh(), y.sqrt(), libm::erf(y), 2.0, y.mul_add(y, y)];
+    for (i, (g, w)) in d.iter().zip(want_d).enumerate() {
+        assert!((g - w).abs() <= 1e-15 * w.abs(), "double {i}: {g} vs {w} (a float overload?)");
+    }
+    let u = download::<u32>(&e, ou, 10);
+    assert_eq!(u, [4, 5, 8, 31, 4, 3, x.to_bits(), 0x8000_0000, 2, i32::MIN as u32]);
+}

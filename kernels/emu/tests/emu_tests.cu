@@ -217,3 +217,14 @@ extern "C" __global__ void emu_test_early_exit(int* out, int live) {
   __syncthreads();
   if (t == live - 1) out[blockIdx.x] = partial[0];
 }
+
+// Float, double and integer intrinsics of the emulator's math layer, one thread.
+extern "C" __global__ void emu_test_math(float* of, double* od, unsigned* ou, float x, double y) {
+  of[0] = expf(x), of[1] = logf(x), of[2] = tanhf(x), of[3] = erff(x), of[4] = sqrtf(x);
+  of[5] = fabsf(-x), of[6] = fmaxf(x, 2.0f), of[7] = rsqrtf(x), of[8] = __expf(x), of[9] = __fdividef(x, 3.0f);
+  of[10] = fmaf(x, 2.0f, 1.0f), of[11] = max(x, 0.25f), of[12] = exp(x), of[13] = tanh(x), of[14] = __logf(x);
+  od[0] = exp(y), od[1] = tanh(y), od[2] = sqrt(y), od[3] = erf(y), od[4] = max(y, 2.0), od[5] = fma(y, y, y);
+  ou[0] = (unsigned)max(-3, 4), ou[1] = min(7u, 5u), ou[2] = __popc(0xF0F0u), ou[3] = (unsigned)__clz(1);
+  ou[4] = (unsigned)__ffs(8), ou[5] = __umulhi(0x80000000u, 6u), ou[6] = __float_as_uint(x);
+  ou[7] = __brev(1u), ou[8] = (unsigned)__float2int_rn(2.5f), ou[9] = (unsigned)__float2int_rn(-1e20f);
+}
