@@ -4,7 +4,8 @@
 //! - `COMBINED`: `common.cuh` then every `*.cu` (sorted) as one translation unit for NVRTC, with
 //!   `#include "common.cuh"` dropped and `#line` directives naming the original files;
 //! - `KERNELS`: every `extern "C" __global__ void NAME(PARAMS)` with its parameter kinds
-//!   (`EMU_TEST_KERNELS`: the same for the emulator's own test kernels in `kernels/emu/tests/`);
+//!   (`EMU_TEST_KERNELS` / `EMU_TEST_SOURCES`: the emulator's own test kernels in
+//!   `kernels/emu/tests/`, compiled into the emulator only);
 //! - `PTX` / `PTX_ISA`: `COMBINED` precompiled by nvcc when one is found (never required);
 //! - `EMU_AVAILABLE`: whether the CUDA emulator (`kernels/emu/`, the kernels compiled as C++ over
 //!   a fiber runtime) was compiled and linked; it needs a C++17 compiler, and its absence is a
@@ -75,6 +76,14 @@ fn main() {
     ));
     out.push_str("/// Every `extern \"C\" __global__` kernel in kernels/*.cu with its parameter kinds.\n");
     out.push_str(&kernel_table("KERNELS", &kernels));
+    out.push_str(
+        "/// Sources of the emulator's test kernels (kernels/emu/tests/*.cu), valid CUDA of their own.\n",
+    );
+    out.push_str("pub const EMU_TEST_SOURCES: &[(&str, &str)] = &[\n");
+    for f in list(&kdir.join("emu").join("tests"), &["cu"]) {
+        out.push_str(&format!("    ({:?}, include_str!({:?})),\n", file_name(&f), f.display().to_string()));
+    }
+    out.push_str("];\n");
     out.push_str("/// The emulator's own test kernels (kernels/emu/tests/*.cu); not part of `COMBINED`.\n");
     out.push_str(&kernel_table("EMU_TEST_KERNELS", &test_kernels));
     out.push_str("/// `COMBINED` compiled to PTX by nvcc at build time (None without nvcc).\n");
