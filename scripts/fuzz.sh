@@ -7,7 +7,8 @@
 # its seeds (tests/fixtures/fuzz/<target>/ and the fixtures listed in tests/fixtures/fuzz/seeds.txt)
 # and its working corpus fuzz/corpus/<target>/ (kept between runs, git-ignored). Limits: 2 GB RSS,
 # 1 GB for any single allocation (a bigger one is a finding: sizes must be checked before
-# allocating), 10 s per input (a hang). Crashing inputs land in fuzz/artifacts/<target>/: copy each
+# allocating), 10 s per input (a hang), inputs up to $FUZZ_MAX_LEN bytes (default 65536: larger
+# seeds are cut, which keeps the torch target fast). Crashing inputs land in fuzz/artifacts/<target>/: copy each
 # into tests/fixtures/fuzz/<target>/ once fixed, so that tests/fuzz_smoke.rs replays it forever.
 # Prints one summary line per target (executions, corpus size, outcome); exits 1 if any crashed.
 set -uo pipefail
@@ -36,6 +37,7 @@ for t in "${targets[@]}"; do
   echo "== $t: ${secs}s (log: $log)"
   (cd fuzz && cargo +nightly fuzz run -a "$t" "corpus/$t" "seeds/$t" -- \
       -max_total_time="$secs" -rss_limit_mb=2048 -malloc_limit_mb=1024 -timeout=10 \
+      -max_len="${FUZZ_MAX_LEN:-65536}" \
       -print_final_stats=1) >"$log" 2>&1
   rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

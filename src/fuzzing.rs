@@ -37,6 +37,9 @@ pub enum Target {
     Pickle,
     /// A whole `torch.save` file (zip or legacy container), then the name mapping.
     Torch,
+    /// A torch zip assembled from the input's parts (see [`torch_zip_from_parts`]), so that
+    /// mutated pickles and storages are not all stopped by the zip's CRC-32; then as `Torch`.
+    TorchZip,
     /// A safetensors file, then the name mapping.
     Safetensors,
     /// d2l's `vocab.json`.
@@ -53,9 +56,10 @@ pub enum Target {
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 8] = [
+    pub const ALL: [Target; 9] = [
         Target::Pickle,
         Target::Torch,
+        Target::TorchZip,
         Target::Safetensors,
         Target::VocabJson,
         Target::VocabTxt,
@@ -69,6 +73,7 @@ impl Target {
         match self {
             Target::Pickle => "pickle",
             Target::Torch => "torch",
+            Target::TorchZip => "torch_zip",
             Target::Safetensors => "safetensors",
             Target::VocabJson => "vocab_json",
             Target::VocabTxt => "vocab_txt",
@@ -89,6 +94,13 @@ pub fn check(target: Target, data: &[u8]) -> Result<(), String> {
             Some(t) => tensors(&t),
             None => Ok(()),
         },
+        Target::TorchZip => match torch_zip_from_parts(data) {
+            Some(zip) => match judge(parse_torch_state_dict(&zip, path))? {
+                Some(t) => tensors(&t),
+                None => Ok(()),
+            },
+            None => Ok(()),
+        },
         Target::Safetensors => match judge(parse_safetensors(data, path))? {
             Some(t) => tensors(&t),
             None => Ok(()),
@@ -99,6 +111,37 @@ pub fn check(target: Target, data: &[u8]) -> Result<(), String> {
         Target::Jsonl => dataset(judge(snli::parse_dataset(data, path, Format::Jsonl))?),
         Target::Tsv => dataset(judge(snli::parse_dataset(data, path, Format::Tsv))?),
     }
+}
+
+/// Builds a torch zip from `data` laid out as: one flags byte (bit 0: `byteorder` is `big`, bit
+/// 1: deflate the entries), a u16 LE pickle length, the pickle (`archive/data.pkl`), then up to
+/// 64 storages `archive/data/0`, `archive/data/1`, … each as a u32 LE length and its bytes.
+/// `None` if `data` is too short for its own lengths.
+pub fn torch_zip_from_parts(data: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+    let (&flags, rest) = data.split_first()?;
+    let (n, rest) = rest.split_first_chunk::<2>()?;
+    let n = u16::from_le_bytes(*n) as usize;
+    let pkl = rest.get(..n)?;
+    let mut rest = rest.get(n..)?;
+    let method =
+        if flags & 2 != 0 { zip::CompressionMethod::Deflated } else { zip::CompressionMethod::Stored };
+    let opts = SimpleFileOptions::default().compression_method(method);
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let mut entry = |name: String, bytes: &[u8]| -> Option<()> {
+        w.start_file(name, opts).ok()?;
+        w.write_all(bytes).ok()
+    };
+    entry("archive/data.pkl".into(), pkl)?;
+    entry("archive/byteorder".into(), if flags & 1 != 0 { b"big" } else { b"little" })?;
+    for key in 0..64 {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else { break };
+        let len = (u32::from_le_bytes(*len) as usize).min(tail.len());
+        entry(format!("archive/data/{key}"), &tail[..len])?;
+        rest = &tail[len..];
+    }
+    w.finish().ok().map(|c| c.into_inner())
 }
 
 /// `Ok(Some(v))` on success, `Ok(None)` on a proper error, `Err` on an error that does not name

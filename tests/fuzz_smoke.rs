@@ -172,6 +172,19 @@ fn fuzz_smoke_torch() {
 }
 
 #[test]
+fn fuzz_smoke_torch_zip() {
+    // the assembled zips are real checkpoints: the seeds reach the tensors, not only the CRC check
+    let seed = std::fs::read(root().join("tests/fixtures/fuzz/torch_zip/d2l_tiny_zip.parts")).unwrap();
+    let zip = nli_bert::fuzzing::torch_zip_from_parts(&seed).unwrap();
+    let direct = nli_bert::model::checkpoint::torch::load_torch_state_dict(
+        &root().join("tests/fixtures/torch/d2l_tiny_zip.pt"),
+    );
+    let assembled = nli_bert::model::checkpoint::torch::parse_torch_state_dict(&zip, Path::new("x.pt"));
+    assert_eq!(assembled.unwrap(), direct.unwrap());
+    smoke(Target::TorchZip);
+}
+
+#[test]
 fn fuzz_smoke_safetensors() {
     smoke(Target::Safetensors);
 }
