@@ -239,10 +239,19 @@ impl Cuda {
             }
         };
         let (major, minor) = nvrtc::version().map_err(context)?;
-        let (cubin, cached) =
-            nvrtc::compile_cubin_cached(super::COMBINED, &arch, &crate::data::hub::cache_dir())
-                .map_err(context)?;
-        self.kernels = Some(Module::load(self.ctx, &cubin, false)?);
+        let cache = crate::data::hub::cache_dir();
+        let (cubin, mut cached) =
+            nvrtc::compile_cubin_cached(super::COMBINED, &arch, &cache).map_err(context)?;
+        let module = match Module::load(self.ctx, &cubin, false) {
+            // A damaged cache entry: compile again and replace it.
+            Err(_) if cached => {
+                cached = false;
+                let cubin = nvrtc::recompile_cubin(super::COMBINED, &arch, &cache).map_err(context)?;
+                Module::load(self.ctx, &cubin, false)?
+            }
+            other => other?,
+        };
+        self.kernels = Some(module);
         self.kernel_origin =
             format!("NVRTC {major}.{minor} cubin for {arch}{}", if cached { " (cached)" } else { "" });
         Ok(())

@@ -11,6 +11,7 @@ use std::ffi::{c_char, c_int, CString};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cudarc::nvrtc::sys;
 use sha1::{Digest, Sha1};
@@ -212,9 +213,17 @@ pub fn compile_cubin_cached(src: &str, arch: &str, cache_dir: &Path) -> Result<(
             return Ok((bytes, true));
         }
     }
+    Ok((recompile_cubin(src, arch, cache_dir)?, false))
+}
+
+/// Compiles `src` for `arch` and (over)writes its cache entry, e.g. after a cached cubin failed
+/// to load.
+pub fn recompile_cubin(src: &str, arch: &str, cache_dir: &Path) -> Result<Vec<u8>> {
+    let options = kernel_options(arch);
+    let path = cache_path(src, &options, cache_dir)?;
     let c = compile(src, "nli_bert_kernels.cu", &options, Output::Cubin)?;
     let _ = write_atomically(&path, &c.image);
-    Ok((c.image, false))
+    Ok(c.image)
 }
 
 /// The cache file for `src` compiled with `options` by this NVRTC.
@@ -235,7 +244,10 @@ pub fn cache_path(src: &str, options: &[String], cache_dir: &Path) -> Result<Pat
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tmp = path.with_extension(format!("cubin.tmp.{}", std::process::id()));
+    // Unique per process and call: threads compiling the same source must not share a temporary.
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("cubin.tmp.{}.{seq}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
