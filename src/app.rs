@@ -297,7 +297,7 @@ fn load_saved(dir: &Path) -> Result<LoadedModel> {
         ));
     }
     let cfg = saved.model;
-    cfg.validate()?;
+    cfg.validate().map_err(|e| Error::checkpoint(&cfg_path, e.to_string()))?;
     let (vocab, vocab_file) = match cfg.tokenizer {
         TokenizerKind::D2lWords => (Vocab::from_json_file(dir.join("vocab.json"))?, "vocab.json"),
         TokenizerKind::WordPiece => (wordpiece::read_vocab_txt(dir.join("vocab.txt"))?, "vocab.txt"),

@@ -42,6 +42,8 @@ pub enum Target {
     TorchZip,
     /// A safetensors file, then the name mapping.
     Safetensors,
+    /// A `config.json`, as this tool's and as Hugging Face's: validated, then laid out.
+    Config,
     /// d2l's `vocab.json`.
     VocabJson,
     /// BERT's `vocab.txt`.
@@ -56,11 +58,12 @@ pub enum Target {
 
 impl Target {
     /// Every target.
-    pub const ALL: [Target; 9] = [
+    pub const ALL: [Target; 10] = [
         Target::Pickle,
         Target::Torch,
         Target::TorchZip,
         Target::Safetensors,
+        Target::Config,
         Target::VocabJson,
         Target::VocabTxt,
         Target::SnliTxt,
@@ -75,6 +78,7 @@ impl Target {
             Target::Torch => "torch",
             Target::TorchZip => "torch_zip",
             Target::Safetensors => "safetensors",
+            Target::Config => "config",
             Target::VocabJson => "vocab_json",
             Target::VocabTxt => "vocab_txt",
             Target::SnliTxt => "snli_txt",
@@ -105,6 +109,7 @@ pub fn check(target: Target, data: &[u8]) -> Result<(), String> {
             Some(t) => tensors(&t),
             None => Ok(()),
         },
+        Target::Config => config(data),
         Target::VocabJson => vocab(judge(Vocab::from_json_bytes(data, path))?),
         Target::VocabTxt => vocab(judge(wordpiece::parse_vocab_txt(data.to_vec(), path))?),
         Target::SnliTxt => dataset(judge(snli::parse_dataset(data, path, Format::SnliTxt))?),
@@ -177,6 +182,30 @@ fn tensors(t: &[TensorData]) -> Result<(), String> {
     let layout = ParamLayout::new(&cfg);
     let mut params = vec![0.0; layout.total];
     judge(load_into_params(t, &layout, &mut params, Path::new(INPUT_NAME))).map(|_| ())
+}
+
+/// A configuration file read both ways; a valid configuration must lay out exactly
+/// `param_count` parameters (the bound every loader checks before allocating).
+fn config(data: &[u8]) -> Result<(), String> {
+    let layout = |cfg: &BertConfig| -> Result<(), String> {
+        if cfg.validate().is_err() {
+            return Ok(());
+        }
+        let total = ParamLayout::new(cfg).total;
+        match cfg.param_count() {
+            Some(n) if n == total => Ok(()),
+            n => Err(format!("param_count {n:?} but the layout holds {total}")),
+        }
+    };
+    if let Ok(saved) = serde_json::from_slice::<crate::app::SavedConfig>(data) {
+        layout(&saved.model)?;
+    }
+    if let Ok(hf) = serde_json::from_slice::<crate::model::hf::HfConfig>(data) {
+        if let Some(cfg) = judge(hf.to_bert_config(true, Path::new(INPUT_NAME)))? {
+            layout(&cfg)?;
+        }
+    }
+    Ok(())
 }
 
 /// A vocabulary: ids and tokens round-trip.

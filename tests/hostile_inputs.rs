@@ -765,6 +765,10 @@ fn configurations_declaring_huge_models_are_refused_before_allocating() {
         std::fs::write(saved.join("config.json"), v.to_string()).unwrap();
         let e = err_of(load_model(saved.to_str().unwrap(), None, false, 0));
         assert!(e.contains(needle), "{field} = {value}: {e}");
+        assert!(
+            e.contains(saved.to_str().unwrap()),
+            "{field} = {value}: the error does not name the file: {e}"
+        );
     }
     // a Hugging Face directory whose config.json claims bert-large over a tiny model
     let hf = dir.path().join("hf");
