@@ -10,8 +10,11 @@
 //!
 //! Tolerances are f32-vs-f64: `|a − b| <= atol + rtol·|ref|`.
 
+mod common;
+
 use nli_bert::backend::cpu::Cpu;
 use nli_bert::backend::gpu::attention::{backward_with, forward_with, AttentionLaunch, SHARED_LIMIT};
+use nli_bert::backend::gpu::device::Device;
 use nli_bert::backend::gpu::emu::Emu;
 use nli_bert::backend::gpu::Gpu;
 use nli_bert::backend::{Backend, BatchLayout, DeviceBatch};
@@ -131,24 +134,33 @@ fn run_cpu(k: &Case, dropout: Dropout) -> [Vec<f64>; 3] {
 /// (`None`: the Backend trait's default launch). Buffers start as NaN so that an element the
 /// kernels fail to write shows up.
 fn run_emu(k: &Case, dropout: Dropout, cfg: Option<AttentionLaunch>) -> [Vec<f64>; 3] {
-    let be = emu();
-    let b = batch(&be, &k.lens);
+    run_gpu(&emu(), k, dropout, cfg)
+}
+
+/// [`run_emu`] on any device.
+fn run_gpu<D: Device>(
+    be: &Gpu<D>,
+    k: &Case,
+    dropout: Dropout,
+    cfg: Option<AttentionLaunch>,
+) -> [Vec<f64>; 3] {
+    let b = batch(be, &k.lens);
     let t = b.layout.t();
-    let (qkv, dout) = (up(&be, &k.qkv), up(&be, &k.dout));
-    let nan = |n: usize| up(&be, &vec![f64::NAN; n]);
+    let (qkv, dout) = (up(be, &k.qkv), up(be, &k.dout));
+    let nan = |n: usize| up(be, &vec![f64::NAN; n]);
     let (mut out, mut att, mut dqkv) = (nan(t * k.c), nan(b.layout.att_len(k.nh)), nan(t * 3 * k.c));
     let (o, a, d) = (be.view_mut(&mut out), be.view_mut(&mut att), be.view_mut(&mut dqkv));
     match cfg {
         None => be.attention_forward(o, a, be.view(&qkv), &b, k.nh, k.c, dropout),
-        Some(cfg) => forward_with(&be, &cfg, o, a, be.view(&qkv), &b, k.nh, k.c, dropout),
+        Some(cfg) => forward_with(be, &cfg, o, a, be.view(&qkv), &b, k.nh, k.c, dropout),
     }
     let (att_v, qkv_v, dout_v) = (be.view(&att), be.view(&qkv), be.view(&dout));
     match cfg {
         None => be.attention_backward(d, dout_v, att_v, qkv_v, &b, k.nh, k.c, dropout),
-        Some(cfg) => backward_with(&be, &cfg, d, dout_v, att_v, qkv_v, &b, k.nh, k.c, dropout),
+        Some(cfg) => backward_with(be, &cfg, d, dout_v, att_v, qkv_v, &b, k.nh, k.c, dropout),
     }
     be.check().expect("no device error");
-    [down(&be, &out), down(&be, &att), down(&be, &dqkv)]
+    [down(be, &out), down(be, &att), down(be, &dqkv)]
 }
 
 fn compare(k: &Case, dropout: Dropout, cfg: Option<AttentionLaunch>) {
@@ -179,6 +191,25 @@ fn cases() -> Vec<Case> {
         Case::new(vec![3, 0, 33, 1, 2], 4, 12, 3),
         Case::new(vec![3, 34], 1, 130, 4),
     ]
+}
+
+#[test]
+fn attention_cuda_matches_cpu_f64() {
+    if !common::have_cuda("attention_cuda_matches_cpu_f64") {
+        return;
+    }
+    let be = common::cuda();
+    let mut all = cases();
+    all.push(Case::new(vec![300, 7, 128], 4, 64, 11)); // dS recomputed (the 96 KiB budget)
+    for k in &all {
+        for d in dropouts() {
+            let want = run_cpu(k, d);
+            let got = run_gpu(&be, k, d, None);
+            for (what, (g, w)) in ["out", "att", "dqkv"].iter().zip(got.iter().zip(&want)) {
+                assert_close(&format!("cuda vs cpu f64, {what} ({})", k.name(&d)), g, w);
+            }
+        }
+    }
 }
 
 #[test]

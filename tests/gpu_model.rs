@@ -3,9 +3,10 @@
 //! Adam steps with dropout on, for d2l's variant (ReLU, frozen positions) and the Hugging Face
 //! variant (GELU, embedding LayerNorm, extra dropout sites), with the row-sparse embedding step.
 
+mod common;
+
+use common::Dev;
 use nli_bert::backend::cpu::Cpu;
-use nli_bert::backend::gpu::emu::Emu;
-use nli_bert::backend::gpu::Gpu;
 use nli_bert::backend::{Activation, Backend};
 use nli_bert::data::batch::Batch;
 use nli_bert::float::Float;
@@ -90,14 +91,25 @@ fn run<B: Backend>(be: &B, cfg: &BertConfig, host: &[f64], dropout: f64) -> Trac
     tr
 }
 
-fn check(d2l: bool) {
+fn check(d2l: bool, dev: Dev) {
     let cfg = tiny(d2l);
     let layout = ParamLayout::new(&cfg);
     let host = init_params(&layout, 5);
     let want = run(&Cpu::<f64>::new(1).unwrap(), &cfg, &host, 0.3);
-    let emu = Gpu::new(Emu::new().expect("the CUDA emulator is built with the crate"));
-    let got = run(&emu, &cfg, &host, 0.3);
-    emu.check().expect("no device error");
+    let got = match dev {
+        Dev::Emu => {
+            let be = common::emu();
+            let r = run(&be, &cfg, &host, 0.3);
+            be.check().expect("no device error");
+            r
+        }
+        Dev::Cuda => {
+            let be = common::cuda();
+            let r = run(&be, &cfg, &host, 0.3);
+            be.check().expect("no device error");
+            r
+        }
+    };
     let close = |what: &str, g: &[f64], w: &[f64], atol: f64, rtol: f64| {
         assert_eq!(g.len(), w.len());
         for (i, (a, b)) in g.iter().zip(w).enumerate() {
@@ -106,7 +118,7 @@ fn check(d2l: bool) {
             } else {
                 ""
             };
-            assert!((a - b).abs() <= atol + rtol * b.abs(), "{what}[{i}] {name}: emu {a} vs cpu f64 {b}");
+            assert!((a - b).abs() <= atol + rtol * b.abs(), "{what}[{i}] {name}: {dev:?} {a} vs cpu f64 {b}");
         }
     };
     close("losses", &got.losses, &want.losses, 1e-5, 1e-5);
@@ -129,10 +141,24 @@ fn check(d2l: bool) {
 
 #[test]
 fn model_emu_matches_cpu_f64_d2l() {
-    check(true);
+    check(true, Dev::Emu);
 }
 
 #[test]
 fn model_emu_matches_cpu_f64_hf() {
-    check(false);
+    check(false, Dev::Emu);
+}
+
+#[test]
+fn model_cuda_matches_cpu_f64_d2l() {
+    if common::have_cuda("model_cuda_matches_cpu_f64_d2l") {
+        check(true, Dev::Cuda);
+    }
+}
+
+#[test]
+fn model_cuda_matches_cpu_f64_hf() {
+    if common::have_cuda("model_cuda_matches_cpu_f64_hf") {
+        check(false, Dev::Cuda);
+    }
 }

@@ -6,9 +6,10 @@
 //!
 //! Tolerances are f32-vs-f64: `|a − b| <= atol + rtol·|ref|`.
 
+mod common;
+
+use common::Dev;
 use nli_bert::backend::cpu::Cpu;
-use nli_bert::backend::gpu::emu::Emu;
-use nli_bert::backend::gpu::Gpu;
 use nli_bert::backend::{Activation, AdamStep, Backend, BatchLayout, DeviceBatch};
 use nli_bert::float::Float;
 use nli_bert::rng::{Dropout, HostRng};
@@ -28,10 +29,6 @@ fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
         .map(|(i, (g, w))| format!("[{i}] got {g} want {w}"))
         .collect();
     assert!(bad.is_empty(), "{what}: mismatches (atol {atol}, rtol {rtol}): {}", bad.join(", "));
-}
-
-fn emu() -> Gpu<Emu> {
-    Gpu::new(Emu::new().expect("the CUDA emulator is built with the crate"))
 }
 
 fn cpu() -> Cpu<f64> {
@@ -96,27 +93,36 @@ fn shapes() -> Vec<Shape> {
     ]
 }
 
+/// Runs `body` with `be` bound to `Cpu<f64>` and then to the GPU backend `dev`, and compares
+/// the named outputs.
 macro_rules! on_both {
-    ($atol:expr, $rtol:expr, |$be:ident| $body:block) => {{
+    ($dev:expr, $atol:expr, $rtol:expr, |$be:ident| $body:block) => {{
         let run_cpu = {
             let $be = cpu();
             $body
         };
-        let run_emu = {
-            let $be = emu();
-            let r = $body;
-            $be.check().expect("no device error");
-            r
+        let run_emu = match $dev {
+            Dev::Emu => {
+                let $be = common::emu();
+                let r = $body;
+                $be.check().expect("no device error");
+                r
+            }
+            Dev::Cuda => {
+                let $be = common::cuda();
+                let r = $body;
+                $be.check().expect("no device error");
+                r
+            }
         };
         assert_eq!(run_cpu.len(), run_emu.len());
         for ((name, want), (_, got)) in run_cpu.iter().zip(&run_emu) {
-            assert_close(&format!("emu vs cpu f64: {name}"), got, want, $atol, $rtol);
+            assert_close(&format!("{:?} vs cpu f64: {name}", $dev), got, want, $atol, $rtol);
         }
     }};
 }
 
-#[test]
-fn embedding_emu_matches_cpu_f64() {
+fn embedding_matches_cpu_f64(dev: Dev) {
     for (si, s) in shapes().iter().enumerate() {
         let mut rng = HostRng::new(si as u64, 1);
         let t: usize = s.lens.iter().sum();
@@ -127,7 +133,7 @@ fn embedding_emu_matches_cpu_f64() {
             randn(&mut rng, t * s.c),
         );
         let base = randn(&mut rng, s.v.max(s.p) * s.c);
-        on_both!(1e-5, 1e-5, |be| {
+        on_both!(dev, 1e-5, 1e-5, |be| {
             let bt = batch(&be, &s.lens, s.v, 9 + si as u64);
             let (wte, wse, wpe, dout) = (up(&be, &wte), up(&be, &wse), up(&be, &wpe), up(&be, &dout));
             let mut out = be.alloc(t * s.c).unwrap();
@@ -161,8 +167,7 @@ fn embedding_emu_matches_cpu_f64() {
     }
 }
 
-#[test]
-fn matmul_emu_matches_cpu_f64() {
+fn matmul_matches_cpu_f64(dev: Dev) {
     for (si, s) in shapes().iter().enumerate() {
         let mut rng = HostRng::new(si as u64, 2);
         let (n, ic, oc) = (s.lens.iter().sum::<usize>(), s.c, s.f);
@@ -170,7 +175,7 @@ fn matmul_emu_matches_cpu_f64() {
             (randn(&mut rng, n * ic), randn(&mut rng, oc * ic), randn(&mut rng, oc), randn(&mut rng, n * oc));
         let (dx0, dw0, db0) = (randn(&mut rng, n * ic), randn(&mut rng, oc * ic), randn(&mut rng, oc));
         for accumulate in [false, true] {
-            on_both!(1e-5, 1e-5, |be| {
+            on_both!(dev, 1e-5, 1e-5, |be| {
                 let (x, w, b, dy) = (up(&be, &x), up(&be, &w), up(&be, &b), up(&be, &dy));
                 let mut y = up(&be, &vec![f64::NAN; n * oc]); // beta = 0 must not read C
                 be.matmul_forward(
@@ -209,14 +214,13 @@ fn matmul_emu_matches_cpu_f64() {
     }
 }
 
-#[test]
-fn activations_emu_match_cpu_f64() {
+fn activations_match_cpu_f64(dev: Dev) {
     for n in [7usize, 256, 1000, 4099] {
         let mut rng = HostRng::new(n as u64, 3);
         let x: Vec<f64> = randn(&mut rng, n).iter().map(|v| 3.0 * v).collect();
         let dy = randn(&mut rng, n);
         for act in [Activation::Relu, Activation::Gelu, Activation::GeluTanh, Activation::Tanh] {
-            on_both!(1e-6, 1e-5, |be| {
+            on_both!(dev, 1e-6, 1e-5, |be| {
                 let (xb, dyb) = (up(&be, &x), up(&be, &dy));
                 let mut y = be.alloc(n).unwrap();
                 be.act_forward(be.view_mut(&mut y), be.view(&xb), act);
@@ -231,15 +235,14 @@ fn activations_emu_match_cpu_f64() {
     }
 }
 
-#[test]
-fn cls_and_dropout_emu_match_cpu_f64() {
+fn cls_and_dropout_match_cpu_f64(dev: Dev) {
     for (si, s) in shapes().iter().enumerate() {
         let mut rng = HostRng::new(si as u64, 4);
         let (t, nb) = (s.lens.iter().sum::<usize>(), s.lens.len());
         let (x, dy) = (randn(&mut rng, t * s.c), randn(&mut rng, nb * s.c));
         for p in [0.0, 0.1, 0.5] {
             let drop = Dropout { p, seed: 1234 + si as u64, step: 7, site: 5 };
-            on_both!(0.0, 1e-6, |be| {
+            on_both!(dev, 0.0, 1e-6, |be| {
                 let bt = batch(&be, &s.lens, s.v, 3);
                 let (xb, dyb) = (up(&be, &x), up(&be, &dy));
                 let mut cls = be.alloc(nb * s.c).unwrap();
@@ -261,8 +264,7 @@ fn cls_and_dropout_emu_match_cpu_f64() {
     }
 }
 
-#[test]
-fn addnorm_emu_matches_cpu_f64() {
+fn addnorm_matches_cpu_f64(dev: Dev) {
     for (si, s) in shapes().iter().enumerate() {
         let mut rng = HostRng::new(si as u64, 5);
         let (t, c) = (s.lens.iter().sum::<usize>(), s.c);
@@ -272,7 +274,7 @@ fn addnorm_emu_matches_cpu_f64() {
         let (dw0, db0) = (randn(&mut rng, c), randn(&mut rng, c));
         for (with_sub, p) in [(true, 0.0), (true, 0.2), (false, 0.0)] {
             let drop = Dropout { p, seed: 5, step: 3, site: 1 };
-            on_both!(1e-5, 1e-4, |be| {
+            on_both!(dev, 1e-5, 1e-4, |be| {
                 let (rb, sb, dyb, wb, bb) =
                     (up(&be, &res), up(&be, &sub), up(&be, &dy), up(&be, &w), up(&be, &b));
                 let (mut out, mut sum, mut mean, mut rstd) = (
@@ -327,12 +329,11 @@ fn addnorm_emu_matches_cpu_f64() {
     }
 }
 
-#[test]
-fn crossentropy_emu_matches_cpu_f64() {
+fn crossentropy_matches_cpu_f64(dev: Dev) {
     for (nb, k) in [(1usize, 3usize), (37, 3), (300, 5)] {
         let mut rng = HostRng::new(nb as u64, 6);
         let logits: Vec<f64> = randn(&mut rng, nb * k).iter().map(|x| 4.0 * x).collect();
-        on_both!(1e-6, 1e-5, |be| {
+        on_both!(dev, 1e-6, 1e-5, |be| {
             let lens = vec![2usize; nb];
             let mut bt = batch(&be, &lens, 7, 11);
             if k == 5 {
@@ -355,15 +356,14 @@ fn crossentropy_emu_matches_cpu_f64() {
     }
 }
 
-#[test]
-fn adam_emu_matches_cpu_f64() {
+fn adam_matches_cpu_f64(dev: Dev) {
     for n in [5usize, 1000, 3001] {
         let mut rng = HostRng::new(n as u64, 7);
         let (p0, g) = (randn(&mut rng, n), randn(&mut rng, n));
         let row_len = 7;
         let nrows = n / row_len;
         let rows: Vec<u32> = (0..nrows as u32).filter(|r| r % 3 != 1).collect();
-        on_both!(1e-6, 1e-5, |be| {
+        on_both!(dev, 1e-6, 1e-5, |be| {
             let gb = up(&be, &g);
             let (mut p, mut m, mut v) = (up(&be, &p0), be.alloc(n).unwrap(), be.alloc(n).unwrap());
             for (t, (wd, decoupled, beta1)) in
@@ -417,5 +417,89 @@ fn adam_emu_matches_cpu_f64() {
                 (format!("n {n} zero_rows"), down(&be, &z)),
             ]
         });
+    }
+}
+
+#[test]
+fn embedding_emu_matches_cpu_f64() {
+    embedding_matches_cpu_f64(Dev::Emu);
+}
+
+#[test]
+fn embedding_cuda_matches_cpu_f64() {
+    if common::have_cuda("embedding_cuda_matches_cpu_f64") {
+        embedding_matches_cpu_f64(Dev::Cuda);
+    }
+}
+
+#[test]
+fn matmul_emu_matches_cpu_f64() {
+    matmul_matches_cpu_f64(Dev::Emu);
+}
+
+#[test]
+fn matmul_cuda_matches_cpu_f64() {
+    if common::have_cuda("matmul_cuda_matches_cpu_f64") {
+        matmul_matches_cpu_f64(Dev::Cuda);
+    }
+}
+
+#[test]
+fn activations_emu_match_cpu_f64() {
+    activations_match_cpu_f64(Dev::Emu);
+}
+
+#[test]
+fn activations_cuda_match_cpu_f64() {
+    if common::have_cuda("activations_cuda_match_cpu_f64") {
+        activations_match_cpu_f64(Dev::Cuda);
+    }
+}
+
+#[test]
+fn cls_and_dropout_emu_match_cpu_f64() {
+    cls_and_dropout_match_cpu_f64(Dev::Emu);
+}
+
+#[test]
+fn cls_and_dropout_cuda_match_cpu_f64() {
+    if common::have_cuda("cls_and_dropout_cuda_match_cpu_f64") {
+        cls_and_dropout_match_cpu_f64(Dev::Cuda);
+    }
+}
+
+#[test]
+fn addnorm_emu_matches_cpu_f64() {
+    addnorm_matches_cpu_f64(Dev::Emu);
+}
+
+#[test]
+fn addnorm_cuda_matches_cpu_f64() {
+    if common::have_cuda("addnorm_cuda_matches_cpu_f64") {
+        addnorm_matches_cpu_f64(Dev::Cuda);
+    }
+}
+
+#[test]
+fn crossentropy_emu_matches_cpu_f64() {
+    crossentropy_matches_cpu_f64(Dev::Emu);
+}
+
+#[test]
+fn crossentropy_cuda_matches_cpu_f64() {
+    if common::have_cuda("crossentropy_cuda_matches_cpu_f64") {
+        crossentropy_matches_cpu_f64(Dev::Cuda);
+    }
+}
+
+#[test]
+fn adam_emu_matches_cpu_f64() {
+    adam_matches_cpu_f64(Dev::Emu);
+}
+
+#[test]
+fn adam_cuda_matches_cpu_f64() {
+    if common::have_cuda("adam_cuda_matches_cpu_f64") {
+        adam_matches_cpu_f64(Dev::Cuda);
     }
 }
