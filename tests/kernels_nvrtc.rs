@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use nli_bert::backend::gpu::nvrtc::{self, Output, Resources};
-use nli_bert::backend::gpu::{COMBINED, KERNELS};
+use nli_bert::backend::gpu::{COMBINED, EMU_TEST_KERNELS, EMU_TEST_SOURCES, KERNELS};
 
 const ARCHS: [&str; 2] = ["sm_80", "sm_90"];
 
@@ -120,6 +120,29 @@ fn nvrtc_all_kernels_compile_without_spills_sm80_sm90() {
         let (rows, log, cubin) = compile_verbose(COMBINED, arch);
         println!("{arch}: cubin {} bytes, {} kernels", cubin.len(), expected.len());
         check_report(arch, &rows, &log, &expected);
+    }
+}
+
+/// The emulator's own test kernels (kernels/emu/tests/) are real CUDA too: what the emulator is
+/// shown to catch is what a GPU would run. Spills do not matter here; errors do.
+#[test]
+fn nvrtc_emu_test_kernels_compile_sm80_sm90() {
+    if !nvrtc_ready("nvrtc_emu_test_kernels_compile_sm80_sm90") {
+        return;
+    }
+    let expected: BTreeSet<&str> = EMU_TEST_KERNELS.iter().map(|(n, _)| *n).collect();
+    for arch in ARCHS {
+        let mut compiled = BTreeSet::new();
+        for (file, src) in EMU_TEST_SOURCES {
+            let mut opts = nvrtc::kernel_options(arch);
+            opts.push("--ptxas-options=-v".into());
+            let c = nvrtc::compile(src, file, &opts, Output::Cubin).unwrap_or_else(|e| panic!("{e}"));
+            let rows = nvrtc::parse_ptxas_log(&c.log);
+            compiled.extend(rows.iter().filter(|r| r.entry).map(|r| r.name.clone()));
+        }
+        let compiled: BTreeSet<&str> = compiled.iter().map(String::as_str).collect();
+        assert_eq!(compiled, expected, "{arch}: emulator test kernels compiled vs listed");
+        println!("{arch}: {} emulator test kernels compile", compiled.len());
     }
 }
 
