@@ -9,7 +9,7 @@ use crate::backend::Backend;
 use crate::data::batch::{encode_dataset_with, Encoded, TextEncoder, Truncate};
 use crate::data::snli::{Dataset, Example, LABELS};
 use crate::data::vocab::Vocab;
-use crate::data::{hub, snli, tokenizer, wordpiece};
+use crate::data::{hub, snli, wordpiece};
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::model::bert::{cast_params, init_output_layer, init_params, Acts, Model};
@@ -111,10 +111,12 @@ impl Engine {
             DeviceSel::Cpu => self.open_cpu(),
             DeviceSel::Auto => {
                 if self.precision == Precision::F32 && cuda::device_count() > 0 {
-                    Ok(AnyBackend::Cuda(Gpu::new(Cuda::new(0)?)))
-                } else {
-                    self.open_cpu()
+                    match Cuda::new(0) {
+                        Ok(dev) => return Ok(AnyBackend::Cuda(Gpu::new(dev))),
+                        Err(e) => eprintln!("warning: a CUDA device is present but unusable ({e}); using the CPU"),
+                    }
                 }
+                self.open_cpu()
             }
             DeviceSel::Cuda(n) => {
                 gpu_precision("a GPU")?;
@@ -339,13 +341,9 @@ fn load_saved(dir: &Path) -> Result<LoadedModel> {
 /// A fresh model for `--model scratch`: vocabulary from `train` (d2l's `Vocab` with
 /// `min_freq` and reserved `<pad> <mask> <cls> <sep>`), PyTorch default initialisation.
 pub fn scratch_model(train: &Dataset, a: &ScratchArgs, max_len: usize, seed: u64) -> Result<LoadedModel> {
-    let toks: Vec<Vec<String>> = train
-        .examples
-        .iter()
-        .flat_map(|e| [tokenizer::d2l_tokenize(&e.premise), tokenizer::d2l_tokenize(&e.hypothesis)])
-        .collect();
-    let vocab =
-        Vocab::build(toks.iter().map(|v| v.as_slice()), a.min_freq, &["<pad>", "<mask>", "<cls>", "<sep>"]);
+    let sentences: Vec<&str> =
+        train.examples.iter().flat_map(|e| [e.premise.as_str(), e.hypothesis.as_str()]).collect();
+    let vocab = Vocab::build_from_text(&sentences, a.min_freq, &["<pad>", "<mask>", "<cls>", "<sep>"]);
     let mut cfg = BertConfig::d2l_small(vocab.len());
     cfg.hidden = a.hidden;
     cfg.ffn = a.ffn;
