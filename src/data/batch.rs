@@ -183,6 +183,14 @@ impl<'a> TextEncoder<'a> {
         }
     }
 
+    /// [`TextEncoder::sentence_ids`] appended to `ids`, with reused scratch space.
+    fn push_sentence_ids(&self, s: &str, ids: &mut Vec<u32>, sc: &mut TextScratch) {
+        match self {
+            TextEncoder::D2l(v) => v.push_d2l_ids(s, ids, &mut sc.text),
+            TextEncoder::WordPiece(w) => w.encode_into(s, ids, &mut sc.text, &mut sc.piece),
+        }
+    }
+
     /// Truncates the pair as this encoder's origin does: d2l's rule for d2l words; for WordPiece,
     /// [`Truncate::Longest`] is Hugging Face's `longest_first` ([`truncate_longest_first`]: on ties
     /// the *second* sentence keeps the odd token, unlike d2l) and [`Truncate::Ratio`] is as for d2l.
@@ -205,11 +213,16 @@ impl<'a> TextEncoder<'a> {
         label: u8,
     ) -> Result<Encoded> {
         check_max_len(max_len)?;
-        Ok(self.encode_one(premise, hypothesis, self.special_ids()?, max_len, how, label).0)
+        let sp = self.special_ids()?;
+        Ok(self.encode_one(premise, hypothesis, sp, max_len, how, label, &mut EncodeScratch::default()).0)
     }
 
     /// One pair (`max_len` already checked) and whether it was truncated. With WordPiece an empty
     /// hypothesis is no second sentence, as in transformers: `[CLS] p [SEP]`, all segments 0.
+    ///
+    /// The ids go straight into one reused buffer, `[cls] p [sep] h`; only a pair that does not
+    /// fit is taken apart and truncated.
+    #[allow(clippy::too_many_arguments)]
     fn encode_one(
         &self,
         premise: &str,
@@ -218,19 +231,49 @@ impl<'a> TextEncoder<'a> {
         max_len: usize,
         how: Truncate,
         label: u8,
+        sc: &mut EncodeScratch,
     ) -> (Encoded, bool) {
-        let mut p = self.sentence_ids(premise);
+        let ids = &mut sc.ids;
+        ids.clear();
+        ids.push(sp.cls);
+        self.push_sentence_ids(premise, ids, &mut sc.text);
+        let lp = ids.len() - 1;
         if hypothesis.is_empty() && matches!(self, TextEncoder::WordPiece(_)) {
-            let cut = p.len() > max_len - 2;
-            p.truncate(max_len - 2);
-            let ids: Vec<u32> = std::iter::once(sp.cls).chain(p).chain(std::iter::once(sp.sep)).collect();
-            return (Encoded { segments: vec![0; ids.len()], ids, label }, cut);
+            let cut = lp > max_len - 2;
+            ids.truncate(max_len - 1);
+            ids.push(sp.sep);
+            return (Encoded { segments: vec![0; ids.len()], ids: ids.to_vec(), label }, cut);
         }
-        let mut h = self.sentence_ids(hypothesis);
-        let cut = p.len() + h.len() > max_len - 3;
-        self.truncate(&mut p, &mut h, max_len, how);
-        (assemble(&p, &h, sp, label), cut)
+        ids.push(sp.sep);
+        self.push_sentence_ids(hypothesis, ids, &mut sc.text);
+        let lh = ids.len() - lp - 2;
+        if lp + lh > max_len - 3 {
+            let mut p = ids[1..1 + lp].to_vec();
+            let mut h = ids[lp + 2..].to_vec();
+            self.truncate(&mut p, &mut h, max_len, how);
+            return (assemble(&p, &h, sp, label), true);
+        }
+        ids.push(sp.sep);
+        let mut segments = vec![0u8; lp + 2];
+        segments.resize(ids.len(), 1);
+        (Encoded { ids: ids.to_vec(), segments, label }, false)
     }
+}
+
+/// Scratch space of the tokenizers, reused between sentences.
+#[derive(Default)]
+struct TextScratch {
+    /// The lower-cased (d2l) or normalised (WordPiece) sentence.
+    text: String,
+    /// A WordPiece continuation being looked up.
+    piece: String,
+}
+
+/// Scratch space of [`TextEncoder::encode_one`], one per worker.
+#[derive(Default)]
+struct EncodeScratch {
+    ids: Vec<u32>,
+    text: TextScratch,
 }
 
 /// Encodes one tokenised pair with `vocab` (unknown words → `<unk>`). The returned `label` is 0:
@@ -281,7 +324,9 @@ pub fn encode_dataset_with(
     let out: Vec<(Encoded, bool)> = ds
         .examples
         .par_iter()
-        .map(|ex| text.encode_one(&ex.premise, &ex.hypothesis, sp, max_len, how, ex.label))
+        .map_init(EncodeScratch::default, |sc, ex| {
+            text.encode_one(&ex.premise, &ex.hypothesis, sp, max_len, how, ex.label, sc)
+        })
         .collect();
     let n = out.len();
     let truncated = out.iter().filter(|(_, cut)| *cut).count();

@@ -1,15 +1,18 @@
 //! NLI datasets: SNLI's own `snli_1.0_*.txt`, SNLI's `.jsonl`, and the TSV of `../shared/data`.
 
+use std::cell::RefCell;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
 
 /// The longest line the readers accept (64 MiB): longer ones are an error naming the line,
 /// so a file without line breaks cannot exhaust memory. Sentences this long are truncated to
 /// `max_len` tokens anyway.
 pub const MAX_LINE_BYTES: usize = 64 << 20;
 
-use crate::data::tokenizer::{is_py_whitespace, py_strip};
+use crate::data::tokenizer::{is_ascii_py_whitespace, is_py_whitespace, py_strip};
 use crate::error::{Error, Result};
 
 /// Class names in label-id order: entailment 0, contradiction 1, neutral 2.
@@ -106,12 +109,74 @@ pub enum Format {
 /// Parses a dataset held in memory in the given format; `path` only labels errors. The same
 /// code as the file readers ([`read_snli_txt`], [`read_snli_jsonl`], [`read_tsv`]).
 pub fn parse_dataset(bytes: &[u8], path: &Path, format: Format) -> Result<Dataset> {
-    let lines = LineReader::new(Box::new(bytes), path);
-    match format {
-        Format::SnliTxt => snli_txt(lines),
-        Format::Jsonl => snli_jsonl(lines),
-        Format::Tsv => tsv(lines),
+    let mut r = bytes;
+    read_format(&mut r, path, format, &ReadOptions::default())
+}
+
+/// How the readers split their work: the input is read in blocks of `block` bytes, each block's
+/// complete lines are cut into chunks of about `chunk` bytes at line ends and parsed in parallel
+/// (rayon), then joined in file order; lines longer than `max_line` bytes are refused. Every
+/// setting gives the same dataset and the same first error (`file:line`) as reading line by line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Bytes read per block (at least 1).
+    pub block: usize,
+    /// Bytes per parallel chunk (at least 1).
+    pub chunk: usize,
+    /// The longest line accepted ([`MAX_LINE_BYTES`]).
+    pub max_line: usize,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions { block: 32 << 20, chunk: 512 << 10, max_line: MAX_LINE_BYTES }
     }
+}
+
+/// Reads a dataset of the given format from `r` with explicit [`ReadOptions`]; `path` labels
+/// errors. [`read_snli_txt`], [`read_snli_jsonl`], [`read_tsv`] and [`parse_dataset`] call it
+/// with the defaults.
+pub fn read_format(r: &mut dyn Read, path: &Path, format: Format, opts: &ReadOptions) -> Result<Dataset> {
+    let parsed = match format {
+        Format::SnliTxt => par_lines(r, path, opts, &|n, l| snli_txt_row(path, n, l))?,
+        Format::Jsonl => par_lines(r, path, opts, &|n, l| jsonl_row(path, n, l))?,
+        Format::Tsv => par_lines(r, path, opts, &|n, l| tsv_row(path, n, l))?,
+    };
+    finish(parsed, path, format)
+}
+
+/// The line-by-line reader the parallel one is checked against (tests): same rows, same errors.
+#[doc(hidden)]
+pub fn parse_dataset_sequential(bytes: &[u8], path: &Path, format: Format) -> Result<Dataset> {
+    let mut lines = LineReader::new(Box::new(bytes), path);
+    let mut parsed = Parsed::default();
+    while let Some((n, line)) = lines.next_line()? {
+        let row = match format {
+            Format::SnliTxt => snli_txt_row(path, n, line)?,
+            Format::Jsonl => jsonl_row(path, n, line)?,
+            Format::Tsv => tsv_row(path, n, line)?,
+        };
+        parsed.add(row);
+        parsed.lines = n;
+    }
+    finish(parsed, path, format)
+}
+
+/// The checks that need the whole file (empty files), and the dataset.
+fn finish(parsed: Parsed, path: &Path, format: Format) -> Result<Dataset> {
+    match format {
+        Format::SnliTxt if parsed.lines == 0 => {
+            return Err(Error::parse(path, 1, "empty file: expected SNLI's header line `gold_label<TAB>…`"))
+        }
+        Format::Jsonl if parsed.nonblank == 0 => {
+            return Err(Error::parse(path, 1, "empty file: no JSON lines"))
+        }
+        Format::Tsv if parsed.lines == 0 => {
+            return Err(Error::parse(path, 1, format!("empty file: expected the header {TSV_HEADER:?}")))
+        }
+        _ => {}
+    }
+    Ok(Dataset { examples: parsed.examples, skipped: parsed.skipped, source: path.display().to_string() })
 }
 
 /// Reads SNLI's own `snli_1.0_*.txt` exactly as d2l's `read_snli`: the first line is SNLI's
@@ -123,18 +188,20 @@ pub fn parse_dataset(bytes: &[u8], path: &Path, format: Format) -> Result<Datase
 /// Errors (with `file:line`): invalid UTF-8, empty file, another header, an unknown label, fewer
 /// than 3 columns, a line over [`MAX_LINE_BYTES`].
 pub fn read_snli_txt(path: impl AsRef<Path>) -> Result<Dataset> {
-    snli_txt(LineReader::open(path.as_ref())?)
+    read_file(path.as_ref(), Format::SnliTxt)
 }
 
-fn snli_txt(mut lines: LineReader<'_>) -> Result<Dataset> {
-    let path = lines.path.clone();
-    let path = path.as_path();
-    match lines.next_line()? {
-        None => {
-            return Err(Error::parse(path, 1, "empty file: expected SNLI's header line `gold_label<TAB>…`"))
-        }
-        Some((_, h)) if !strip_bom(h).starts_with("gold_label") => {
-            let hint = if strip_bom(h).starts_with("label\t") {
+fn read_file(path: &Path, format: Format) -> Result<Dataset> {
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    read_format(&mut f, path, format, &ReadOptions::default())
+}
+
+/// One line of SNLI's `.txt`: line 1 is the header.
+fn snli_txt_row(path: &Path, n: usize, line: &str) -> Result<Row> {
+    if n == 1 {
+        let h = strip_bom(line);
+        if !h.starts_with("gold_label") {
+            let hint = if h.starts_with("label\t") {
                 "; this is the TSV format: give the file a .tsv extension"
             } else {
                 ""
@@ -144,41 +211,32 @@ fn snli_txt(mut lines: LineReader<'_>) -> Result<Dataset> {
                 1,
                 format!(
                     "expected SNLI's header line `gold_label<TAB>sentence1_binary_parse<TAB>…`, found {:?}{hint}",
-                    shorten(strip_bom(h))
+                    shorten(h)
                 ),
             ));
         }
-        Some(_) => {}
+        return Ok(Row::Blank);
     }
-    let mut ds = Dataset { source: path.display().to_string(), ..Dataset::default() };
-    while let Some((n, line)) = lines.next_line()? {
-        if line.is_empty() {
-            continue;
-        }
-        let mut cols = line.split('\t');
-        let label = cols.next().unwrap_or_default();
-        let Some(label) = parse_label(path, n, label)? else {
-            ds.skipped += 1;
-            continue;
-        };
-        let (Some(p), Some(h)) = (cols.next(), cols.next()) else {
-            return Err(Error::parse(
-                path,
-                n,
-                format!(
-                    "expected at least 3 tab-separated columns (gold_label, sentence1_binary_parse, \
-                     sentence2_binary_parse), found {}",
-                    line.split('\t').count()
-                ),
-            ));
-        };
-        ds.examples.push(Example {
-            premise: clean_binary_parse(p),
-            hypothesis: clean_binary_parse(h),
-            label,
-        });
+    if line.is_empty() {
+        return Ok(Row::Blank);
     }
-    Ok(ds)
+    let mut cols = line.split('\t');
+    let label = cols.next().unwrap_or_default();
+    let Some(label) = parse_label(path, n, label)? else {
+        return Ok(Row::Skipped);
+    };
+    let (Some(p), Some(h)) = (cols.next(), cols.next()) else {
+        return Err(Error::parse(
+            path,
+            n,
+            format!(
+                "expected at least 3 tab-separated columns (gold_label, sentence1_binary_parse, \
+                 sentence2_binary_parse), found {}",
+                line.split('\t').count()
+            ),
+        ));
+    };
+    Ok(Row::Example(Example { premise: clean_binary_parse(p), hypothesis: clean_binary_parse(h), label }))
 }
 
 /// Reads SNLI's `snli_1.0_*.jsonl`: one JSON object per line with `gold_label`, and the premise
@@ -186,101 +244,151 @@ fn snli_txt(mut lines: LineReader<'_>) -> Result<Dataset> {
 /// [`read_snli_txt`] when present, else the raw `sentence1` / `sentence2`. `-` labels are
 /// skipped; blank lines ignored.
 pub fn read_snli_jsonl(path: impl AsRef<Path>) -> Result<Dataset> {
-    snli_jsonl(LineReader::open(path.as_ref())?)
+    read_file(path.as_ref(), Format::Jsonl)
 }
 
-fn snli_jsonl(mut lines: LineReader<'_>) -> Result<Dataset> {
-    let path = lines.path.clone();
-    let path = path.as_path();
-    let mut ds = Dataset { source: path.display().to_string(), ..Dataset::default() };
-    let mut any = false;
-    while let Some((n, line)) = lines.next_line()? {
-        let line = if n == 1 { strip_bom(line) } else { line };
-        if line.trim_matches(is_py_whitespace).is_empty() {
-            continue;
+/// One line of SNLI's `.jsonl` (a byte-order mark allowed on line 1).
+fn jsonl_row(path: &Path, n: usize, line: &str) -> Result<Row> {
+    let line = if n == 1 { strip_bom(line) } else { line };
+    if line.trim_matches(is_py_whitespace).is_empty() {
+        return Ok(Row::Blank);
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| Error::parse(path, n, format!("not a JSON object: {e}")))?;
+    let label = v
+        .get("gold_label")
+        .and_then(|l| l.as_str())
+        .ok_or_else(|| Error::parse(path, n, "no string field `gold_label`"))?;
+    let Some(label) = parse_label(path, n, label)? else {
+        return Ok(Row::Skipped);
+    };
+    let sentence = |k: usize| -> Result<String> {
+        if let Some(s) = v.get(format!("sentence{k}_binary_parse")).and_then(|s| s.as_str()) {
+            return Ok(clean_binary_parse(s));
         }
-        any = true;
-        let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| Error::parse(path, n, format!("not a JSON object: {e}")))?;
-        let label = v
-            .get("gold_label")
-            .and_then(|l| l.as_str())
-            .ok_or_else(|| Error::parse(path, n, "no string field `gold_label`"))?;
-        let Some(label) = parse_label(path, n, label)? else {
-            ds.skipped += 1;
-            continue;
-        };
-        let sentence = |k: usize| -> Result<String> {
-            if let Some(s) = v.get(format!("sentence{k}_binary_parse")).and_then(|s| s.as_str()) {
-                return Ok(clean_binary_parse(s));
-            }
-            v.get(format!("sentence{k}")).and_then(|s| s.as_str()).map(str::to_owned).ok_or_else(|| {
-                Error::parse(
-                    path,
-                    n,
-                    format!("neither `sentence{k}_binary_parse` nor `sentence{k}` is a string field"),
-                )
-            })
-        };
-        ds.examples.push(Example { premise: sentence(1)?, hypothesis: sentence(2)?, label });
-    }
-    if !any {
-        return Err(Error::parse(path, 1, "empty file: no JSON lines"));
-    }
-    Ok(ds)
+        v.get(format!("sentence{k}")).and_then(|s| s.as_str()).map(str::to_owned).ok_or_else(|| {
+            Error::parse(
+                path,
+                n,
+                format!("neither `sentence{k}_binary_parse` nor `sentence{k}` is a string field"),
+            )
+        })
+    };
+    Ok(Row::Example(Example { premise: sentence(1)?, hypothesis: sentence(2)?, label }))
 }
 
 /// Reads the TSV format of `../shared/data`: header `label<TAB>premise<TAB>hypothesis`, then
 /// exactly 3 tab-separated columns per line. Sentences are kept as written; `-` labels are
 /// skipped; blank lines ignored.
 pub fn read_tsv(path: impl AsRef<Path>) -> Result<Dataset> {
-    tsv(LineReader::open(path.as_ref())?)
+    read_file(path.as_ref(), Format::Tsv)
 }
 
-fn tsv(mut lines: LineReader<'_>) -> Result<Dataset> {
-    let path = lines.path.clone();
-    let path = path.as_path();
-    let header = match lines.next_line()? {
-        Some((_, h)) => strip_bom(h),
-        None => return Err(Error::parse(path, 1, format!("empty file: expected the header {TSV_HEADER:?}"))),
-    };
-    if header != TSV_HEADER {
-        return Err(Error::parse(
-            path,
-            1,
-            format!("expected the header {TSV_HEADER:?}, found {:?}", shorten(header)),
-        ));
-    }
-    let mut ds = Dataset { source: path.display().to_string(), ..Dataset::default() };
-    while let Some((n, line)) = lines.next_line()? {
-        if line.is_empty() {
-            continue;
-        }
-        let cols: Vec<&str> = line.split('\t').collect();
-        if cols.len() != 3 {
+/// One line of the TSV format: line 1 is the header.
+fn tsv_row(path: &Path, n: usize, line: &str) -> Result<Row> {
+    if n == 1 {
+        let header = strip_bom(line);
+        if header != TSV_HEADER {
             return Err(Error::parse(
                 path,
-                n,
-                format!(
-                    "expected 3 tab-separated columns (label, premise, hypothesis), found {}",
-                    cols.len()
-                ),
+                1,
+                format!("expected the header {TSV_HEADER:?}, found {:?}", shorten(header)),
             ));
         }
-        match parse_label(path, n, cols[0])? {
-            Some(label) => {
-                ds.examples.push(Example { premise: cols[1].into(), hypothesis: cols[2].into(), label })
-            }
-            None => ds.skipped += 1,
-        }
+        return Ok(Row::Blank);
     }
-    Ok(ds)
+    if line.is_empty() {
+        return Ok(Row::Blank);
+    }
+    let mut cols = line.split('\t');
+    let (Some(label), Some(p), Some(h), None) = (cols.next(), cols.next(), cols.next(), cols.next()) else {
+        return Err(Error::parse(
+            path,
+            n,
+            format!(
+                "expected 3 tab-separated columns (label, premise, hypothesis), found {}",
+                line.split('\t').count()
+            ),
+        ));
+    };
+    Ok(match parse_label(path, n, label)? {
+        Some(label) => Row::Example(Example { premise: p.into(), hypothesis: h.into(), label }),
+        None => Row::Skipped,
+    })
 }
 
 /// d2l's `extract_text`: deletes every `(` and `)`, replaces each run of two or more whitespace
 /// characters (Python regex `\s`) by one space, and strips whitespace at both ends (Python
 /// `str.strip()`). A single whitespace character inside is kept as is.
 pub fn clean_binary_parse(s: &str) -> String {
+    if !s.is_ascii() {
+        return clean_binary_parse_chars(s);
+    }
+    thread_local! {
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        let mut out = scratch.borrow_mut();
+        out.clear();
+        out.resize(s.len() + 2, 0);
+        // Branch-free over the bytes, with the pending whitespace run in registers: brackets
+        // change nothing; whitespace extends the run; any other byte writes the run (its first
+        // byte if it is one long, else a space) and itself.
+        let mut w = 0usize;
+        let mut run = 0u8; // length of the pending run, saturated at 2
+        let mut first = b' ';
+        for &b in s.as_bytes() {
+            let class = ASCII_CLASS[b as usize];
+            let keep = class == 0;
+            let ws = class == SPACE;
+            let pending = usize::from(run > 0);
+            out[w] = if run >= 2 { b' ' } else { first };
+            out[w + pending] = b;
+            w += if keep { pending + 1 } else { 0 };
+            first = if ws & (run == 0) { b } else { first };
+            run = if keep {
+                0
+            } else if ws {
+                (run + 1).min(2)
+            } else {
+                run
+            };
+        }
+        if run > 0 {
+            out[w] = if run >= 2 { b' ' } else { first };
+            w += 1;
+        }
+        let text = &out[..w];
+        let start = text.iter().position(|&b| !is_ascii_py_whitespace(b)).unwrap_or(w);
+        let end = text.iter().rposition(|&b| !is_ascii_py_whitespace(b)).map_or(start, |i| i + 1);
+        // ASCII in, ASCII out
+        std::str::from_utf8(&text[start..end]).map(str::to_owned).unwrap_or_default()
+    })
+}
+
+const BRACKET: u8 = 1;
+const SPACE: u8 = 2;
+
+/// [`BRACKET`] for `(` and `)`, [`SPACE`] for Python's ASCII whitespace, 0 otherwise.
+static ASCII_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = if b == b'(' || b == b')' {
+            BRACKET
+        } else if matches!(b, b'\t'..=b'\r' | 0x1c..=0x1f | b' ') {
+            SPACE
+        } else {
+            0
+        };
+        i += 1;
+    }
+    t
+};
+
+/// [`clean_binary_parse`] for any text, character by character.
+fn clean_binary_parse_chars(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut run: Option<char> = None; // first char of the pending whitespace run
     let mut run_len = 0usize;
@@ -323,6 +431,197 @@ fn shorten(s: &str) -> String {
     match s.char_indices().nth(60) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),
+    }
+}
+
+/// What one line gives.
+enum Row {
+    /// A labelled pair.
+    Example(Example),
+    /// A pair labelled `-`.
+    Skipped,
+    /// A blank line or the header.
+    Blank,
+}
+
+/// Rows of a file (or of a chunk of it), in order.
+#[derive(Default)]
+struct Parsed {
+    examples: Vec<Example>,
+    skipped: usize,
+    /// Lines that are neither blank nor the header.
+    nonblank: usize,
+    /// Lines seen.
+    lines: usize,
+}
+
+impl Parsed {
+    fn add(&mut self, row: Row) {
+        match row {
+            Row::Example(e) => {
+                self.examples.push(e);
+                self.nonblank += 1;
+            }
+            Row::Skipped => {
+                self.skipped += 1;
+                self.nonblank += 1;
+            }
+            Row::Blank => {}
+        }
+    }
+
+    fn append(&mut self, mut other: Parsed) {
+        self.examples.append(&mut other.examples);
+        self.skipped += other.skipped;
+        self.nonblank += other.nonblank;
+        self.lines += other.lines;
+    }
+}
+
+/// A line's parser: 1-based line number and text (without its ending) to a row or an error.
+type RowFn<'a> = dyn Fn(usize, &str) -> Result<Row> + Sync + 'a;
+
+/// The position after the line ending that starts at `i` (`\n`, `\r\n` or a lone `\r`).
+fn after_ending(buf: &[u8], i: usize) -> usize {
+    if buf[i] == b'\r' && buf.get(i + 1) == Some(&b'\n') {
+        i + 2
+    } else {
+        i + 1
+    }
+}
+
+/// Where the complete lines of `buf` end, when more input may follow: after the last `\n`, or
+/// after the last `\r` that is not the final byte (a final `\r` may be the first half of `\r\n`).
+fn complete_lines_end(buf: &[u8]) -> Option<usize> {
+    let i = memchr::memrchr2(b'\n', b'\r', buf)?;
+    if buf[i] == b'\r' && i + 1 == buf.len() {
+        return memchr::memrchr2(b'\n', b'\r', &buf[..i]).map(|j| after_ending(buf, j));
+    }
+    Some(i + 1)
+}
+
+/// Number of lines in `text`, which is empty or ends with a line ending, or is the end of the input.
+fn count_lines(text: &[u8]) -> usize {
+    let mut n = 0;
+    let mut pos = 0;
+    while let Some(i) = memchr::memchr2(b'\n', b'\r', &text[pos..]) {
+        n += 1;
+        pos = after_ending(text, pos + i);
+    }
+    n + usize::from(pos < text.len())
+}
+
+/// Parses the lines of `text` (complete lines, or the end of the input), the first being line
+/// `first`; stops at the first error.
+fn parse_chunk(text: &[u8], first: usize, path: &Path, max_line: usize, row: &RowFn<'_>) -> Result<Parsed> {
+    let mut out = Parsed::default();
+    let mut pos = 0;
+    let mut n = first;
+    while pos < text.len() {
+        let (end, next) = match memchr::memchr2(b'\n', b'\r', &text[pos..]) {
+            Some(i) => (pos + i, after_ending(text, pos + i)),
+            None => (text.len(), text.len()),
+        };
+        let line = &text[pos..end];
+        if line.len() > max_line {
+            return Err(Error::parse(
+                path,
+                n,
+                format!(
+                    "line longer than {max_line} bytes (no line break): not a text dataset, or a corrupt one"
+                ),
+            ));
+        }
+        let line = std::str::from_utf8(line).map_err(|e| {
+            Error::parse(
+                path,
+                n,
+                format!("invalid UTF-8 at byte {} of the line; the file must be UTF-8", e.valid_up_to()),
+            )
+        })?;
+        out.add(row(n, line)?);
+        out.lines += 1;
+        n += 1;
+        pos = next;
+    }
+    Ok(out)
+}
+
+/// Cuts `text` (complete lines) into chunks of about `chunk` bytes, each ending at a line end.
+fn chunk_bounds(text: &[u8], chunk: usize) -> Vec<(usize, usize)> {
+    let mut bounds = Vec::with_capacity(text.len() / chunk.max(1) + 1);
+    let mut start = 0;
+    while start < text.len() {
+        let target = start.saturating_add(chunk.max(1)).min(text.len());
+        let end = match memchr::memchr2(b'\n', b'\r', &text[target - 1..]) {
+            Some(i) => after_ending(text, target - 1 + i).min(text.len()),
+            None => text.len(),
+        };
+        bounds.push((start, end));
+        start = end;
+    }
+    bounds
+}
+
+/// Parses `text` (complete lines, or the end of the input) in parallel chunks whose first line is
+/// `first`; the result and the first error are those of a line-by-line pass.
+fn parse_region(
+    text: &[u8],
+    first: usize,
+    path: &Path,
+    opts: &ReadOptions,
+    row: &RowFn<'_>,
+) -> Result<Parsed> {
+    let bounds = chunk_bounds(text, opts.chunk);
+    let counts: Vec<usize> = bounds.par_iter().map(|&(a, b)| count_lines(&text[a..b])).collect();
+    let mut starts = Vec::with_capacity(bounds.len());
+    let mut acc = first;
+    for c in &counts {
+        starts.push(acc);
+        acc += c;
+    }
+    let parts: Vec<Result<Parsed>> = bounds
+        .par_iter()
+        .zip(starts)
+        .map(|(&(a, b), start)| parse_chunk(&text[a..b], start, path, opts.max_line, row))
+        .collect();
+    let mut out = Parsed::default();
+    for p in parts {
+        out.append(p?);
+    }
+    Ok(out)
+}
+
+/// Reads `r` block by block and parses its lines in parallel (see [`ReadOptions`]). Memory stays
+/// within a block plus one line: a line over `max_line` bytes is refused as soon as it is seen.
+fn par_lines(r: &mut dyn Read, path: &Path, opts: &ReadOptions, row: &RowFn<'_>) -> Result<Parsed> {
+    let block = opts.block.max(1);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut out = Parsed::default();
+    loop {
+        buf.reserve(block);
+        let got = r.take(block as u64).read_to_end(&mut buf).map_err(|e| Error::io(path, e))?;
+        let eof = got < block;
+        let end = if eof { Some(buf.len()) } else { complete_lines_end(&buf) };
+        if let Some(end) = end {
+            let first = out.lines + 1;
+            out.append(parse_region(&buf[..end], first, path, opts, row)?);
+            buf.drain(..end);
+        }
+        let pending = buf.len() - usize::from(buf.last() == Some(&b'\r'));
+        if pending > opts.max_line {
+            return Err(Error::parse(
+                path,
+                out.lines + 1,
+                format!(
+                    "line longer than {} bytes (no line break): not a text dataset, or a corrupt one",
+                    opts.max_line
+                ),
+            ));
+        }
+        if eof {
+            return Ok(out);
+        }
     }
 }
 
@@ -421,10 +720,18 @@ mod tests {
     #[test]
     fn overlong_lines_are_refused_with_their_line_number() {
         let text = format!("{TSV_HEADER}\nneutral\ta\tb\nneutral\t{}\tb\n", "x".repeat(200));
+        for (block, chunk) in [(1 << 20, 1 << 20), (7, 5), (100, 1), (150, 40)] {
+            let opts = ReadOptions { block, chunk, max_line: 100 };
+            let mut r = text.as_bytes();
+            let e = read_format(&mut r, Path::new("long.tsv"), Format::Tsv, &opts).unwrap_err().to_string();
+            assert!(
+                e.starts_with("long.tsv:3:") && e.contains("longer than 100 bytes"),
+                "{block} {chunk}: {e}"
+            );
+        }
         let mut lines = LineReader::new(Box::new(text.as_bytes()), Path::new("long.tsv"));
         lines.max_line = 100;
-        let e = tsv(lines).unwrap_err().to_string();
-        assert!(e.starts_with("long.tsv:3:") && e.contains("longer than 100 bytes"), "{e}");
+        assert!(lines.next_line().is_ok() && lines.next_line().is_ok() && lines.next_line().is_err());
         // exactly at the cap is fine
         let mut r = std::io::Cursor::new(vec![b'y'; 100]);
         let mut buf = Vec::new();

@@ -39,6 +39,11 @@ pub fn is_py_whitespace(c: char) -> bool {
     )
 }
 
+/// [`is_py_whitespace`] on an ASCII byte: `\t \n \v \f \r`, U+001C..U+001F and space.
+pub(crate) fn is_ascii_py_whitespace(b: u8) -> bool {
+    matches!(b, b'\t'..=b'\r' | 0x1c..=0x1f | b' ')
+}
+
 /// Python's `s.split()` with no argument: the maximal runs of non-whitespace, with leading and
 /// trailing whitespace ignored (an empty or all-whitespace `s` gives no pieces).
 pub fn py_split(s: &str) -> Vec<&str> {
@@ -104,6 +109,33 @@ pub fn py_lower(s: &str) -> String {
 /// after the chapter lower-cases each sentence).
 pub fn d2l_tokenize(s: &str) -> Vec<String> {
     py_split(&py_lower(s)).into_iter().map(str::to_owned).collect()
+}
+
+/// Calls `f` on each token of [`d2l_tokenize`]`(s)`, in order, without allocating a string per
+/// token: the lower-cased text goes into `buf` (reused between calls).
+pub fn for_each_d2l_token(s: &str, buf: &mut String, mut f: impl FnMut(&str)) {
+    buf.clear();
+    if !s.is_ascii() {
+        buf.push_str(&py_lower(s));
+        buf.split(is_py_whitespace).filter(|w| !w.is_empty()).for_each(f);
+        return;
+    }
+    buf.push_str(s);
+    buf.make_ascii_lowercase();
+    let b = buf.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && is_ascii_py_whitespace(b[i]) {
+            i += 1;
+        }
+        let start = i;
+        while i < b.len() && !is_ascii_py_whitespace(b[i]) {
+            i += 1;
+        }
+        if i > start {
+            f(&buf[start..i]);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,9 +5,16 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
+use crate::data::tokenizer::for_each_d2l_token;
 use crate::error::{Error, Result};
+
+/// The hash map of token lookups: foldhash's fixed-seed hasher (several times faster than SipHash
+/// on short words, and deterministic).
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
 /// The unknown-token name.
 pub const UNK: &str = "<unk>";
@@ -31,7 +38,7 @@ pub enum TieOrder {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vocab {
     idx_to_token: Vec<String>,
-    token_to_idx: HashMap<String, u32>,
+    token_to_idx: FastMap<String, u32>,
     unk: u32,
     /// Where the vocab came from (a file path or "built"), for error messages.
     source: String,
@@ -63,7 +70,7 @@ impl Vocab {
                 idx_to_token.len()
             )));
         }
-        let token_to_idx: HashMap<String, u32> =
+        let token_to_idx: FastMap<String, u32> =
             idx_to_token.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         let unk = *token_to_idx.get(unk_token).ok_or_else(|| {
             Error::msg(format!(
@@ -145,7 +152,7 @@ impl Vocab {
         ties: TieOrder,
     ) -> Vocab {
         // Counter: counts plus first-seen order.
-        let mut counts: HashMap<&'a str, (usize, usize)> = HashMap::new();
+        let mut counts: FastMap<&'a str, (usize, usize)> = FastMap::default();
         for sentence in sentences {
             for tok in sentence {
                 let next = counts.len();
@@ -154,13 +161,78 @@ impl Vocab {
         }
         let mut freqs: Vec<(&str, usize, usize)> =
             counts.into_iter().map(|(t, (c, first))| (t, c, first)).collect();
+        freqs.sort_unstable_by_key(|&(_, _, first)| first);
+        Self::from_counts(freqs.into_iter().map(|(t, c, _)| (t, c)), min_freq, reserved, ties)
+    }
+
+    /// d2l's `Vocab(d2l.tokenize(sentences, 'word'), min_freq, reserved_tokens)` after the
+    /// chapter's lower-casing, straight from the text: each sentence is lower-cased and split as
+    /// [`crate::data::tokenizer::d2l_tokenize`] does, counted in parallel chunks and merged in
+    /// order, so the vocabulary equals [`Vocab::build`] on the tokenised sentences, without
+    /// materialising a string per token.
+    pub fn build_from_text<S: AsRef<str> + Sync>(
+        sentences: &[S],
+        min_freq: usize,
+        reserved: &[&str],
+    ) -> Vocab {
+        let chunk = sentences.len().div_ceil(4 * rayon::current_num_threads().max(1)).clamp(1, 1 << 14);
+        let parts: Vec<Vec<(String, usize)>> = sentences
+            .par_chunks(chunk)
+            .map(|part| {
+                // counts, and the tokens in first-seen order (as indices into `seen`)
+                let mut index: FastMap<String, usize> = FastMap::default();
+                let mut seen: Vec<(String, usize)> = Vec::new();
+                let mut buf = String::new();
+                for s in part {
+                    for_each_d2l_token(s.as_ref(), &mut buf, |tok| match index.get(tok) {
+                        Some(&i) => seen[i].1 += 1,
+                        None => {
+                            index.insert(tok.to_owned(), seen.len());
+                            seen.push((tok.to_owned(), 1));
+                        }
+                    });
+                }
+                seen
+            })
+            .collect();
+        let mut index: FastMap<String, usize> = FastMap::default();
+        let mut merged: Vec<(String, usize)> = Vec::new();
+        for part in parts {
+            for (tok, c) in part {
+                match index.get(&tok) {
+                    Some(&i) => merged[i].1 += c,
+                    None => {
+                        index.insert(tok.clone(), merged.len());
+                        merged.push((tok, c));
+                    }
+                }
+            }
+        }
+        Self::from_counts(
+            merged.iter().map(|(t, c)| (t.as_str(), *c)),
+            min_freq,
+            reserved,
+            TieOrder::FirstSeen,
+        )
+    }
+
+    /// The vocabulary of tokens with their counts, given in first-seen order: `<unk>`, `reserved`,
+    /// then the tokens with count ≥ `min_freq` by descending count, ties as `ties` says.
+    fn from_counts<'a>(
+        counts: impl Iterator<Item = (&'a str, usize)>,
+        min_freq: usize,
+        reserved: &[&str],
+        ties: TieOrder,
+    ) -> Vocab {
+        let mut freqs: Vec<(&str, usize, usize)> =
+            counts.enumerate().map(|(first, (t, c))| (t, c, first)).collect();
         match ties {
             TieOrder::FirstSeen => freqs.sort_by_key(|&(_, c, first)| (std::cmp::Reverse(c), first)),
             TieOrder::Alphabetical => freqs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0))),
         }
         let mut idx_to_token: Vec<String> =
             std::iter::once(UNK).chain(reserved.iter().copied()).map(String::from).collect();
-        let mut token_to_idx: HashMap<String, u32> =
+        let mut token_to_idx: FastMap<String, u32> =
             idx_to_token.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         for (tok, count, _) in freqs {
             if count < min_freq {
@@ -193,6 +265,12 @@ impl Vocab {
     /// The id of `token` if the vocab has it (no `<unk>` fallback).
     pub fn get(&self, token: &str) -> Option<u32> {
         self.token_to_idx.get(token).copied()
+    }
+
+    /// Appends the ids of d2l's tokens of `s` ([`crate::data::tokenizer::d2l_tokenize`], unknown
+    /// words → `<unk>`) to `out`; `buf` is scratch space reused between calls.
+    pub fn push_d2l_ids(&self, s: &str, out: &mut Vec<u32>, buf: &mut String) {
+        for_each_d2l_token(s, buf, |tok| out.push(self.id(tok)));
     }
 
     /// Ids of several tokens (d2l `vocab[list]`).

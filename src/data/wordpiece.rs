@@ -60,6 +60,9 @@ pub fn is_space(c: char) -> bool {
 
 /// Whether the pre-tokenizer splits `c` off as punctuation.
 pub fn is_punctuation(c: char) -> bool {
+    if c.is_ascii() {
+        return matches!(c as u8, 33..=47 | 58..=64 | 91..=96 | 123..=126);
+    }
     in_table(tables::PUNCT, c)
 }
 
@@ -87,6 +90,23 @@ pub fn is_cjk(c: char) -> bool {
 /// `BertNormalizer` with `clean_text` and CJK spacing on and `strip_accents` following
 /// `lowercase` (the configuration of every BERT tokenizer): see the module docs.
 pub fn normalize(text: &str, lowercase: bool) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    normalize_into(text, lowercase, &mut out);
+    out
+}
+
+/// [`normalize`] into `out` (cleared first), reusing its allocation.
+pub fn normalize_into(text: &str, lowercase: bool, out: &mut String) {
+    out.clear();
+    if text.is_ascii() {
+        // fast path: ASCII controls are deleted (tab, LF, CR are spaces)
+        out.extend(text.bytes().filter_map(|b| match b {
+            b'\t' | b'\n' | b'\r' | b' ' => Some(' '),
+            0..=0x1f | 0x7f => None,
+            _ => Some(if lowercase { b.to_ascii_lowercase() } else { b } as char),
+        }));
+        return;
+    }
     let mut cleaned = String::with_capacity(text.len() + 8);
     for c in text.chars() {
         if c.is_ascii() {
@@ -108,21 +128,20 @@ pub fn normalize(text: &str, lowercase: bool) -> String {
         }
     }
     if !lowercase || cleaned.is_ascii() {
-        return cleaned;
+        *out = cleaned;
+        return;
     }
-    let mut out = String::with_capacity(cleaned.len());
     // NFD runs between the characters `tokenizers` does not decompose (all are starters, so
     // canonical reordering never crosses them)
     let mut run = 0;
     for (i, c) in cleaned.char_indices() {
         if in_table(NFD_NEWER_THAN_TOKENIZERS, c) {
-            strip_and_lower(&cleaned[run..i], &mut out);
+            strip_and_lower(&cleaned[run..i], out);
             out.extend(c.to_lowercase());
             run = i + c.len_utf8();
         }
     }
-    strip_and_lower(&cleaned[run..], &mut out);
-    out
+    strip_and_lower(&cleaned[run..], out);
 }
 
 /// NFD, drop nonspacing marks, lower-case: appends to `out`.
@@ -154,24 +173,29 @@ const NFD_NEWER_THAN_TOKENIZERS: &[(u32, u32)] = &[
 /// punctuation character on its own.
 pub fn pre_tokenize(normalized: &str) -> Vec<&str> {
     let mut words = Vec::new();
+    for_each_word(normalized, |w| words.push(w));
+    words
+}
+
+/// Calls `f` on each word of [`pre_tokenize`], in order.
+fn for_each_word<'t>(normalized: &'t str, mut f: impl FnMut(&'t str)) {
     let mut start = None;
     for (i, c) in normalized.char_indices() {
         let punct = is_punctuation(c);
-        if c.is_whitespace() || punct {
+        if punct || c.is_whitespace() {
             if let Some(s) = start.take() {
-                words.push(&normalized[s..i]);
+                f(&normalized[s..i]);
             }
             if punct {
-                words.push(&normalized[i..i + c.len_utf8()]);
+                f(&normalized[i..i + c.len_utf8()]);
             }
         } else if start.is_none() {
             start = Some(i);
         }
     }
     if let Some(s) = start {
-        words.push(&normalized[s..]);
+        f(&normalized[s..]);
     }
-    words
 }
 
 /// HF `longest_first` truncation of a pair to `budget` tokens (`max_len - 3`): if both fit, nothing;
@@ -243,11 +267,17 @@ impl<'a> WordPiece<'a> {
     /// The token ids of one sentence, without `[CLS]`/`[SEP]`.
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut ids = Vec::with_capacity(text.len() / 4 + 2);
-        let mut buf = String::new();
+        self.encode_into(text, &mut ids, &mut String::new(), &mut String::new());
+        ids
+    }
+
+    /// [`WordPiece::encode`] appending to `ids`; `norm` and `buf` are scratch space reused
+    /// between calls.
+    pub fn encode_into(&self, text: &str, ids: &mut Vec<u32>, norm: &mut String, buf: &mut String) {
         let mut rest = text;
         while !rest.is_empty() {
             let (before, special) = self.next_special(rest);
-            self.encode_plain(before, &mut ids, &mut buf);
+            self.encode_plain(before, ids, norm, buf);
             match special {
                 Some((len, id)) => {
                     ids.push(id);
@@ -256,7 +286,6 @@ impl<'a> WordPiece<'a> {
                 None => break,
             }
         }
-        ids
     }
 
     /// The tokens (strings) of one sentence, for display and tests.
@@ -287,19 +316,17 @@ impl<'a> WordPiece<'a> {
     }
 
     /// Normalise, pre-tokenise and WordPiece a text without special tokens, appending to `ids`.
-    fn encode_plain(&self, text: &str, ids: &mut Vec<u32>, buf: &mut String) {
+    fn encode_plain(&self, text: &str, ids: &mut Vec<u32>, norm: &mut String, buf: &mut String) {
         if text.is_empty() {
             return;
         }
-        let norm = normalize(text, self.lowercase);
-        for word in pre_tokenize(&norm) {
-            self.wordpiece(word, ids, buf);
-        }
+        normalize_into(text, self.lowercase, norm);
+        for_each_word(norm, |word| self.wordpiece(word, ids, buf));
     }
 
     /// Greedy longest-match-first WordPiece of one word.
     fn wordpiece(&self, word: &str, ids: &mut Vec<u32>, buf: &mut String) {
-        if word.chars().count() > MAX_INPUT_CHARS_PER_WORD {
+        if word.len() > MAX_INPUT_CHARS_PER_WORD && word.chars().count() > MAX_INPUT_CHARS_PER_WORD {
             ids.push(self.unk);
             return;
         }
@@ -483,6 +510,13 @@ mod tests {
         assert_eq!(ids, [2, 4, 3, 8, 8, 3]);
         assert_eq!(types, [0, 0, 0, 1, 1, 1]);
         assert!(WordPiece::new(&vocab(&["[UNK]", "[CLS]"]), true).is_err());
+    }
+
+    #[test]
+    fn ascii_punctuation_rule_matches_the_table() {
+        for c in (0u8..128).map(char::from) {
+            assert_eq!(is_punctuation(c), in_table(tables::PUNCT, c), "{c:?}");
+        }
     }
 
     #[test]
