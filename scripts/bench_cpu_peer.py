@@ -1,26 +1,34 @@
 #!/usr/bin/env python3
-"""CPU throughput of the seed's d2l PyTorch code (the peer of `nli-bert finetune`).
+"""Throughput of the seed's d2l PyTorch code (the peer of `nli-bert finetune`), CPU or CUDA.
 
 WHAT
     Runs the training step of d2l's "Natural Language Inference: Fine-Tuning
     BERT" (seed: shared/seed/natural-language-inference-bert.zh.txt) on the CPU
-    and reports training examples/sec, timed the way d2l.train_ch13 times it
-    (only the train_batch_ch13 call + metric update, per step):
+    (default) or a CUDA GPU (--device cuda) and reports training
+    examples/sec, timed the way d2l.train_ch13 times it (only the
+    train_batch_ch13 call + metric update, per step). The seed's code is
+    imported from scripts/d2l_seed.py (shared with make_d2l_fixtures.py):
 
       * load_pretrained_model as in the notebook, but reading DIR instead of
         d2l.download_extract('bert.small'): vocab.json -> d2l.Vocab,
         d2l.BERTModel with the notebook's hard-coded shapes (dropout 0.2),
         load_state_dict(torch.load(DIR/pretrained.params));
-      * the notebook's SNLIBERTDataset (copied verbatim, '' -> '<pad>' which
-        the scraped seed lost; multiprocessing.Pool(4) included, so the
-        script's entry point is guarded by __main__), max_len 128;
+      * the notebook's SNLIBERTDataset (verbatim, '' -> '<pad>' which the
+        scraped seed lost; multiprocessing.Pool(4) included, so the script's
+        entry point is guarded by __main__), max_len 128;
       * the notebook's BERTClassifier (nn.Linear(256, 3)), Adam lr 1e-4,
         nn.CrossEntropyLoss(reduction='none');
       * the step is d2l.train_batch_ch13 itself (net.train(); zero_grad;
         l = loss(net(X), y); l.sum().backward(); trainer.step(); plus its
         loss/accuracy sums), followed by train_ch13's metric.add.
-        train_ch13's nn.DataParallel wrapper is omitted: without CUDA it is a
-        pass-through.
+        On the CPU, train_ch13's nn.DataParallel wrapper is omitted (without
+        CUDA it is a pass-through). With --device cuda[:N] the model is wrapped
+        as train_ch13 does, nn.DataParallel(net, device_ids=[dev]).to(dev)
+        (--no-data-parallel drops it), batches are built on the CPU and moved
+        by train_batch_ch13 inside the timed region, as in the book, and the
+        device is synchronised (torch.cuda.synchronize) before and after each
+        timed step. fp32 as the book (TF32 matmuls stay off: PyTorch's
+        default; the JSON says so).
 
     Padding:
       fixed   - the seed's behaviour: every batch is (64, 128).
@@ -41,20 +49,24 @@ HOW
     python3 scripts/bench_cpu_peer.py --model DIR --data FILE.tsv
         [--batch-size 64] [--steps 30] [--warmup 3] [--threads 2]
         [--padding fixed|dynamic] [--max-len 128] [--json]
+        [--device cpu|cuda|cuda:N] [--no-data-parallel]
+
+    The GPU peer of the book's run (scripts/gpu_run.sh runs it):
+      ... --device cuda --batch-size 512 --padding fixed
 
     DIR holds vocab.json + pretrained.params (d2l's bert.small layout; make a
     random one with scripts/make_bench_model.py). Prints examples/sec over
     the `steps` timed steps after `warmup` untimed ones; with --json also one
     JSON line (the last line of stdout):
       {"peer": "d2l-0.17.6 pytorch-<ver>", "padding", "batch_size", "steps",
-       "examples_per_sec", "threads", "mean_tokens", ...}
+       "examples_per_sec", "threads", "mean_tokens", "device",
+       "device_name", ...}
     mean_tokens = mean sequence length fed to the model per example over the
     timed steps (128 for fixed padding); mean_valid_len = mean real tokens.
 """
 
 import argparse
 import json
-import multiprocessing
 import os
 import statistics
 import sys
@@ -65,11 +77,12 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import d2l_stubs  # noqa: E402
-
-d2l_stubs.install()
+# The seed's load_pretrained_model, SNLIBERTDataset and BERTClassifier, and d2l
+# with its heavy imports stubbed (scripts/d2l_seed.py, shared with
+# make_d2l_fixtures.py).
+from d2l_seed import (BERTClassifier, SNLIBERTDataset, d2l,  # noqa: E402
+                      load_pretrained_model)
 import d2l as d2l_pkg  # noqa: E402
-from d2l import torch as d2l  # noqa: E402
 
 # d2l.Accumulator does float(l) on a tensor that requires grad (harmless).
 warnings.filterwarnings('ignore', message='Converting a tensor with requires_grad')
@@ -77,91 +90,6 @@ warnings.filterwarnings('ignore', message='Converting a tensor with requires_gra
 LABELS = {'entailment': 0, 'contradiction': 1, 'neutral': 2}
 
 
-# ---- the notebook's load_pretrained_model, download_extract -> data_dir ----
-def load_pretrained_model(data_dir, num_hiddens, ffn_num_hiddens,
-                          num_heads, num_layers, dropout, max_len, devices):
-    # 定义空词表以加载预定义词表
-    vocab = d2l.Vocab()
-    vocab.idx_to_token = json.load(open(os.path.join(data_dir,
-                                                     'vocab.json')))
-    vocab.token_to_idx = {token: idx for idx, token in enumerate(
-        vocab.idx_to_token)}
-    bert = d2l.BERTModel(len(vocab), num_hiddens, norm_shape=[256],
-                         ffn_num_input=256, ffn_num_hiddens=ffn_num_hiddens,
-                         num_heads=4, num_layers=2, dropout=0.2,
-                         max_len=max_len, key_size=256, query_size=256,
-                         value_size=256, hid_in_features=256,
-                         mlm_in_features=256, nsp_in_features=256)
-    # 加载预训练BERT参数
-    bert.load_state_dict(torch.load(os.path.join(data_dir,
-                                                 'pretrained.params')))
-    return bert, vocab
-
-
-# ---- copied from the seed notebook (code cells), `''` -> `'<pad>'` -------
-class SNLIBERTDataset(torch.utils.data.Dataset):
-    def __init__(self, dataset, max_len, vocab=None):
-        all_premise_hypothesis_tokens = [[
-            p_tokens, h_tokens] for p_tokens, h_tokens in zip(
-            *[d2l.tokenize([s.lower() for s in sentences])
-              for sentences in dataset[:2]])]
-
-        self.labels = torch.tensor(dataset[2])
-        self.vocab = vocab
-        self.max_len = max_len
-        (self.all_token_ids, self.all_segments,
-         self.valid_lens) = self._preprocess(all_premise_hypothesis_tokens)
-        print('read ' + str(len(self.all_token_ids)) + ' examples')
-
-    def _preprocess(self, all_premise_hypothesis_tokens):
-        pool = multiprocessing.Pool(4)  # 使用4个进程
-        out = pool.map(self._mp_worker, all_premise_hypothesis_tokens)
-        all_token_ids = [
-            token_ids for token_ids, segments, valid_len in out]
-        all_segments = [segments for token_ids, segments, valid_len in out]
-        valid_lens = [valid_len for token_ids, segments, valid_len in out]
-        return (torch.tensor(all_token_ids, dtype=torch.long),
-                torch.tensor(all_segments, dtype=torch.long),
-                torch.tensor(valid_lens))
-
-    def _mp_worker(self, premise_hypothesis_tokens):
-        p_tokens, h_tokens = premise_hypothesis_tokens
-        self._truncate_pair_of_tokens(p_tokens, h_tokens)
-        tokens, segments = d2l.get_tokens_and_segments(p_tokens, h_tokens)
-        token_ids = self.vocab[tokens] + [self.vocab['<pad>']] \
-            * (self.max_len - len(tokens))
-        segments = segments + [0] * (self.max_len - len(segments))
-        valid_len = len(tokens)
-        return token_ids, segments, valid_len
-
-    def _truncate_pair_of_tokens(self, p_tokens, h_tokens):
-        # 为BERT输入中的'<CLS>'、'<SEP>'和'<SEP>'词元保留位置
-        while len(p_tokens) + len(h_tokens) > self.max_len - 3:
-            if len(p_tokens) > len(h_tokens):
-                p_tokens.pop()
-            else:
-                h_tokens.pop()
-
-    def __getitem__(self, idx):
-        return (self.all_token_ids[idx], self.all_segments[idx],
-                self.valid_lens[idx]), self.labels[idx]
-
-    def __len__(self):
-        return len(self.all_token_ids)
-
-
-class BERTClassifier(nn.Module):
-    def __init__(self, bert):
-        super(BERTClassifier, self).__init__()
-        self.encoder = bert.encoder
-        self.hidden = bert.hidden
-        self.output = nn.Linear(256, 3)
-
-    def forward(self, inputs):
-        tokens_X, segments_X, valid_lens_x = inputs
-        encoded_X = self.encoder(tokens_X, segments_X, valid_lens_x)
-        return self.output(self.hidden(encoded_X[:, 0, :]))
-# ---------------------------------------------------------------------------
 
 
 def read_tsv(path):
@@ -205,11 +133,36 @@ def main():
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--num-workers', type=int, default=0)
     ap.add_argument('--json', action='store_true')
+    ap.add_argument('--device', default='cpu',
+                    help='cpu (default), cuda or cuda:N')
+    ap.add_argument('--no-data-parallel', action='store_true',
+                    help="on CUDA, don't wrap the model in nn.DataParallel "
+                    "as d2l.train_ch13 does")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    devices = [torch.device('cpu')]
+    device = torch.device(args.device)
+    cuda = device.type == 'cuda'
+    if cuda:
+        if not torch.cuda.is_available():
+            sys.exit('bench_cpu_peer.py: --device %s but torch.cuda is not '
+                     'available (torch %s)' % (args.device, torch.__version__))
+        if device.index is None:
+            device = torch.device('cuda', torch.cuda.current_device())
+        torch.cuda.set_device(device)
+        device_name = torch.cuda.get_device_name(device)
+        where = f'{device} ({device_name})'
+    elif device.type == 'cpu':
+        device_name = 'cpu'
+        where = f'cpu ({args.threads} threads)'
+    else:
+        sys.exit('bench_cpu_peer.py: --device must be cpu, cuda or cuda:N')
+    devices = [device]
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
 
     t0 = time.perf_counter()
     bert, vocab = load_pretrained_model(
@@ -230,16 +183,25 @@ def main():
     lr = 1e-4
     trainer = torch.optim.Adam(net.parameters(), lr=lr)
     loss = nn.CrossEntropyLoss(reduction='none')
+    if cuda:
+        # d2l.train_ch13: the parameters move in place, so `trainer` keeps them.
+        if args.no_data_parallel:
+            net = net.to(devices[0])
+        else:
+            net = nn.DataParallel(net, device_ids=devices).to(devices[0])
+        torch.cuda.reset_peak_memory_stats(device)
 
     times, seq_lens, valid_tok, n_ex = [], [], 0, 0
     metric = d2l.Accumulator(4)
     stream = batches(train_iter, args.padding)
     for i in range(args.warmup + args.steps):
         features, labels = next(stream)
+        sync()
         tik = time.perf_counter()
         l, acc = d2l.train_batch_ch13(net, features, labels, loss, trainer,
                                       devices)
         metric.add(l, acc, labels.shape[0], labels.numel())
+        sync()
         dt = time.perf_counter() - tik
         if i >= args.warmup:
             times.append(dt)
@@ -269,9 +231,16 @@ def main():
         'load_s': round(t_load, 3),
         'dataset_s': round(t_data, 3),
         'examples_in_data': len(train_set),
+        'device': str(device),
+        'device_name': device_name,
     }
-    print(f'{args.padding} padding: {eps:.1f} examples/sec on cpu '
-          f'({args.threads} threads), {args.steps} steps x batch '
+    if cuda:
+        res['data_parallel'] = not args.no_data_parallel
+        res['tf32_matmul'] = bool(torch.backends.cuda.matmul.allow_tf32)
+        res['peak_mem_mib'] = round(
+            torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    print(f'{args.padding} padding: {eps:.1f} examples/sec on {where}, '
+          f'{args.steps} steps x batch '
           f'{args.batch_size} after {args.warmup} warm-up; median step '
           f'{med * 1e3:.1f} ms; mean seq len fed {res["mean_tokens"]}, '
           f'mean valid len {res["mean_valid_len"]}')

@@ -14,7 +14,7 @@ WHAT
         reserved_tokens=['<pad>', '<mask>', '<cls>', '<sep>']) -> vocab.json
         (so rare words map to <unk>);
       * the dataset tensors built by the notebook's SNLIBERTDataset (copied
-        verbatim below, multiprocessing.Pool(4) included);
+        verbatim in scripts/d2l_seed.py, multiprocessing.Pool(4) included);
       * a small d2l.BERTModel (d=32, ffn 64, 4 heads, 2 blocks, dropout 0,
         max_len 64) in float64, seed 0, PyTorch default init except that every
         LayerNorm weight/bias is perturbed with small noise; its state_dict
@@ -66,7 +66,6 @@ import argparse
 import collections
 import copy
 import json
-import multiprocessing
 import os
 import sys
 
@@ -74,10 +73,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import d2l_stubs  # noqa: E402
-
-d2l_stubs.install()
-from d2l import torch as d2l  # noqa: E402
+# The seed's SNLIBERTDataset and BERTClassifier (verbatim; the classifier's
+# input width is a parameter there, the notebook hard-codes 256), and d2l with
+# its heavy imports stubbed.
+from d2l_seed import BERTClassifier, SNLIBERTDataset, d2l  # noqa: E402
 
 import safetensors  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
@@ -145,70 +144,6 @@ def read_pairs(path, start, n):
     return premises, hypotheses, labels
 
 
-# ---- copied from the seed notebook (code cells), `''` -> `'<pad>'` -------
-class SNLIBERTDataset(torch.utils.data.Dataset):
-    def __init__(self, dataset, max_len, vocab=None):
-        all_premise_hypothesis_tokens = [[
-            p_tokens, h_tokens] for p_tokens, h_tokens in zip(
-            *[d2l.tokenize([s.lower() for s in sentences])
-              for sentences in dataset[:2]])]
-
-        self.labels = torch.tensor(dataset[2])
-        self.vocab = vocab
-        self.max_len = max_len
-        (self.all_token_ids, self.all_segments,
-         self.valid_lens) = self._preprocess(all_premise_hypothesis_tokens)
-        print('read ' + str(len(self.all_token_ids)) + ' examples')
-
-    def _preprocess(self, all_premise_hypothesis_tokens):
-        pool = multiprocessing.Pool(4)  # 使用4个进程
-        out = pool.map(self._mp_worker, all_premise_hypothesis_tokens)
-        all_token_ids = [
-            token_ids for token_ids, segments, valid_len in out]
-        all_segments = [segments for token_ids, segments, valid_len in out]
-        valid_lens = [valid_len for token_ids, segments, valid_len in out]
-        return (torch.tensor(all_token_ids, dtype=torch.long),
-                torch.tensor(all_segments, dtype=torch.long),
-                torch.tensor(valid_lens))
-
-    def _mp_worker(self, premise_hypothesis_tokens):
-        p_tokens, h_tokens = premise_hypothesis_tokens
-        self._truncate_pair_of_tokens(p_tokens, h_tokens)
-        tokens, segments = d2l.get_tokens_and_segments(p_tokens, h_tokens)
-        token_ids = self.vocab[tokens] + [self.vocab['<pad>']] \
-            * (self.max_len - len(tokens))
-        segments = segments + [0] * (self.max_len - len(segments))
-        valid_len = len(tokens)
-        return token_ids, segments, valid_len
-
-    def _truncate_pair_of_tokens(self, p_tokens, h_tokens):
-        # 为BERT输入中的'<CLS>'、'<SEP>'和'<SEP>'词元保留位置
-        while len(p_tokens) + len(h_tokens) > self.max_len - 3:
-            if len(p_tokens) > len(h_tokens):
-                p_tokens.pop()
-            else:
-                h_tokens.pop()
-
-    def __getitem__(self, idx):
-        return (self.all_token_ids[idx], self.all_segments[idx],
-                self.valid_lens[idx]), self.labels[idx]
-
-    def __len__(self):
-        return len(self.all_token_ids)
-
-
-class BERTClassifier(nn.Module):
-    def __init__(self, bert):
-        super(BERTClassifier, self).__init__()
-        self.encoder = bert.encoder
-        self.hidden = bert.hidden
-        self.output = nn.Linear(NUM_HIDDENS, 3)  # notebook: nn.Linear(256, 3)
-
-    def forward(self, inputs):
-        tokens_X, segments_X, valid_lens_x = inputs
-        encoded_X = self.encoder(tokens_X, segments_X, valid_lens_x)
-        return self.output(self.hidden(encoded_X[:, 0, :]))
-# ---------------------------------------------------------------------------
 
 
 def truncated_tokens(premise, hypothesis, max_len):
@@ -274,7 +209,7 @@ def main():
                          hid_in_features=NUM_HIDDENS,
                          mlm_in_features=NUM_HIDDENS,
                          nsp_in_features=NUM_HIDDENS)
-    net = BERTClassifier(bert)
+    net = BERTClassifier(bert, NUM_HIDDENS)  # notebook: nn.Linear(256, 3)
     # perturb every LayerNorm (default weight 1 / bias 0)
     gen = torch.Generator().manual_seed(LN_SEED)
     perturbed = []
