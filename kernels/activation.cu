@@ -4,7 +4,7 @@
 //   1 GELU (erf), 2 GELU (tanh approximation), 3 tanh. Same formulas as the CPU twin
 //   (src/backend/cpu/elementwise.rs). ReLU's gradient uses the forward output (0 where out <= 0).
 // bias_forward: out (N,OC) += bias (OC) per row (after the GEMM).
-// bias_backward: dbias (OC) += Σ_rows dout (N,OC); one thread per column, rows in order.
+// (the bias gradient, Σ_rows dout, is reduce.cu's colsum_partial + colsum_finish)
 // dropout_forward / dropout_backward: out = x · factor(idx) (0 or 1/(1-p)), idx = element index.
 // cls_forward: out (B,C) = x (T,C) at row cu_seqlens[b] (zero row for an empty sequence).
 // cls_scatter: dx (T,C) rows cu_seqlens[b] = dout (B,C) rows (dx zeroed by the launcher first).
@@ -67,14 +67,6 @@ extern "C" __global__ void bias_forward(float* __restrict__ out, const float* __
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)n * oc) return;
     out[i] += bias[i % oc];
-}
-
-extern "C" __global__ void bias_backward(float* __restrict__ dbias, const float* __restrict__ dout, int n, int oc) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= oc) return;
-    float acc = 0.0f;
-    for (int r = 0; r < n; ++r) acc += dout[(long long)r * oc + j];
-    dbias[j] += acc;
 }
 
 extern "C" __global__ void dropout_forward(float* __restrict__ out, const float* __restrict__ x, long long n,

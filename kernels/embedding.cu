@@ -3,9 +3,9 @@
 // forward:  out (T,C) = wte[tokens] (V,C) + wse[segments] (S,C) + wpe[positions] (P,C), one thread
 //           per output element. Ids are checked on the host by the data pipeline.
 // backward: dwte (V,C) += scatter of dout (T,C) by token id (float atomics: the order of the adds
-//           between tokens sharing an id is not fixed on a GPU); dwse (S,C) and dwpe (P,C) += sums
-//           in a fixed order (one thread per output element walks the tokens), so they are
-//           deterministic. All parameter gradients accumulate.
+//           between tokens sharing an id is not fixed on a GPU); dwpe (P,C) += sums over the
+//           sequences in order (embedding_backward_positions); dwse (S,C) by reduce.cu's
+//           rowsel_partial + colsum_finish (fixed order). All parameter gradients accumulate.
 #include "common.cuh"
 
 extern "C" __global__ void embedding_forward(float* __restrict__ out, const int* __restrict__ tokens,
@@ -29,19 +29,21 @@ extern "C" __global__ void embedding_backward_tokens(float* __restrict__ dwte, c
     atomicAdd(&dwte[(long long)tokens[row] * c + ch], dout[i]);
 }
 
-// dtable (R,C) += Σ_{i: ids[i] == r} dout[i], one thread per (r, ch), tokens in order.
-extern "C" __global__ void embedding_backward_rows(float* __restrict__ dtable, const int* __restrict__ ids,
-                                                   const float* __restrict__ dout, int t, int c, int rows) {
+// dwpe (P,C) += Σ_b dout[cu_seqlens[b] + p] over the sequences longer than p, one thread per
+// (p, ch), sequences in order (deterministic).
+extern "C" __global__ void embedding_backward_positions(float* __restrict__ dwpe, const int* __restrict__ cu_seqlens,
+                                                        const float* __restrict__ dout, int b, int c, int rows) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)rows * c) return;
-    int r = (int)(i / c), ch = (int)(i % c);
+    int pos = (int)(i / c), ch = (int)(i % c);
     float acc = 0.0f;
     bool any = false;
-    for (int j = 0; j < t; ++j) {
-        if (ids[j] == r) {
-            acc += dout[(long long)j * c + ch];
+    for (int s = 0; s < b; ++s) {
+        int start = cu_seqlens[s];
+        if (cu_seqlens[s + 1] - start > pos) {
+            acc += dout[((long long)start + pos) * c + ch];
             any = true;
         }
     }
-    if (any) dtable[i] += acc;
+    if (any) dwpe[i] += acc;
 }

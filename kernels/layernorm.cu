@@ -8,8 +8,8 @@
 // forward:  one warp per row; saves sum (the pre-norm input), mean and rstd for backward.
 // backward: addnorm_backward_rows, one warp per row: dres = rstd*(g - mean(g) - x̂*mean(g*x̂)) with
 //           g = dout*weight (overwritten), dsub = dres * dropout factor (overwritten, if not null);
-//           addnorm_backward_params, one thread per column, rows in order: dweight += Σ dout*x̂,
-//           dbias += Σ dout (accumulate).
+//           dweight += Σ dout*x̂ and dbias += Σ dout (accumulate) by reduce.cu's lnparams_partial
+//           + colsum_finish (fixed order).
 #include "common.cuh"
 
 extern "C" __global__ void addnorm_forward(float* __restrict__ out, float* __restrict__ sum,
@@ -71,21 +71,4 @@ extern "C" __global__ void addnorm_backward_rows(float* __restrict__ dres, float
         dres[base + j] = v;
         if (dsub) dsub[base + j] = v * nli_dropout_factor(d, (unsigned long long)(base + j));
     }
-}
-
-extern "C" __global__ void addnorm_backward_params(float* __restrict__ dweight, float* __restrict__ dbias,
-                                                   const float* __restrict__ dout, const float* __restrict__ sum,
-                                                   const float* __restrict__ mean, const float* __restrict__ rstd,
-                                                   int t, int c) {
-    const int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= c) return;
-    float pw = 0.0f, pb = 0.0f;
-    for (int row = 0; row < t; ++row) {
-        const long long i = (long long)row * c + j;
-        const float dy = dout[i];
-        pw += dy * ((sum[i] - mean[row]) * rstd[row]);
-        pb += dy;
-    }
-    dweight[j] += pw;
-    dbias[j] += pb;
 }

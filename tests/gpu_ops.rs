@@ -90,6 +90,8 @@ fn shapes() -> Vec<Shape> {
         Shape { lens: vec![3, 1, 8, 5], c: 8, f: 12, v: 11, p: 8 },
         Shape { lens: random, c: 40, f: 70, v: 37, p: 21 },
         Shape { lens: vec![33, 3, 33], c: 36, f: 300, v: 5, p: 33 },
+        // 600 rows: the column sums run in several chunks (reduce.cu)
+        Shape { lens: vec![30; 20], c: 33, f: 50, v: 50, p: 30 },
     ]
 }
 
@@ -175,7 +177,8 @@ fn matmul_matches_cpu_f64(dev: Dev) {
             (randn(&mut rng, n * ic), randn(&mut rng, oc * ic), randn(&mut rng, oc), randn(&mut rng, n * oc));
         let (dx0, dw0, db0) = (randn(&mut rng, n * ic), randn(&mut rng, oc * ic), randn(&mut rng, oc));
         for accumulate in [false, true] {
-            on_both!(dev, 1e-5, 1e-5, |be| {
+            // sums of up to 600 f32 products: ~1e-5 relative rounding
+            on_both!(dev, 1e-4, 1e-4, |be| {
                 let (x, w, b, dy) = (up(&be, &x), up(&be, &w), up(&be, &b), up(&be, &dy));
                 let mut y = up(&be, &vec![f64::NAN; n * oc]); // beta = 0 must not read C
                 be.matmul_forward(

@@ -1,8 +1,9 @@
 //! Launchers of kernels/layernorm.cu: fused dropout + residual + LayerNorm (d2l's AddNorm).
-//! One warp per row (4 rows per 128-thread block); parameter gradients by one thread per column.
+//! One warp per row (4 rows per 128-thread block); parameter gradients by the column sums of
+//! reduce.cu.
 
 use super::device::{Device, KArg, LaunchCfg};
-use super::{dropout_args, i, need, p, pm, GView, GViewMut, Gpu, THREADS};
+use super::{dropout_args, i, need, p, pm, GView, GViewMut, Gpu};
 use crate::rng::Dropout;
 
 /// Threads per block of the row kernels (one warp per row).
@@ -122,10 +123,5 @@ pub(super) fn backward<D: Device>(
         s4,
     ];
     g.launch("addnorm_backward_rows", row_cfg(t), &args);
-    let args = [pm(&dweight), pm(&dbias), p(&dout), p(&sum), p(&mean), p(&rstd), i(t), i(c)];
-    g.launch(
-        "addnorm_backward_params",
-        LaunchCfg::linear(c.div_ceil(THREADS as usize) as u32, THREADS, 0),
-        &args,
-    );
+    g.layernorm_param_sums(dweight.ptr, dbias.ptr, dout.ptr, sum.ptr, mean.ptr, rstd.ptr, t, c);
 }

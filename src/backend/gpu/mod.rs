@@ -251,6 +251,107 @@ impl<D: Device> Gpu<D> {
     }
 }
 
+impl<D: Device> Gpu<D> {
+    /// Rows per chunk of the two-stage column sums (reduce.cu): at least 64, at most 1024 chunks.
+    fn rows_per_chunk(n: usize) -> usize {
+        n.div_ceil(1024).max(64)
+    }
+
+    /// Launches stage 2 of reduce.cu: out (S, C) += Σ_chunk partial (S, chunks, C).
+    fn colsum_finish(&self, out: DevPtr, partial: DevPtr, s: usize, chunks: usize, c: usize) {
+        self.launch_n("colsum_finish", s * c, &[KArg::Ptr(out), KArg::Ptr(partial), i(s), i(chunks), i(c)]);
+    }
+
+    /// out (C,) += Σ_rows x (N, C), deterministic (two stages, fixed order).
+    pub(crate) fn column_sums(&self, out: DevPtr, x: DevPtr, n: usize, c: usize) {
+        if n == 0 || c == 0 || self.failed() {
+            return;
+        }
+        let rpc = Self::rows_per_chunk(n);
+        let chunks = n.div_ceil(rpc);
+        let partial = match self.alloc_buf::<f32>(chunks * c) {
+            Ok(b) => b,
+            Err(e) => return self.record(Err(e)),
+        };
+        let cfg =
+            LaunchCfg { grid: [c.div_ceil(32) as u32, chunks as u32, 1], block: [32, 8, 1], shared_bytes: 0 };
+        self.launch("colsum_partial", cfg, &[KArg::Ptr(partial.ptr), KArg::Ptr(x), i(n), i(c), i(rpc)]);
+        self.colsum_finish(out, partial.ptr, 1, chunks, c);
+    }
+
+    /// out (R, C) += Σ_{rows with ids == r} x (N, C) for every r < R, deterministic.
+    pub(crate) fn selected_row_sums(
+        &self,
+        out: DevPtr,
+        ids: DevPtr,
+        x: DevPtr,
+        n: usize,
+        c: usize,
+        r: usize,
+    ) {
+        if n == 0 || c == 0 || r == 0 || self.failed() {
+            return;
+        }
+        if r > 65_535 {
+            return self
+                .record(Err(Error::msg(format!("selected_row_sums: {r} rows exceed the grid's z limit"))));
+        }
+        let rpc = Self::rows_per_chunk(n);
+        let chunks = n.div_ceil(rpc);
+        let partial = match self.alloc_buf::<f32>(r * chunks * c) {
+            Ok(b) => b,
+            Err(e) => return self.record(Err(e)),
+        };
+        let cfg = LaunchCfg {
+            grid: [c.div_ceil(32) as u32, chunks as u32, r as u32],
+            block: [32, 8, 1],
+            shared_bytes: 0,
+        };
+        let args = [KArg::Ptr(partial.ptr), KArg::Ptr(ids), KArg::Ptr(x), i(n), i(c), i(rpc)];
+        self.launch("rowsel_partial", cfg, &args);
+        self.colsum_finish(out, partial.ptr, r, chunks, c);
+    }
+
+    /// dweight (C,) += Σ_rows dout·x̂ and dbias (C,) += Σ_rows dout with x̂ = (sum − mean)·rstd.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn layernorm_param_sums(
+        &self,
+        dweight: DevPtr,
+        dbias: DevPtr,
+        dout: DevPtr,
+        sum: DevPtr,
+        mean: DevPtr,
+        rstd: DevPtr,
+        n: usize,
+        c: usize,
+    ) {
+        if n == 0 || c == 0 || self.failed() {
+            return;
+        }
+        let rpc = Self::rows_per_chunk(n);
+        let chunks = n.div_ceil(rpc);
+        let partial = match self.alloc_buf::<f32>(2 * chunks * c) {
+            Ok(b) => b,
+            Err(e) => return self.record(Err(e)),
+        };
+        let cfg =
+            LaunchCfg { grid: [c.div_ceil(32) as u32, chunks as u32, 1], block: [32, 8, 1], shared_bytes: 0 };
+        let args = [
+            KArg::Ptr(partial.ptr),
+            KArg::Ptr(dout),
+            KArg::Ptr(sum),
+            KArg::Ptr(mean),
+            KArg::Ptr(rstd),
+            i(n),
+            i(c),
+            i(rpc),
+        ];
+        self.launch("lnparams_partial", cfg, &args);
+        self.colsum_finish(dweight, partial.ptr, 1, chunks, c);
+        self.colsum_finish(dbias, partial.ptr + (chunks * c) as u64 * ELEM, 1, chunks, c);
+    }
+}
+
 /// Kernel arguments of a dropout site: seed, step, site, threshold, scale.
 pub(crate) fn dropout_args(d: &Dropout) -> [KArg; 5] {
     let (thr, scale) =
@@ -452,18 +553,14 @@ impl<D: Device> Backend for Gpu<D> {
             t * c,
             &[pm(&dwte), pi(&batch.tokens), p(&dout), i(t), i(c)],
         );
-        let rows = dwse.len / c;
-        self.launch_n(
-            "embedding_backward_rows",
-            rows * c,
-            &[pm(&dwse), pi(&batch.segments), p(&dout), i(t), i(c), i(rows)],
-        );
+        self.selected_row_sums(dwse.ptr, batch.segments.ptr, dout.ptr, t, c, dwse.len / c);
         if let Some(dwpe) = dwpe {
-            let rows = dwpe.len / c;
+            // position p's gradient sums row cu_seqlens[b] + p of every sequence longer than p
+            let (nb, rows) = (batch.layout.b(), dwpe.len / c);
             self.launch_n(
-                "embedding_backward_rows",
+                "embedding_backward_positions",
                 rows * c,
-                &[pm(&dwpe), pi(&batch.positions), p(&dout), i(t), i(c), i(rows)],
+                &[pm(&dwpe), pi(&batch.cu_seqlens), p(&dout), i(nb), i(c), i(rows)],
             );
         }
     }
@@ -565,7 +662,7 @@ impl<D: Device> Backend for Gpu<D> {
         }
         if let Some(dbias) = dbias {
             need("matmul_backward", "dbias", dbias.len, oc);
-            self.launch_n("bias_backward", oc, &[pm(&dbias), p(&dout), i(n), i(oc)]);
+            self.column_sums(dbias.ptr, dout.ptr, n, oc);
         }
     }
 
