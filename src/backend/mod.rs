@@ -326,7 +326,7 @@ pub trait Backend {
     fn dropout_backward(&self, dinp: Self::SliceMut<'_>, dout: Self::Slice<'_>, dropout: Dropout);
 
     // ---- loss ---------------------------------------------------------------------------
-    /// Softmax cross-entropy per example: losses (B,) = -log softmax(logits)[label];
+    /// Softmax cross-entropy per example: losses (B,) = `-log softmax(logits)[label]`;
     /// probs (B,K) saved for backward. logits (B,K).
     fn crossentropy_forward(
         &self,
