@@ -686,15 +686,19 @@ impl<B: Backend> trainer::Hooks<B> for RunHooks<'_, B> {
 }
 
 /// Removes what an interrupted run (killed, or out of disk) may have left in `dir`: checkpoint
-/// folders being written (`.checkpoint.tmp-PID`) and files being written atomically
-/// (`NAME.tmp-PID`, `.NAME.tmp-PID`), whose process is gone. Returns how many were removed.
+/// folders being written (`.checkpoint.tmp-PID`) and this tool's files being written atomically
+/// (`model.safetensors.tmp-PID`, `.config.json.tmp-PID`, …), whose process is gone. Returns how
+/// many were removed.
 pub fn remove_stale_temporaries(dir: &Path) -> Result<usize> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Ok(0) };
     let mut removed = 0;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some((_, pid)) = name.rsplit_once(".tmp-") else { continue };
-        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        let Some((base, pid)) = name.rsplit_once(".tmp-") else { continue };
+        // only the names this tool writes through a temporary (other files are the user's)
+        const OURS: [&str; 6] =
+            [".checkpoint", "model.safetensors", "vocab.json", "vocab.txt", ".config.json", ".curves.svg"];
+        if !OURS.contains(&base) || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
         // a live process (ours, or another run writing here) keeps its temporaries

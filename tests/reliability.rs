@@ -300,9 +300,17 @@ fn a_save_killed_between_the_two_renames_falls_back_to_the_previous_checkpoint()
     let dead = cut.join(".checkpoint.tmp-99999999");
     std::fs::create_dir(&dead).unwrap();
     std::fs::write(dead.join("model.safetensors"), b"\x10\x00\x00").unwrap();
-    std::fs::remove_file(cut.join("model.safetensors")).ok();
+    std::fs::write(cut.join(".curves.svg.tmp-99999999"), b"<svg").unwrap();
+    // a file of the user's that merely looks like a temporary is left alone
+    std::fs::write(cut.join("notes.tmp-99999999"), b"mine").unwrap();
     let (_, resume) = nli_bert::app::load_checkpoint(&cut).unwrap();
     assert_eq!(resume.state.step, 20);
+    let o = bin().args(["finetune", "--resume", cut.to_str().unwrap(), "--threads", "1"]).output().unwrap();
+    assert!(text(&o).1.contains("removed 2 temporary file(s) left in"), "{}", text(&o).1);
+    assert_eq!(std::fs::read(cut.join("notes.tmp-99999999")).unwrap(), b"mine");
+    std::fs::remove_file(cut.join("notes.tmp-99999999")).unwrap();
+    assert_eq!(metrics_no_timing(&full), metrics_no_timing(&cut));
+    // resuming the finished run again changes nothing
     resume_and_compare(&cut, &full, "fallback to checkpoint.old");
     assert!(
         !cut.join("checkpoint.old").exists(),
