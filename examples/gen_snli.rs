@@ -1,5 +1,5 @@
 //! Writes a synthetic file in SNLI 1.0's `.txt` format (see `nli_bert::data::synth`), by default
-//! the size of SNLI's train file (550,152 rows, about 470 MB), for the data-pipeline benchmarks.
+//! the size of SNLI's train file (550,152 rows, about 440 MB), for the data-pipeline benchmarks.
 //!
 //! ```sh
 //! cargo run --release --example gen_snli -- OUT.txt [ROWS] [SEED] [--awkward]

@@ -33,6 +33,7 @@
 
 pub mod app;
 pub mod backend;
+pub mod bench;
 pub mod data;
 pub mod demo;
 pub mod error;

@@ -46,6 +46,12 @@ enum Cmd {
     },
     /// Generate a small NLI set, train a small BERT from scratch on it, evaluate on held-out pairs.
     Demo(DemoCmd),
+    /// Time training steps of a model shape (random weights) and, with --data, the data pipeline.
+    ///
+    /// Prints ms/step, examples/s, tokens/s, TFLOP/s (PERF.md's 6·N_mm·T + 12·C·L·T² per example),
+    /// an estimate of GB/s and, on a CUDA device, the fraction of the H100 ceilings. Example:
+    ///   nli-bert bench --shape bert.small --batch-size 512 --steps 20 --device cuda
+    Bench(BenchCmd),
 }
 
 #[derive(Args, Clone)]
@@ -210,6 +216,46 @@ struct DemoCmd {
     threads: usize,
 }
 
+#[derive(Args)]
+struct BenchCmd {
+    /// Model shape, with random weights.
+    #[arg(long, value_enum, default_value = "bert.small")]
+    shape: nli_bert::bench::Shape,
+    /// Pairs per training step.
+    #[arg(long, default_value_t = 512)]
+    batch_size: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed steps before the timed ones.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Dropout of the training step.
+    #[arg(long, default_value_t = 0.2)]
+    dropout: f64,
+    /// Seed of the weights, the random pairs and the dropout masks.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// A dataset (SNLI .txt, .jsonl, TSV): time reading, tokenising and packing it, and train on
+    /// its pairs instead of random ones.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// With --data: also time WordPiece with this vocab.txt.
+    #[arg(long, requires = "data")]
+    wordpiece: Option<PathBuf>,
+    /// With --data: runs of the data pipeline (the median is printed).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// With --data: maximum tokens per pair.
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
 fn main() {
     let cli = Cli::parse();
     // Ctrl-C: the trainer stops after the current step and saves a checkpoint (with --out);
@@ -226,6 +272,7 @@ fn main() {
         Cmd::Predict(a) => predict(a),
         Cmd::Download { name } => hub::download_extract(&name).map(|p| println!("{}", p.display())),
         Cmd::Demo(a) => demo(a),
+        Cmd::Bench(a) => bench(a),
     };
     if let Err(e) = res {
         match &e {
@@ -519,4 +566,21 @@ fn demo(a: DemoCmd) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+fn bench(a: BenchCmd) -> Result<()> {
+    nli_bert::bench::run(&nli_bert::bench::BenchArgs {
+        shape: a.shape,
+        batch_size: a.batch_size,
+        steps: a.steps,
+        warmup: a.warmup,
+        dropout: a.dropout,
+        seed: a.seed,
+        max_len: a.max_len,
+        data: a.data,
+        wordpiece: a.wordpiece,
+        repeat: a.repeat,
+        engine: a.engine.engine(),
+        json: a.json,
+    })
 }

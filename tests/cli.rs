@@ -486,3 +486,30 @@ fn cli_finetune_on_emu_device_matches_cpu() {
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
     assert!(text(&o).1.contains("--precision f64 runs on the CPU only"), "{:?}", text(&o));
 }
+
+#[test]
+fn cli_bench_tiny_cpu_prints_the_speed_figures() {
+    let o = run(&["bench", "--shape", "tiny", "--steps", "3", "--device", "cpu", "--batch-size", "16"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.starts_with("bench tiny: hidden 64"), "{stdout}");
+    let step = stdout.lines().find(|l| l.starts_with("train step: ")).unwrap_or_else(|| panic!("{stdout}"));
+    // every figure present and positive
+    for unit in ["ms/step", "examples/s", "tokens/s", "TFLOP/s", "GB/s"] {
+        let before = step.split(&format!(" {unit}")).next().unwrap_or_default();
+        let x: f64 = before.rsplit([' ', '(']).next().unwrap_or_default().parse().unwrap_or(-1.0);
+        assert!(x > 0.0, "{unit} in {step}");
+    }
+    assert!(!stdout.contains("H100"), "the H100 fractions are for CUDA devices: {stdout}");
+    // --json: the same figures, and 3 steps of 16 examples
+    let o =
+        run(&["bench", "--shape", "tiny", "--steps", "3", "--device", "cpu", "--batch-size", "16", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["step"]["examples"], 48);
+    for k in ["examples_per_s", "tokens_per_s", "tflops", "gbps"] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    // bad arguments are usage errors
+    let o = run(&["bench", "--shape", "tiny", "--steps", "0", "--device", "cpu"]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+}

@@ -136,7 +136,12 @@ impl Default for ReadOptions {
 /// Reads a dataset of the given format from `r` with explicit [`ReadOptions`]; `path` labels
 /// errors. [`read_snli_txt`], [`read_snli_jsonl`], [`read_tsv`] and [`parse_dataset`] call it
 /// with the defaults.
-pub fn read_format(r: &mut dyn Read, path: &Path, format: Format, opts: &ReadOptions) -> Result<Dataset> {
+pub fn read_format(
+    r: &mut (dyn Read + Send),
+    path: &Path,
+    format: Format,
+    opts: &ReadOptions,
+) -> Result<Dataset> {
     let parsed = match format {
         Format::SnliTxt => par_lines(r, path, opts, &|n, l| snli_txt_row(path, n, l))?,
         Format::Jsonl => par_lines(r, path, opts, &|n, l| jsonl_row(path, n, l))?,
@@ -592,23 +597,44 @@ fn parse_region(
     Ok(out)
 }
 
-/// Reads `r` block by block and parses its lines in parallel (see [`ReadOptions`]). Memory stays
-/// within a block plus one line: a line over `max_line` bytes is refused as soon as it is seen.
-fn par_lines(r: &mut dyn Read, path: &Path, opts: &ReadOptions, row: &RowFn<'_>) -> Result<Parsed> {
+/// Appends up to `block` bytes of `r` to `buf`; `true` at the end of the input.
+fn read_block(r: &mut (dyn Read + Send), buf: &mut Vec<u8>, block: usize, path: &Path) -> Result<bool> {
+    buf.reserve(block);
+    let got = r.take(block as u64).read_to_end(buf).map_err(|e| Error::io(path, e))?;
+    Ok(got < block)
+}
+
+/// Reads `r` block by block and parses its lines in parallel (see [`ReadOptions`]), reading the
+/// next block while the current one is parsed. Memory stays within two blocks plus one line: a
+/// line over `max_line` bytes is refused as soon as it is seen.
+fn par_lines(r: &mut (dyn Read + Send), path: &Path, opts: &ReadOptions, row: &RowFn<'_>) -> Result<Parsed> {
     let block = opts.block.max(1);
-    let mut buf: Vec<u8> = Vec::new();
     let mut out = Parsed::default();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut spare: Vec<u8> = Vec::new();
+    let mut eof = read_block(r, &mut buf, block, path)?;
     loop {
-        buf.reserve(block);
-        let got = r.take(block as u64).read_to_end(&mut buf).map_err(|e| Error::io(path, e))?;
-        let eof = got < block;
-        let end = if eof { Some(buf.len()) } else { complete_lines_end(&buf) };
-        if let Some(end) = end {
-            let first = out.lines + 1;
-            out.append(parse_region(&buf[..end], first, path, opts, row)?);
-            buf.drain(..end);
+        let end = if eof { buf.len() } else { complete_lines_end(&buf).unwrap_or(0) };
+        let first = out.lines + 1;
+        // the incomplete last line goes first into the next buffer
+        spare.clear();
+        spare.extend_from_slice(&buf[end..]);
+        let (read, parsed) = if eof {
+            (Ok(true), parse_region(&buf, first, path, opts, row))
+        } else if end < OVERLAP_BYTES {
+            let parsed = parse_region(&buf[..end], first, path, opts, row);
+            (parsed.is_ok().then(|| read_block(r, &mut spare, block, path)).unwrap_or(Ok(false)), parsed)
+        } else {
+            rayon::join(
+                || read_block(r, &mut spare, block, path),
+                || parse_region(&buf[..end], first, path, opts, row),
+            )
+        };
+        out.append(parsed?);
+        if eof {
+            return Ok(out);
         }
-        let pending = buf.len() - usize::from(buf.last() == Some(&b'\r'));
+        let pending = buf.len() - end - usize::from(buf.last() == Some(&b'\r'));
         if pending > opts.max_line {
             return Err(Error::parse(
                 path,
@@ -619,11 +645,13 @@ fn par_lines(r: &mut dyn Read, path: &Path, opts: &ReadOptions, row: &RowFn<'_>)
                 ),
             ));
         }
-        if eof {
-            return Ok(out);
-        }
+        eof = read?;
+        std::mem::swap(&mut buf, &mut spare);
     }
 }
+
+/// Complete lines worth reading the next block in parallel with (1 MiB).
+const OVERLAP_BYTES: usize = 1 << 20;
 
 /// Reads a file line by line with Python's universal newlines (`\n`, `\r\n` and a lone `\r` all
 /// end a line; the terminator is not returned), checking UTF-8 and [`MAX_LINE_BYTES`] per line.
