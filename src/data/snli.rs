@@ -623,7 +623,8 @@ fn par_lines(r: &mut (dyn Read + Send), path: &Path, opts: &ReadOptions, row: &R
             (Ok(true), parse_region(&buf, first, path, opts, row))
         } else if end < OVERLAP_BYTES {
             let parsed = parse_region(&buf[..end], first, path, opts, row);
-            (parsed.is_ok().then(|| read_block(r, &mut spare, block, path)).unwrap_or(Ok(false)), parsed)
+            let read = if parsed.is_ok() { read_block(r, &mut spare, block, path) } else { Ok(false) };
+            (read, parsed)
         } else {
             rayon::join(
                 || read_block(r, &mut spare, block, path),
