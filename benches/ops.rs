@@ -1,49 +1,105 @@
-//! Per-op benchmarks of the CPU backend (`Cpu<f32>`, all cores) at d2l bert.small shapes with a
-//! batch of 64 sequences of 25 tokens: T = 1600, C = 256, NH = 4, F = 512.
+//! Per-op benchmarks: one criterion group per op family, ids `<op>/<device>`, throughput in bytes
+//! read + written.
 //!
-//! One criterion group per op family, ids `<op>/cpu`, throughput in bytes read + written.
-//! Run: `cargo bench --bench ops` (add `-- <filter>` to pick groups).
+//! - `cpu`: `Cpu<f32>`, all cores, at d2l bert.small shapes with a batch of 64 sequences of 25
+//!   tokens: T = 1600, C = 256, NH = 4, F = 512, V = 20,256 (every family);
+//! - `emu`: `Gpu<Emu>`, our CUDA kernels on the emulator (one fiber per CUDA thread, slow), at small
+//!   shapes: 4 sequences of 12 tokens, C = 64, NH = 2, F = 128, V = 1,000 (a few families);
+//! - `cuda`: `Gpu<Cuda>` at the CPU's shapes (every family), only when
+//!   `cuda::device_count() > 0` (skipped silently otherwise); the device is synchronised inside
+//!   the timing ([`Gpu::check`] waits for it).
+//!
+//! Run: `cargo bench --bench ops` (add `-- <filter>` to pick groups or devices, e.g. `-- /emu`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use nli_bert::backend::cpu::Cpu;
+use nli_bert::backend::gpu::{cuda, emu::Emu, Gpu};
 use nli_bert::backend::{Activation, AdamStep, Backend, BatchLayout, DeviceBatch};
 use nli_bert::rng::{Dropout, HostRng};
 use std::hint::black_box;
 use std::time::Duration;
 
-const SEQS: usize = 64;
-const LEN: usize = 25;
-const T: usize = SEQS * LEN;
-const C: usize = 256;
-const NH: usize = 4;
-const FF: usize = 512;
-const V: usize = 20256;
-const P: usize = 512;
-const K: usize = 3;
 /// Bytes per f32.
 const B4: u64 = 4;
+const K: usize = 3;
+
+/// The shapes of one device's runs.
+struct Shapes {
+    seqs: usize,
+    len: usize,
+    c: usize,
+    nh: usize,
+    ff: usize,
+    v: usize,
+    p: usize,
+    adam: usize,
+    /// Every family, or only embedding, matmul, attention, AddNorm, activation forwards and Adam.
+    all: bool,
+    warm_up: Duration,
+    measure: Duration,
+}
+
+impl Shapes {
+    fn t(&self) -> usize {
+        self.seqs * self.len
+    }
+}
+
+/// d2l bert.small at batch 64 × 25 tokens.
+const FULL: Shapes = Shapes {
+    seqs: 64,
+    len: 25,
+    c: 256,
+    nh: 4,
+    ff: 512,
+    v: 20256,
+    p: 512,
+    adam: 1 << 20,
+    all: true,
+    warm_up: Duration::from_millis(500),
+    measure: Duration::from_secs(2),
+};
+
+/// Small enough for the emulator.
+const SMALL: Shapes = Shapes {
+    seqs: 4,
+    len: 12,
+    c: 64,
+    nh: 2,
+    ff: 128,
+    v: 1000,
+    p: 64,
+    adam: 1 << 14,
+    all: false,
+    warm_up: Duration::from_millis(200),
+    measure: Duration::from_secs(1),
+};
 
 fn rand(n: usize, stream: u32) -> Vec<f32> {
     let mut r = HostRng::new(42, stream);
     (0..n).map(|_| r.normal() as f32 * 0.5).collect()
 }
 
-fn batch() -> DeviceBatch<Cpu<f32>> {
-    let layout = BatchLayout::new(&[LEN; SEQS]);
+fn batch<B: Backend>(be: &B, s: &Shapes) -> DeviceBatch<B> {
+    let (t, len) = (s.t(), s.len);
+    let layout = BatchLayout::new(&vec![len; s.seqs]);
     let mut r = HostRng::new(7, 0);
-    let tokens = (0..T).map(|_| r.below(V as u64) as i32).collect();
-    let segments = (0..T).map(|i| ((i % LEN) >= LEN / 2) as i32).collect();
-    let positions = (0..T).map(|i| (i % LEN) as i32).collect();
-    let labels: Vec<i32> = (0..SEQS).map(|_| r.below(K as u64) as i32).collect();
+    let tokens: Vec<i32> = (0..t).map(|_| r.below(s.v as u64) as i32).collect();
+    let segments: Vec<i32> = (0..t).map(|i| ((i % len) >= len / 2) as i32).collect();
+    let positions: Vec<i32> = (0..t).map(|i| (i % len) as i32).collect();
+    let labels: Vec<i32> = (0..s.seqs).map(|_| r.below(K as u64) as i32).collect();
+    let up = |v: &[i32]| be.upload_i32(v).expect("upload");
+    let cu: Vec<i32> = layout.cu_seqlens.iter().map(|&x| x as i32).collect();
+    let att: Vec<i32> = layout.att_offsets.iter().map(|&x| x as i32).collect();
     DeviceBatch {
-        cu_seqlens: layout.cu_seqlens.iter().map(|&x| x as i32).collect(),
-        att_offsets: layout.att_offsets.iter().map(|&x| x as i32).collect(),
-        layout,
-        tokens,
-        segments,
-        positions,
-        labels: labels.clone(),
+        cu_seqlens: up(&cu),
+        att_offsets: up(&att),
+        tokens: up(&tokens),
+        segments: up(&segments),
+        positions: up(&positions),
+        labels: up(&labels),
         labels_host: labels,
+        layout,
     }
 }
 
@@ -55,161 +111,319 @@ fn group<'a>(
     c: &'a mut Criterion,
     name: &str,
     bytes: u64,
+    s: &Shapes,
 ) -> BenchmarkGroup<'a, criterion::measurement::WallTime> {
     let mut g = c.benchmark_group(name);
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    g.sample_size(10).warm_up_time(s.warm_up).measurement_time(s.measure);
     g.throughput(Throughput::Bytes(bytes));
     g
 }
 
-fn bench_ops(c: &mut Criterion) {
-    let cpu = Cpu::<f32>::new(0).expect("thread pool");
-    eprintln!("backend: {}", cpu.name());
-    let bt = batch();
-    let att_len = bt.layout.att_len(NH);
+/// Every family (or the subset of `s.all == false`) on `be`, ids `<op>/<dev>`; `sync` waits for
+/// the device and runs inside the timing.
+fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shapes, sync: &dyn Fn()) {
+    eprintln!("backend: {}", be.name());
+    let (t, cc, nh, ff, v, p) = (s.t(), s.c, s.nh, s.ff, s.v, s.p);
+    let seqs = s.seqs;
+    let up = |x: &[f32]| be.upload(x).expect("upload");
+    let zeros = |n: usize| be.alloc(n).expect("alloc");
+    let bt = batch(be, s);
+    let att_len = bt.layout.att_len(nh);
+    let id = |suffix: &str| format!("{dev}{suffix}");
 
     // ---- embedding: (V,C) + (2,C) + (P,C) tables -> (T,C)
-    let (wte, wse, wpe) = (rand(V * C, 1), rand(2 * C, 2), rand(P * C, 3));
-    let mut emb = vec![0f32; T * C];
-    let mut g = group(c, "embedding_forward", 4 * (T * C) as u64 * B4);
-    g.bench_function("cpu", |b| b.iter(|| cpu.embedding_forward(&mut emb, &bt, &wte, &wse, &wpe, C)));
-    g.finish();
-    let (mut dwte, mut dwse, mut dwpe) = (vec![0f32; V * C], vec![0f32; 2 * C], vec![0f32; P * C]);
-    let mut g = group(c, "embedding_backward", 7 * (T * C) as u64 * B4);
-    g.bench_function("cpu", |b| {
-        b.iter(|| cpu.embedding_backward(&mut dwte, &mut dwse, Some(&mut dwpe), &emb, &bt, C))
+    let (wte, wse, wpe) = (up(&rand(v * cc, 1)), up(&rand(2 * cc, 2)), up(&rand(p * cc, 3)));
+    let mut emb = zeros(t * cc);
+    let mut g = group(c, "embedding_forward", 4 * (t * cc) as u64 * B4, s);
+    g.bench_function(id(""), |b| {
+        b.iter(|| {
+            be.embedding_forward(be.view_mut(&mut emb), &bt, be.view(&wte), be.view(&wse), be.view(&wpe), cc);
+            sync();
+        })
     });
     g.finish();
+    if s.all {
+        let (mut dwte, mut dwse, mut dwpe) = (zeros(v * cc), zeros(2 * cc), zeros(p * cc));
+        let mut g = group(c, "embedding_backward", 7 * (t * cc) as u64 * B4, s);
+        g.bench_function(id(""), |b| {
+            b.iter(|| {
+                be.embedding_backward(
+                    be.view_mut(&mut dwte),
+                    be.view_mut(&mut dwse),
+                    Some(be.view_mut(&mut dwpe)),
+                    be.view(&emb),
+                    &bt,
+                    cc,
+                );
+                sync();
+            })
+        });
+        g.finish();
+    }
 
     // ---- matmul: the fused QKV projection (T,C)·(3C,C)ᵀ
-    let (x, wqkv, bqkv) = (rand(T * C, 4), rand(3 * C * C, 5), rand(3 * C, 6));
-    let mut qkv = vec![0f32; T * 3 * C];
-    let mm_bytes = ((T * C) + (3 * C * C) + (T * 3 * C)) as u64 * B4;
-    let mut g = group(c, "matmul_forward", mm_bytes);
-    g.bench_function("cpu", |b| b.iter(|| cpu.matmul_forward(&mut qkv, &x, &wqkv, Some(&bqkv), T, C, 3 * C)));
-    g.finish();
-    let (mut dx, mut dw, mut db) = (vec![0f32; T * C], vec![0f32; 3 * C * C], vec![0f32; 3 * C]);
-    let mut g = group(c, "matmul_backward", 2 * mm_bytes);
-    g.bench_function("cpu", |b| {
+    let (x, wqkv, bqkv) = (up(&rand(t * cc, 4)), up(&rand(3 * cc * cc, 5)), up(&rand(3 * cc, 6)));
+    let mut qkv = zeros(t * 3 * cc);
+    let mm_bytes = ((t * cc) + (3 * cc * cc) + (t * 3 * cc)) as u64 * B4;
+    let mut g = group(c, "matmul_forward", mm_bytes, s);
+    g.bench_function(id(""), |b| {
         b.iter(|| {
-            cpu.matmul_backward(Some(&mut dx), false, &mut dw, Some(&mut db), &qkv, &x, &wqkv, T, C, 3 * C)
+            be.matmul_forward(
+                be.view_mut(&mut qkv),
+                be.view(&x),
+                be.view(&wqkv),
+                Some(be.view(&bqkv)),
+                t,
+                cc,
+                3 * cc,
+            );
+            sync();
         })
     });
-    g.bench_function("cpu_no_dinp", |b| {
-        b.iter(|| cpu.matmul_backward(None, false, &mut dw, Some(&mut db), &qkv, &x, &wqkv, T, C, 3 * C))
-    });
     g.finish();
+    if s.all {
+        let (mut dx, mut dw, mut db) = (zeros(t * cc), zeros(3 * cc * cc), zeros(3 * cc));
+        let mut g = group(c, "matmul_backward", 2 * mm_bytes, s);
+        g.bench_function(id(""), |b| {
+            b.iter(|| {
+                be.matmul_backward(
+                    Some(be.view_mut(&mut dx)),
+                    false,
+                    be.view_mut(&mut dw),
+                    Some(be.view_mut(&mut db)),
+                    be.view(&qkv),
+                    be.view(&x),
+                    be.view(&wqkv),
+                    t,
+                    cc,
+                    3 * cc,
+                );
+                sync();
+            })
+        });
+        g.bench_function(id("_no_dinp"), |b| {
+            b.iter(|| {
+                be.matmul_backward(
+                    None,
+                    false,
+                    be.view_mut(&mut dw),
+                    Some(be.view_mut(&mut db)),
+                    be.view(&qkv),
+                    be.view(&x),
+                    be.view(&wqkv),
+                    t,
+                    cc,
+                    3 * cc,
+                );
+                sync();
+            })
+        });
+        g.finish();
+    }
 
-    // ---- attention over 64 sequences of 25 tokens, 4 heads
-    let mut out = vec![0f32; T * C];
-    let mut att = vec![0f32; att_len];
-    let att_bytes = ((T * 3 * C) + (T * C) + att_len) as u64 * B4;
-    let mut g = group(c, "attention_forward", att_bytes);
-    g.bench_function("cpu", |b| {
-        b.iter(|| cpu.attention_forward(&mut out, &mut att, &qkv, &bt, NH, C, drop(0)))
+    // ---- attention over the packed sequences
+    let mut out = zeros(t * cc);
+    let mut att = zeros(att_len);
+    let att_bytes = ((t * 3 * cc) + (t * cc) + att_len) as u64 * B4;
+    let mut g = group(c, "attention_forward", att_bytes, s);
+    g.bench_function(id(""), |b| {
+        b.iter(|| {
+            be.attention_forward(
+                be.view_mut(&mut out),
+                be.view_mut(&mut att),
+                be.view(&qkv),
+                &bt,
+                nh,
+                cc,
+                drop(0),
+            );
+            sync();
+        })
     });
     g.finish();
-    let mut dqkv = vec![0f32; T * 3 * C];
-    let mut g = group(c, "attention_backward", att_bytes + (T * 3 * C) as u64 * B4);
-    g.bench_function("cpu", |b| {
-        b.iter(|| cpu.attention_backward(&mut dqkv, &out, &att, &qkv, &bt, NH, C, drop(0)))
-    });
-    g.finish();
+    if s.all {
+        let mut dqkv = zeros(t * 3 * cc);
+        let mut g = group(c, "attention_backward", att_bytes + (t * 3 * cc) as u64 * B4, s);
+        g.bench_function(id(""), |b| {
+            b.iter(|| {
+                be.attention_backward(
+                    be.view_mut(&mut dqkv),
+                    be.view(&out),
+                    be.view(&att),
+                    be.view(&qkv),
+                    &bt,
+                    nh,
+                    cc,
+                    drop(0),
+                );
+                sync();
+            })
+        });
+        g.finish();
+    }
 
     // ---- AddNorm over (T,C)
-    let (res, lw, lb) = (rand(T * C, 7), rand(C, 8), rand(C, 9));
-    let (mut o, mut s, mut m, mut r) = (vec![0f32; T * C], vec![0f32; T * C], vec![0f32; T], vec![0f32; T]);
-    let mut g = group(c, "addnorm_forward", 4 * (T * C) as u64 * B4);
-    g.bench_function("cpu", |b| {
+    let (res, lw, lb) = (up(&rand(t * cc, 7)), up(&rand(cc, 8)), up(&rand(cc, 9)));
+    let (mut o, mut sm, mut m, mut r) = (zeros(t * cc), zeros(t * cc), zeros(t), zeros(t));
+    let mut g = group(c, "addnorm_forward", 4 * (t * cc) as u64 * B4, s);
+    g.bench_function(id(""), |b| {
         b.iter(|| {
-            cpu.addnorm_forward(
-                &mut o,
-                &mut s,
-                &mut m,
-                &mut r,
-                &res,
-                Some(&out),
-                &lw,
-                &lb,
+            be.addnorm_forward(
+                be.view_mut(&mut o),
+                be.view_mut(&mut sm),
+                be.view_mut(&mut m),
+                be.view_mut(&mut r),
+                be.view(&res),
+                Some(be.view(&out)),
+                be.view(&lw),
+                be.view(&lb),
                 1e-5,
                 drop(1),
-                T,
-                C,
-            )
+                t,
+                cc,
+            );
+            sync();
         })
     });
     g.finish();
-    let (mut dres, mut dsub, mut dlw, mut dlb) =
-        (vec![0f32; T * C], vec![0f32; T * C], vec![0f32; C], vec![0f32; C]);
-    let mut g = group(c, "addnorm_backward", 6 * (T * C) as u64 * B4);
-    g.bench_function("cpu", |b| {
-        b.iter(|| {
-            cpu.addnorm_backward(
-                &mut dres,
-                Some(&mut dsub),
-                &mut dlw,
-                &mut dlb,
-                &o,
-                &s,
-                &m,
-                &r,
-                &lw,
-                drop(1),
-                T,
-                C,
-            )
-        })
-    });
-    g.finish();
+    let mut dres = zeros(t * cc);
+    if s.all {
+        let (mut dsub, mut dlw, mut dlb) = (zeros(t * cc), zeros(cc), zeros(cc));
+        let mut g = group(c, "addnorm_backward", 6 * (t * cc) as u64 * B4, s);
+        g.bench_function(id(""), |b| {
+            b.iter(|| {
+                be.addnorm_backward(
+                    be.view_mut(&mut dres),
+                    Some(be.view_mut(&mut dsub)),
+                    be.view_mut(&mut dlw),
+                    be.view_mut(&mut dlb),
+                    be.view(&o),
+                    be.view(&sm),
+                    be.view(&m),
+                    be.view(&r),
+                    be.view(&lw),
+                    drop(1),
+                    t,
+                    cc,
+                );
+                sync();
+            })
+        });
+        g.finish();
+    }
 
     // ---- activations over the FFN hidden (T,F)
-    let h = rand(T * FF, 10);
-    let mut a = vec![0f32; T * FF];
-    let mut da = vec![0f32; T * FF];
-    let acts = [("cpu", Activation::Relu), ("cpu_gelu", Activation::Gelu)];
-    let mut g = group(c, "act_forward", 2 * (T * FF) as u64 * B4);
-    for (name, act) in acts {
-        g.bench_function(name, |b| b.iter(|| cpu.act_forward(&mut a, &h, act)));
+    let h = up(&rand(t * ff, 10));
+    let mut a = zeros(t * ff);
+    let mut da = zeros(t * ff);
+    let acts: &[(&str, Activation)] = if s.all {
+        &[("", Activation::Relu), ("_gelu", Activation::Gelu)]
+    } else {
+        &[("", Activation::Relu)]
+    };
+    let mut g = group(c, "act_forward", 2 * (t * ff) as u64 * B4, s);
+    for &(suffix, act) in acts {
+        g.bench_function(id(suffix), |b| {
+            b.iter(|| {
+                be.act_forward(be.view_mut(&mut a), be.view(&h), act);
+                sync();
+            })
+        });
     }
     g.finish();
-    let mut g = group(c, "act_backward", 4 * (T * FF) as u64 * B4);
-    for (name, act) in acts {
-        g.bench_function(name, |b| b.iter(|| cpu.act_backward(&mut da, &h, &h, &a, act)));
-    }
-    g.finish();
+    if s.all {
+        let mut g = group(c, "act_backward", 4 * (t * ff) as u64 * B4, s);
+        for &(suffix, act) in acts {
+            g.bench_function(id(suffix), |b| {
+                b.iter(|| {
+                    be.act_backward(be.view_mut(&mut da), be.view(&h), be.view(&h), be.view(&a), act);
+                    sync();
+                })
+            });
+        }
+        g.finish();
 
-    // ---- dropout over (T,F), <cls> gather, loss
-    let mut g = group(c, "dropout_forward", 2 * (T * FF) as u64 * B4);
-    g.bench_function("cpu", |b| b.iter(|| cpu.dropout_forward(&mut a, &h, drop(2))));
-    g.finish();
-    let mut cls = vec![0f32; SEQS * C];
-    let mut g = group(c, "cls_backward", (T * C + SEQS * C) as u64 * B4);
-    g.bench_function("cpu", |b| b.iter(|| cpu.cls_backward(&mut dres, &cls, &bt, C)));
-    g.finish();
-    let mut g = group(c, "cls_forward", 2 * (SEQS * C) as u64 * B4);
-    g.bench_function("cpu", |b| b.iter(|| cpu.cls_forward(&mut cls, &o, &bt, C)));
-    g.finish();
-    let logits = rand(SEQS * K, 11);
-    let (mut losses, mut probs, mut dlogits) = (vec![0f32; SEQS], vec![0f32; SEQS * K], vec![0f32; SEQS * K]);
-    let mut g = group(c, "crossentropy_forward", (3 * SEQS * K) as u64 * B4);
-    g.bench_function("cpu", |b| {
+        // ---- dropout over (T,F), <cls> gather, loss
+        let mut g = group(c, "dropout_forward", 2 * (t * ff) as u64 * B4, s);
+        g.bench_function(id(""), |b| {
+            b.iter(|| {
+                be.dropout_forward(be.view_mut(&mut a), be.view(&h), drop(2));
+                sync();
+            })
+        });
+        g.finish();
+        let mut cls = zeros(seqs * cc);
+        let mut g = group(c, "cls_backward", (t * cc + seqs * cc) as u64 * B4, s);
+        g.bench_function(id(""), |b| {
+            b.iter(|| {
+                be.cls_backward(be.view_mut(&mut dres), be.view(&cls), &bt, cc);
+                sync();
+            })
+        });
+        g.finish();
+        let mut g = group(c, "cls_forward", 2 * (seqs * cc) as u64 * B4, s);
+        g.bench_function(id(""), |b| {
+            b.iter(|| {
+                be.cls_forward(be.view_mut(&mut cls), be.view(&o), &bt, cc);
+                sync();
+            })
+        });
+        g.finish();
+        let logits = up(&rand(seqs * K, 11));
+        let (mut losses, mut probs, mut dlogits) = (zeros(seqs), zeros(seqs * K), zeros(seqs * K));
+        let mut g = group(c, "crossentropy_forward", (3 * seqs * K) as u64 * B4, s);
+        g.bench_function(id(""), |b| {
+            b.iter(|| {
+                be.crossentropy_forward(
+                    be.view_mut(&mut losses),
+                    be.view_mut(&mut probs),
+                    be.view(&logits),
+                    &bt,
+                    K,
+                );
+                be.crossentropy_backward(
+                    be.view_mut(&mut dlogits),
+                    be.view(&probs),
+                    &bt,
+                    K,
+                    1.0 / seqs as f64,
+                );
+                sync();
+            })
+        });
+        g.finish();
+    }
+
+    // ---- Adam over `s.adam` parameters (FULL: 1 Mi, about bert.small's two encoder blocks)
+    let n = s.adam;
+    let (mut pp, grads, mut am, mut av) = (up(&rand(n, 12)), up(&rand(n, 13)), zeros(n), zeros(n));
+    let step =
+        AdamStep { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: false, t: 1 };
+    let mut g = group(c, "adam_update", 7 * n as u64 * B4, s);
+    g.bench_function(id(""), |b| {
         b.iter(|| {
-            cpu.crossentropy_forward(&mut losses, &mut probs, &logits, &bt, K);
-            cpu.crossentropy_backward(&mut dlogits, &probs, &bt, K, 1.0 / SEQS as f64);
+            be.adam_update(
+                be.view_mut(&mut pp),
+                be.view(&grads),
+                be.view_mut(&mut am),
+                be.view_mut(&mut av),
+                black_box(&step),
+            );
+            sync();
         })
     });
     g.finish();
+}
 
-    // ---- Adam over 1 Mi parameters (about bert.small's two encoder blocks)
-    let n = 1 << 20;
-    let (mut p, grads, mut am, mut av) = (rand(n, 12), rand(n, 13), vec![0f32; n], vec![0f32; n]);
-    let step =
-        AdamStep { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: false, t: 1 };
-    let mut g = group(c, "adam_update", 7 * n as u64 * B4);
-    g.bench_function("cpu", |b| {
-        b.iter(|| cpu.adam_update(&mut p, &grads, &mut am, &mut av, black_box(&step)))
-    });
-    g.finish();
+fn bench_ops(c: &mut Criterion) {
+    let cpu = Cpu::<f32>::new(0).expect("thread pool");
+    bench_on(c, &cpu, "cpu", &FULL, &|| {});
+    let emu = Gpu::new(Emu::new().expect("emulator"));
+    bench_on(c, &emu, "emu", &SMALL, &|| emu.check().expect("emulator"));
+    if cuda::device_count() > 0 {
+        let gpu = Gpu::new(cuda::Cuda::new(0).expect("CUDA device 0"));
+        bench_on(c, &gpu, "cuda", &FULL, &|| gpu.check().expect("CUDA device"));
+    }
 }
 
 criterion_group!(benches, bench_ops);

@@ -38,6 +38,8 @@ fn same(bytes: &[u8], format: Format, o: &ReadOptions) {
     let want = sequential(bytes, format).map_err(|e| e.to_string());
     let got = parallel(bytes, format, o).map_err(|e| e.to_string());
     assert_eq!(got, want, "{format:?} with {o:?}");
+    let in_memory = parse_dataset(bytes, Path::new("gen.data"), format).map_err(|e| e.to_string());
+    assert_eq!(in_memory, want, "{format:?} in memory");
 }
 
 fn awkward_txt(rows: usize, seed: u64) -> String {

@@ -109,8 +109,14 @@ pub enum Format {
 /// Parses a dataset held in memory in the given format; `path` only labels errors. The same
 /// code as the file readers ([`read_snli_txt`], [`read_snli_jsonl`], [`read_tsv`]).
 pub fn parse_dataset(bytes: &[u8], path: &Path, format: Format) -> Result<Dataset> {
-    let mut r = bytes;
-    read_format(&mut r, path, format, &ReadOptions::default())
+    // already in memory: one region, no blocks to copy
+    let opts = ReadOptions::default();
+    let parsed = match format {
+        Format::SnliTxt => parse_region(bytes, 1, path, &opts, &|n, l| snli_txt_row(path, n, l))?,
+        Format::Jsonl => parse_region(bytes, 1, path, &opts, &|n, l| jsonl_row(path, n, l))?,
+        Format::Tsv => parse_region(bytes, 1, path, &opts, &|n, l| tsv_row(path, n, l))?,
+    };
+    finish(parsed, path, format)
 }
 
 /// How the readers split their work: the input is read in blocks of `block` bytes, each block's
@@ -129,7 +135,7 @@ pub struct ReadOptions {
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        ReadOptions { block: 32 << 20, chunk: 512 << 10, max_line: MAX_LINE_BYTES }
+        ReadOptions { block: 8 << 20, chunk: 256 << 10, max_line: MAX_LINE_BYTES }
     }
 }
 
@@ -505,17 +511,6 @@ fn complete_lines_end(buf: &[u8]) -> Option<usize> {
     Some(i + 1)
 }
 
-/// Number of lines in `text`, which is empty or ends with a line ending, or is the end of the input.
-fn count_lines(text: &[u8]) -> usize {
-    let mut n = 0;
-    let mut pos = 0;
-    while let Some(i) = memchr::memchr2(b'\n', b'\r', &text[pos..]) {
-        n += 1;
-        pos = after_ending(text, pos + i);
-    }
-    n + usize::from(pos < text.len())
-}
-
 /// Parses the lines of `text` (complete lines, or the end of the input), the first being line
 /// `first`; stops at the first error.
 fn parse_chunk(text: &[u8], first: usize, path: &Path, max_line: usize, row: &RowFn<'_>) -> Result<Parsed> {
@@ -570,6 +565,9 @@ fn chunk_bounds(text: &[u8], chunk: usize) -> Vec<(usize, usize)> {
 
 /// Parses `text` (complete lines, or the end of the input) in parallel chunks whose first line is
 /// `first`; the result and the first error are those of a line-by-line pass.
+///
+/// Only the first chunk knows its line numbers up front; the others number their lines from 2
+/// (never the header's 1) and an error's line is shifted once the chunks before it are counted.
 fn parse_region(
     text: &[u8],
     first: usize,
@@ -577,22 +575,26 @@ fn parse_region(
     opts: &ReadOptions,
     row: &RowFn<'_>,
 ) -> Result<Parsed> {
+    const PROVISIONAL: usize = 2;
     let bounds = chunk_bounds(text, opts.chunk);
-    let counts: Vec<usize> = bounds.par_iter().map(|&(a, b)| count_lines(&text[a..b])).collect();
-    let mut starts = Vec::with_capacity(bounds.len());
-    let mut acc = first;
-    for c in &counts {
-        starts.push(acc);
-        acc += c;
-    }
     let parts: Vec<Result<Parsed>> = bounds
         .par_iter()
-        .zip(starts)
-        .map(|(&(a, b), start)| parse_chunk(&text[a..b], start, path, opts.max_line, row))
+        .enumerate()
+        .map(|(i, &(a, b))| {
+            parse_chunk(&text[a..b], if i == 0 { first } else { PROVISIONAL }, path, opts.max_line, row)
+        })
         .collect();
     let mut out = Parsed::default();
-    for p in parts {
-        out.append(p?);
+    for (i, p) in parts.into_iter().enumerate() {
+        match p {
+            Ok(p) => out.append(p),
+            Err(mut e) => {
+                if let (true, Error::Parse { line, .. }) = (i > 0, &mut e) {
+                    *line = *line - PROVISIONAL + first + out.lines;
+                }
+                return Err(e);
+            }
+        }
     }
     Ok(out)
 }
