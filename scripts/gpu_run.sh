@@ -211,7 +211,7 @@ PY
 
     echo "== gpu-bundle: $(grep -cE '^(test|bench) ' "$bundle/manifest.txt") test/bench executables + nli-bert, wheels $([ $wheels_ok = 1 ] && echo d2l || echo none)$([ $hf_ok = 1 ] && echo ' + transformers/tokenizers'), data"
     sed 's/^/   /' "$bundle/manifest.txt"
-    du -sh "$bundle"/* "$bundle"
+    du -sh "$bundle"/*
     local bytes tree
     bytes=$(du -sb "$bundle" | cut -f1)
     tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 du -cb 2>/dev/null | awk '$2 == "total" { s += $1 } END { print s + 0 }')
@@ -474,7 +474,7 @@ run() {
     # ---- bench: nli-bert bench, when the binary has it
     if want bench; then
         if "$bin" --help 2>/dev/null | grep -E '^\s+bench\s' >/dev/null; then
-            local bhelp b_args=() shape prec v
+            local bhelp b_args=() shape prec v h
             bhelp="$("$bin" bench --help 2>&1 || true)"
             echo "$bhelp" >"$logs/bench-help.log"
             # Options as the binary offers them (the subcommand is young).
@@ -498,8 +498,8 @@ run() {
                     v="$(json_key "$logs/bench-$shape-$prec.log" examples_per_s)"
                     [ -n "$v" ] || v="$(sed -nE 's/.* ([0-9]+(\.[0-9]+)?) examples\/s(ec)?.*/\1/p' "$logs/bench-$shape-$prec.log" | tail -1)"
                     note "ours_bench_${shape}_$prec" "$v"
-                    v="$(json_key "$logs/bench-$shape-$prec.log" h100)"
-                    note "ours_bench_${shape}_${prec}_info" "exit $status; TFLOP/s $(json_key "$logs/bench-$shape-$prec.log" tflops); GB/s $(json_key "$logs/bench-$shape-$prec.log" gbps); tokens/s $(json_key "$logs/bench-$shape-$prec.log" tokens_per_s)${v:+; H100 fractions $v}"
+                    h="$(json_key "$logs/bench-$shape-$prec.log" h100)"
+                    note "ours_bench_${shape}_${prec}_info" "exit $status; TFLOP/s $(json_key "$logs/bench-$shape-$prec.log" tflops); GB/s $(json_key "$logs/bench-$shape-$prec.log" gbps); tokens/s $(json_key "$logs/bench-$shape-$prec.log" tokens_per_s)${h:+; H100 fractions $h}"
                     say "bench $shape $prec: exit $status, $v examples/s"
                 done
             done
