@@ -60,6 +60,7 @@
 #   HF_FROM          auto (the machine's transformers if it imports, else the bundled wheels),
 #                    bundle, or system
 #   NLI_BERT_GPU_EXTRA  arguments for one more `nli-bert` command (log in steps.log)
+#   KEEP_WORK=1      keep the work folder in /tmp (models, unpacked executables) after the run
 #   DRY_RUN=1        check the plumbing on a machine without a GPU: the REQUIRE variables are
 #                    not set (CUDA tests skip), DEVICE=cpu, tiny sizes (batch 16, a few steps,
 #                    HF shape `tiny`, 1 epoch). Its figures mean nothing.
@@ -302,6 +303,10 @@ run() {
     mkdir -p "$out"
     out="$(cd "$out" && pwd)"
     work="$(mktemp -d /tmp/nli-bert-gpu.XXXXXX)"
+    # Models (the bench model alone is 128 MB) and unpacked executables: gone at the end, unless
+    # KEEP_WORK=1 (the logs are in $OUT/logs.tar.gz).
+    work_dir="$work"
+    [ "${KEEP_WORK:-0}" = 1 ] || trap 'rm -rf "$work_dir"' EXIT
     logs="$work/logs"
     mkdir -p "$logs"
     : >"$out/results.tsv"
@@ -437,7 +442,7 @@ run() {
     local model_small="$work/bert.small" have_small=0 ft_prec=""
     if "$bin" finetune --help 2>/dev/null | grep -E '^\s+- bf16' >/dev/null; then ft_prec=bf16; fi
     note bf16_in_binary "$([ -n "$ft_prec" ] && echo yes || echo no)"
-    if want finetune || want d2l || want bench; then
+    if want finetune || want d2l; then
         if [ $py_ok = 1 ] && [ -f "$data/snli_dev.tsv" ]; then
             sub model 120 env PYTHONPATH="$pyp" python3 scripts/make_bench_model.py --out "$model_small" --data "$data/snli_dev.tsv"
             [ $status -eq 0 ] && have_small=1
