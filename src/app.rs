@@ -113,7 +113,9 @@ impl Engine {
                 if self.precision == Precision::F32 && cuda::device_count() > 0 {
                     match Cuda::new(0) {
                         Ok(dev) => return Ok(AnyBackend::Cuda(Gpu::new(dev))),
-                        Err(e) => eprintln!("warning: a CUDA device is present but unusable ({e}); using the CPU"),
+                        Err(e) => {
+                            eprintln!("warning: a CUDA device is present but unusable ({e}); using the CPU")
+                        }
                     }
                 }
                 self.open_cpu()
