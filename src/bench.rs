@@ -213,7 +213,7 @@ pub fn time_steps<B: Backend>(
     sync: &dyn Fn() -> Result<()>,
 ) -> Result<StepReport> {
     if pairs.is_empty() || a.batch_size == 0 || a.steps == 0 {
-        return Err(Error::usage("bench needs at least one pair, --batch-size >= 1 and --steps >= 1"));
+        return Err(Error::usage("bench needs at least one pair, --batch-size >= 1 and --steps >= 1 (--steps 0 with --data times the data pipeline only)"));
     }
     let vocab = cfg.vocab_size as u32;
     let batches: Vec<Batch> = (0..(a.warmup + a.steps).min(pairs.len().div_ceil(a.batch_size)).max(1))
@@ -380,13 +380,18 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         }
         None => random_pairs(a.batch_size * (a.warmup + a.steps).clamp(1, 8), cfg.vocab_size, a.seed),
     };
-    let step = match a.engine.open()? {
-        AnyBackend::CpuF32(be) => time_steps(&be, &cfg, &pairs, a, &|| Ok(()))?,
-        AnyBackend::CpuF64(be) => time_steps(&be, &cfg, &pairs, a, &|| Ok(()))?,
-        AnyBackend::Cuda(be) => {
-            StepReport { cuda: true, ..time_steps(&be, &cfg, &pairs, a, &|| be.check())? }
-        }
-        AnyBackend::Emu(be) => time_steps(&be, &cfg, &pairs, a, &|| be.check())?,
+    // `--steps 0 --data FILE`: the data pipeline only
+    let step = if a.steps == 0 && data.is_some() {
+        None
+    } else {
+        Some(match a.engine.open()? {
+            AnyBackend::CpuF32(be) => time_steps(&be, &cfg, &pairs, a, &|| Ok(()))?,
+            AnyBackend::CpuF64(be) => time_steps(&be, &cfg, &pairs, a, &|| Ok(()))?,
+            AnyBackend::Cuda(be) => {
+                StepReport { cuda: true, ..time_steps(&be, &cfg, &pairs, a, &|| be.check())? }
+            }
+            AnyBackend::Emu(be) => time_steps(&be, &cfg, &pairs, a, &|| be.check())?,
+        })
     };
     if a.json {
         let v = serde_json::json!({
@@ -394,14 +399,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "batch_size": a.batch_size,
             "warmup": a.warmup,
             "step": step,
-            "examples_per_s": step.examples_per_s(),
-            "tokens_per_s": step.tokens_per_s(),
-            "tflops": step.tflops(),
-            "gbps": step.gbps(),
-            "h100": step.cuda.then(|| serde_json::json!({
-                "bf16_fraction": step.tflops() * 1e12 / H100_BF16_FLOPS,
-                "fp32_fraction": step.tflops() * 1e12 / H100_FP32_FLOPS,
-                "bandwidth_fraction": step.gbps() * 1e9 / H100_BYTES_PER_S,
+            "examples_per_s": step.as_ref().map(StepReport::examples_per_s),
+            "tokens_per_s": step.as_ref().map(StepReport::tokens_per_s),
+            "tflops": step.as_ref().map(StepReport::tflops),
+            "gbps": step.as_ref().map(StepReport::gbps),
+            "h100": step.as_ref().filter(|s| s.cuda).map(|s| serde_json::json!({
+                "bf16_fraction": s.tflops() * 1e12 / H100_BF16_FLOPS,
+                "fp32_fraction": s.tflops() * 1e12 / H100_FP32_FLOPS,
+                "bandwidth_fraction": s.gbps() * 1e9 / H100_BYTES_PER_S,
             })),
             "data": data.as_ref().map(|d| serde_json::json!({
                 "report": d,
@@ -413,7 +418,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         println!("{v}");
         return Ok(());
     }
-    for line in report_lines(a, &cfg, &step, data.as_ref()) {
+    for line in report_lines(a, &cfg, step.as_ref(), data.as_ref()) {
         println!("{line}");
     }
     Ok(())
@@ -423,9 +428,20 @@ pub fn run(a: &BenchArgs) -> Result<()> {
 pub fn report_lines(
     a: &BenchArgs,
     cfg: &BertConfig,
-    s: &StepReport,
+    step: Option<&StepReport>,
     data: Option<&DataReport>,
 ) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(s) = step {
+        out.extend(step_lines(a, cfg, s));
+    }
+    if let Some(d) = data {
+        out.extend(data_lines(d));
+    }
+    out
+}
+
+fn step_lines(a: &BenchArgs, cfg: &BertConfig, s: &StepReport) -> Vec<String> {
     let mut out = vec![
         format!(
             "bench {}: hidden {}, ffn {}, heads {}, layers {}, vocab {}, {:.2} M parameters; batch {}, {} steps after {} warm-up, on {}",
@@ -461,8 +477,12 @@ pub fn report_lines(
             100.0 * s.gbps() * 1e9 / H100_BYTES_PER_S
         ));
     }
-    if let Some(d) = data {
-        out.push(format!(
+    out
+}
+
+fn data_lines(d: &DataReport) -> Vec<String> {
+    vec![
+        format!(
             "data {}: {} pairs ({} skipped), median of {} runs: read {:.3} s, vocabulary (min_freq 5, {} tokens) {:.3} s, d2l tokenise + pack {:.3} s ({:.1} tokens/pair){}",
             d.file,
             d.pairs,
@@ -477,8 +497,8 @@ pub fn report_lines(
                 (Some(w), Some(l)) => format!(", WordPiece tokenise + pack {w:.3} s ({l:.1} tokens/pair)"),
                 _ => String::new(),
             }
-        ));
-        out.push(format!(
+        ),
+        format!(
             "data pipeline: {:.0} pairs/s with the vocabulary built (--model scratch, {:.3} s), {:.0} pairs/s with a given vocabulary (bert.small, {:.3} s){}",
             d.scratch_pairs_per_s(),
             d.read_s + d.vocab_s + d.encode_s,
@@ -488,7 +508,6 @@ pub fn report_lines(
                 Some(p) => format!(", {p:.0} pairs/s with WordPiece ({:.3} s)", d.pairs as f64 / p),
                 None => String::new(),
             }
-        ));
-    }
-    out
+        ),
+    ]
 }

@@ -224,7 +224,7 @@ struct BenchCmd {
     /// Pairs per training step.
     #[arg(long, default_value_t = 512)]
     batch_size: usize,
-    /// Timed steps.
+    /// Timed steps (0 with --data: time the data pipeline only).
     #[arg(long, default_value_t = 10)]
     steps: usize,
     /// Untimed steps before the timed ones.
