@@ -211,9 +211,10 @@ fn clean_reference(s: &str) -> String {
 fn clean_binary_parse_fast_path_matches_the_definition() {
     let alphabet: Vec<char> = "( )\t\n\u{b}\u{c}\r\u{1c}\u{1f}ab.,".chars().collect();
     let unicode: Vec<char> = "( )\u{a0}\u{3000}\u{85}éΣ北".chars().collect();
+    let spaces: Vec<char> = "(  )ab.".chars().collect();
     let mut r = HostRng::new(3, 4);
-    for k in 0..20_000 {
-        let set = if k % 4 == 3 { &unicode } else { &alphabet };
+    for k in 0..30_000 {
+        let set = [&alphabet, &spaces, &unicode][k % 3];
         let n = r.below(24) as usize;
         let s: String = (0..n).map(|_| set[r.below(set.len() as u64) as usize]).collect();
         assert_eq!(clean_binary_parse(&s), clean_reference(&s), "{s:?}");

@@ -342,6 +342,28 @@ pub fn clean_binary_parse(s: &str) -> String {
         let mut out = scratch.borrow_mut();
         out.clear();
         out.resize(s.len() + 2, 0);
+        // whitespace other than spaces: `\t`..`\r` and U+001C..U+001F (a branch-free fold)
+        let other_ws = s.bytes().fold(false, |acc, b| acc | (b.wrapping_sub(9) < 5) | (b & 0xfc == 0x1c));
+        let out: &mut [u8] = &mut out[..];
+        if !other_ws {
+            // Only spaces (SNLI's parses): every run, of one space or more, becomes one space,
+            // so a byte is kept unless it is a bracket or a space after a space (brackets
+            // aside); leading spaces go, and at most one trailing space is left.
+            let mut w = 0usize;
+            let mut prev_space = true;
+            for &b in s.as_bytes() {
+                let class = ASCII_CLASS[b as usize];
+                let bracket = class == BRACKET;
+                let space = class == SPACE;
+                out[w] = b;
+                w += usize::from(!bracket & !(space & prev_space));
+                prev_space = if bracket { prev_space } else { space };
+            }
+            if w > 0 && out[w - 1] == b' ' {
+                w -= 1;
+            }
+            return std::str::from_utf8(&out[..w]).map(str::to_owned).unwrap_or_default();
+        }
         // Branch-free over the bytes, with the pending whitespace run in registers: brackets
         // change nothing; whitespace extends the run; any other byte writes the run (its first
         // byte if it is one long, else a space) and itself.
