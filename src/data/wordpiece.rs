@@ -99,12 +99,15 @@ pub fn normalize(text: &str, lowercase: bool) -> String {
 pub fn normalize_into(text: &str, lowercase: bool, out: &mut String) {
     out.clear();
     if text.is_ascii() {
-        // fast path: ASCII controls are deleted (tab, LF, CR are spaces)
-        out.extend(text.bytes().filter_map(|b| match b {
-            b'\t' | b'\n' | b'\r' | b' ' => Some(' '),
+        // fast path, byte by byte: ASCII controls are deleted (tab, LF, CR are spaces)
+        let mut bytes = std::mem::take(out).into_bytes();
+        bytes.extend(text.bytes().filter_map(|b| match b {
+            b'\t' | b'\n' | b'\r' | b' ' => Some(b' '),
             0..=0x1f | 0x7f => None,
-            _ => Some(if lowercase { b.to_ascii_lowercase() } else { b } as char),
+            _ => Some(if lowercase { b.to_ascii_lowercase() } else { b }),
         }));
+        // ASCII in, ASCII out
+        *out = String::from_utf8(bytes).unwrap_or_default();
         return;
     }
     let mut cleaned = String::with_capacity(text.len() + 8);
