@@ -24,14 +24,17 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// Numeric precision of the CPU engine.
+/// Numeric precision of the engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// float64: the reference (gradient checks, parity with PyTorch to ~1e-10).
+    /// float64: the reference (gradient checks, parity with PyTorch to ~1e-10). CPU only.
     F64,
     /// float32: the fast trainer.
     F32,
+    /// bf16 matrix products with fp32 accumulation; weights, Adam, LayerNorm, softmax and the
+    /// loss in f32. GPU (or emulator) only.
+    Bf16,
 }
 
 /// Where computation runs (`--device`).
@@ -107,12 +110,13 @@ impl Engine {
             }
             Ok(())
         };
+        let bf16 = self.precision == Precision::Bf16;
         match self.device {
             DeviceSel::Cpu => self.open_cpu(),
             DeviceSel::Auto => {
-                if self.precision == Precision::F32 && cuda::device_count() > 0 {
+                if self.precision != Precision::F64 && cuda::device_count() > 0 {
                     match Cuda::new(0) {
-                        Ok(dev) => return Ok(AnyBackend::Cuda(Gpu::new(dev))),
+                        Ok(dev) => return Ok(AnyBackend::Cuda(gpu(dev, bf16))),
                         Err(e) => {
                             eprintln!("warning: a CUDA device is present but unusable ({e}); using the CPU")
                         }
@@ -122,11 +126,11 @@ impl Engine {
             }
             DeviceSel::Cuda(n) => {
                 gpu_precision("a GPU")?;
-                Ok(AnyBackend::Cuda(Gpu::new(Cuda::new(n)?)))
+                Ok(AnyBackend::Cuda(gpu(Cuda::new(n)?, bf16)))
             }
             DeviceSel::Emu => {
                 gpu_precision("the emulator")?;
-                Ok(AnyBackend::Emu(Gpu::new(Emu::new()?)))
+                Ok(AnyBackend::Emu(gpu(Emu::new()?, bf16)))
             }
         }
     }
@@ -135,7 +139,22 @@ impl Engine {
         Ok(match self.precision {
             Precision::F32 => AnyBackend::CpuF32(Cpu::new(self.threads)?),
             Precision::F64 => AnyBackend::CpuF64(Cpu::new(self.threads)?),
+            Precision::Bf16 => {
+                return Err(Error::usage(
+                    "--precision bf16 needs a GPU: use --device cuda (or emu to check it on the CPU), or \
+                     --precision f32 on the CPU",
+                ))
+            }
         })
+    }
+}
+
+/// The GPU backend on `dev`, with bf16 matrix products when asked.
+fn gpu<D: crate::backend::gpu::device::Device>(dev: D, bf16: bool) -> Gpu<D> {
+    if bf16 {
+        Gpu::new_bf16(dev)
+    } else {
+        Gpu::new(dev)
     }
 }
 

@@ -60,7 +60,7 @@ struct EngineArgs {
     /// CUDA kernels on the CPU emulator: slow, for checking).
     #[arg(long, default_value = "auto")]
     device: DeviceSel,
-    /// Numeric precision (f64 is the reference, f32 the fast trainer).
+    /// Numeric precision: f64 (the reference, CPU), f32 (the fast trainer), bf16 (GPU matrix products).
     #[arg(long, value_enum, default_value = "f32")]
     precision: Precision,
     /// Worker threads (0 = all cores).
@@ -298,6 +298,7 @@ fn run_settings(a: &FinetuneCmd) -> serde_json::Value {
         "lr": a.lr, "adamw": a.adamw, "max_len": a.max_len, "dropout": a.dropout, "seed": a.seed,
         "no_shuffle": a.no_shuffle, "truncate": a.truncate == Truncate::Ratio,
         "precision": a.engine.precision == Precision::F64, "save_every": a.save_every,
+        "bf16": a.engine.precision == Precision::Bf16,
     })
 }
 
@@ -318,7 +319,13 @@ fn apply_run_settings(a: &mut FinetuneCmd, r: &serde_json::Value, dir: &std::pat
     a.seed = u("seed")?;
     a.no_shuffle = b("no_shuffle")?;
     a.truncate = if b("truncate")? { Truncate::Ratio } else { Truncate::Longest };
-    a.engine.precision = if b("precision")? { Precision::F64 } else { Precision::F32 };
+    a.engine.precision = if b("precision")? {
+        Precision::F64
+    } else if r["bf16"].as_bool() == Some(true) {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    };
     a.save_every = r["save_every"].as_u64();
     Ok(())
 }

@@ -162,3 +162,67 @@ fn model_cuda_matches_cpu_f64_hf() {
         check(false, Dev::Cuda);
     }
 }
+
+/// ‖got − want‖ / ‖want‖ over each parameter tensor (and over the whole vector otherwise).
+fn rel_norm(got: &[f64], want: &[f64]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(a, b)| (a - b) * (a - b)).sum();
+    let den: f64 = want.iter().map(|b| b * b).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// bf16 matrix products (fp32 accumulation, everything else f32) against `Cpu<f64>`, with
+/// bf16's tolerance: 8 bits of mantissa give ~0.4% per operand rounding.
+fn check_bf16(dev: Dev) {
+    let cfg = tiny(false);
+    let layout = ParamLayout::new(&cfg);
+    let host = init_params(&layout, 5);
+    let want = run(&Cpu::<f64>::new(1).unwrap(), &cfg, &host, 0.3);
+    let got = match dev {
+        Dev::Emu => {
+            let be = nli_bert::backend::gpu::Gpu::new_bf16(nli_bert::backend::gpu::emu::Emu::new().unwrap());
+            let r = run(&be, &cfg, &host, 0.3);
+            be.check().expect("no device error");
+            r
+        }
+        Dev::Cuda => {
+            let be = nli_bert::backend::gpu::Gpu::new_bf16(
+                nli_bert::backend::gpu::cuda::Cuda::new(0).expect("Cuda::new(0)"),
+            );
+            let r = run(&be, &cfg, &host, 0.3);
+            be.check().expect("no device error");
+            r
+        }
+    };
+    for (i, (g, w)) in got.losses.iter().zip(&want.losses).enumerate() {
+        assert!((g - w).abs() <= 2e-2 * w.abs(), "loss of step {i}: {dev:?} bf16 {g} vs cpu f64 {w}");
+    }
+    let e = rel_norm(&got.logits, &want.logits);
+    assert!(e < 2e-2, "logits: relative error {e}");
+    for entry in &layout.entries {
+        let r = entry.range();
+        let (g, w) = (&got.grads[r.clone()], &want.grads[r]);
+        if w.iter().all(|x| x.abs() < 1e-12) || entry.name.ends_with("W_k.bias") {
+            continue; // no gradient (frozen, or zero in exact arithmetic)
+        }
+        let e = rel_norm(g, w);
+        assert!(e < 5e-2, "gradient of {}: relative error {e} ({dev:?} bf16 vs cpu f64)", entry.name);
+    }
+    // and the bf16 mode is really in use: not bit-identical to the f32 mode
+    let f32run = match dev {
+        Dev::Emu => run(&common::emu(), &cfg, &host, 0.3),
+        Dev::Cuda => run(&common::cuda(), &cfg, &host, 0.3),
+    };
+    assert_ne!(f32run.logits, got.logits, "bf16 and f32 modes gave identical logits");
+}
+
+#[test]
+fn model_emu_bf16_is_close_to_cpu_f64() {
+    check_bf16(Dev::Emu);
+}
+
+#[test]
+fn model_cuda_bf16_is_close_to_cpu_f64() {
+    if common::have_cuda("model_cuda_bf16_is_close_to_cpu_f64") {
+        check_bf16(Dev::Cuda);
+    }
+}

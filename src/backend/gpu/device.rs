@@ -178,6 +178,12 @@ pub trait Device: Send + Sync + 'static {
     /// # Safety
     /// The matrices described by `g` lie inside live allocations.
     unsafe fn sgemm(&self, g: &Gemm) -> Result<()>;
+    /// The same product with A and B stored as bf16 (`u16`), C as f32, fp32 accumulation
+    /// (cuBLAS `GemmEx` with `CUBLAS_COMPUTE_32F` on tensor cores).
+    ///
+    /// # Safety
+    /// The matrices described by `g` lie inside live allocations (A, B: 2 bytes per element).
+    unsafe fn gemm_bf16(&self, g: &Gemm) -> Result<()>;
     /// Waits until all issued work is done and reports any asynchronous error.
     fn synchronize(&self) -> Result<()>;
 }

@@ -290,49 +290,28 @@ impl Device for Emu {
 
     unsafe fn sgemm(&self, g: &Gemm) -> Result<()> {
         let _stream = lock(&self.stream);
-        let (m, n, k) = (g.m, g.n, g.k);
-        if m == 0 || n == 0 {
+        if g.m == 0 || g.n == 0 {
             return Ok(());
         }
-        let (ar, ac) = if g.trans_a { (k, m) } else { (m, k) };
-        let (br, bc) = if g.trans_b { (n, k) } else { (k, n) };
+        let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+        let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
         let a = self.read_matrix(g.a, ar, ac, g.lda, "A")?;
         let b = self.read_matrix(g.b, br, bc, g.ldb, "B")?;
-        let c_span = span(m, n, g.ldc, "C")?;
-        self.check_range(g.c, c_span * 4, "sgemm C")?;
-        if g.c % 4 != 0 {
-            return Err(Error::msg(format!("emu: sgemm C at {:#x} is not 4-byte aligned", g.c)));
+        // SAFETY: forwarded from the caller's guarantee on C.
+        unsafe { self.gemm_host(g, &a, &b) }
+    }
+
+    unsafe fn gemm_bf16(&self, g: &Gemm) -> Result<()> {
+        let _stream = lock(&self.stream);
+        if g.m == 0 || g.n == 0 {
+            return Ok(());
         }
-        // op(A) as (m, k) rows and op(B)ᵀ as (n, k) rows, contiguous.
-        let at =
-            |r: usize, c: usize, t: bool, x: &[f32], ld: usize| if t { x[c * ld + r] } else { x[r * ld + c] };
-        let a_rows: Vec<f32> = (0..m * k).map(|i| at(i / k, i % k, g.trans_a, &a, g.lda)).collect();
-        let b_cols: Vec<f32> = (0..n * k).map(|i| at(i % k, i / k, g.trans_b, &b, g.ldb)).collect();
-        let mut prod = vec![0f32; m * n];
-        prod.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-            let ai = &a_rows[i * k..(i + 1) * k];
-            for (j, out) in row.iter_mut().enumerate() {
-                let bj = &b_cols[j * k..(j + 1) * k];
-                let mut acc = 0f32;
-                for (x, y) in ai.iter().zip(bj) {
-                    acc += x * y;
-                }
-                *out = acc;
-            }
-        });
-        let c = g.c as *mut f32;
-        for i in 0..m {
-            for j in 0..n {
-                // SAFETY: (i, j) lies in C's checked span: i*ldc + j <= (m-1)*ldc + n-1 < c_span
-                // (ldc >= n was checked by `span`), and C is 4-byte aligned.
-                unsafe {
-                    let p = c.add(i * g.ldc + j);
-                    let v = g.alpha * prod[i * n + j];
-                    *p = if g.beta == 0.0 { v } else { v + g.beta * *p };
-                }
-            }
-        }
-        Ok(())
+        let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+        let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+        let a = self.read_matrix_bf16(g.a, ar, ac, g.lda, "A")?;
+        let b = self.read_matrix_bf16(g.b, br, bc, g.ldb, "B")?;
+        // SAFETY: forwarded from the caller's guarantee on C.
+        unsafe { self.gemm_host(g, &a, &b) }
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -362,6 +341,73 @@ fn span(rows: usize, cols: usize, ld: usize, what: &str) -> Result<usize> {
 
 impl Emu {
     /// A copy of the (rows, cols) f32 matrix at `ptr` with row stride `ld` (the whole span).
+    /// C = alpha·op(A)·op(B) + beta·C on the host, A and B already read as f32 (see [`Gemm`]).
+    ///
+    /// # Safety
+    /// C as described by `g` lies inside a live allocation (checked again here).
+    unsafe fn gemm_host(&self, g: &Gemm, a: &[f32], b: &[f32]) -> Result<()> {
+        let (m, n, k) = (g.m, g.n, g.k);
+        let c_span = span(m, n, g.ldc, "C")?;
+        self.check_range(g.c, c_span * 4, "sgemm C")?;
+        if g.c % 4 != 0 {
+            return Err(Error::msg(format!("emu: sgemm C at {:#x} is not 4-byte aligned", g.c)));
+        }
+        // op(A) as (m, k) rows and op(B)ᵀ as (n, k) rows, contiguous.
+        let at =
+            |r: usize, c: usize, t: bool, x: &[f32], ld: usize| if t { x[c * ld + r] } else { x[r * ld + c] };
+        let a_rows: Vec<f32> = (0..m * k).map(|i| at(i / k, i % k, g.trans_a, a, g.lda)).collect();
+        let b_cols: Vec<f32> = (0..n * k).map(|i| at(i % k, i / k, g.trans_b, b, g.ldb)).collect();
+        let mut prod = vec![0f32; m * n];
+        prod.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+            let ai = &a_rows[i * k..(i + 1) * k];
+            for (j, out) in row.iter_mut().enumerate() {
+                let bj = &b_cols[j * k..(j + 1) * k];
+                let mut acc = 0f32;
+                for (x, y) in ai.iter().zip(bj) {
+                    acc += x * y;
+                }
+                *out = acc;
+            }
+        });
+        let c = g.c as *mut f32;
+        for i in 0..m {
+            for j in 0..n {
+                // SAFETY: (i, j) lies in C's checked span: i*ldc + j <= (m-1)*ldc + n-1 < c_span
+                // (ldc >= n was checked by `span`), and C is 4-byte aligned.
+                unsafe {
+                    let p = c.add(i * g.ldc + j);
+                    let v = g.alpha * prod[i * n + j];
+                    *p = if g.beta == 0.0 { v } else { v + g.beta * *p };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A (rows, cols) bf16 matrix with row stride `ld`, widened to f32 (exact).
+    fn read_matrix_bf16(
+        &self,
+        ptr: DevPtr,
+        rows: usize,
+        cols: usize,
+        ld: usize,
+        what: &str,
+    ) -> Result<Vec<f32>> {
+        let n = span(rows, cols, ld, what)?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        self.check_range(ptr, n * 2, &format!("gemm_bf16 {what}"))?;
+        if ptr % 2 != 0 {
+            return Err(Error::msg(format!("emu: gemm_bf16 {what} at {ptr:#x} is not 2-byte aligned")));
+        }
+        let mut raw = vec![0u16; n];
+        // SAFETY: `n` u16 at `ptr` lie inside a live allocation (checked above) and `ptr` is
+        // 2-byte aligned; `raw` is a distinct host buffer.
+        unsafe { std::ptr::copy_nonoverlapping(ptr as *const u16, raw.as_mut_ptr(), n) };
+        Ok(raw.into_iter().map(|h| f32::from_bits((h as u32) << 16)).collect())
+    }
+
     fn read_matrix(&self, ptr: DevPtr, rows: usize, cols: usize, ld: usize, what: &str) -> Result<Vec<f32>> {
         let n = span(rows, cols, ld, what)?;
         if n == 0 {

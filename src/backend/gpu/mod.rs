@@ -145,6 +145,8 @@ pub struct Gpu<D: Device> {
     sticky: Mutex<Option<String>>,
     /// Scratch for row lists (Adam's sparse rows): reused, grown when needed.
     rows: Mutex<Option<GBuf<D, i32>>>,
+    /// Matrix products on bf16 copies of their operands (fp32 accumulation), see [`Gpu::new_bf16`].
+    bf16: bool,
 }
 
 impl<D: Device> Gpu<D> {
@@ -152,7 +154,19 @@ impl<D: Device> Gpu<D> {
     pub fn new(dev: D) -> Self {
         let dev = Arc::new(dev);
         let pool = Arc::new(Pool { dev: dev.clone(), free: Mutex::new(Default::default()) });
-        Gpu { dev, pool, sticky: Mutex::new(None), rows: Mutex::new(None) }
+        Gpu { dev, pool, sticky: Mutex::new(None), rows: Mutex::new(None), bf16: false }
+    }
+
+    /// A backend on `dev` whose matrix products read bf16 copies of their operands and
+    /// accumulate in fp32 (tensor cores on a GPU); parameters, Adam state, activations, LayerNorm,
+    /// softmax and the loss stay f32 (`--precision bf16`).
+    pub fn new_bf16(dev: D) -> Self {
+        Gpu { bf16: true, ..Self::new(dev) }
+    }
+
+    /// Whether the matrix products run in bf16.
+    pub fn is_bf16(&self) -> bool {
+        self.bf16
     }
 
     /// The device.
@@ -218,8 +232,33 @@ impl<D: Device> Gpu<D> {
         if self.failed() || g.m == 0 || g.n == 0 {
             return;
         }
+        if self.bf16 && g.k > 0 {
+            return self.gemm_bf16(g);
+        }
         // SAFETY: the launcher checked the matrices against the views.
         let r = unsafe { self.dev.sgemm(&g) };
+        self.record(r);
+    }
+
+    /// [`Gpu::sgemm`] on bf16 copies of A and B (pooled scratch, converted on the device).
+    fn gemm_bf16(&self, g: Gemm) {
+        let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+        let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+        let span = |rows: usize, cols: usize, ld: usize| (rows - 1) * ld + cols;
+        let (na, nb) = (span(ar, ac, g.lda), span(br, bc, g.ldb));
+        let scratch = |n: usize| self.alloc_buf::<f32>(n.div_ceil(2));
+        let (a16, b16) = match (scratch(na), scratch(nb)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return self.record(Err(e)),
+        };
+        self.launch_n("convert_f32_to_bf16", na, &[KArg::Ptr(a16.ptr), KArg::Ptr(g.a), l(na)]);
+        self.launch_n("convert_f32_to_bf16", nb, &[KArg::Ptr(b16.ptr), KArg::Ptr(g.b), l(nb)]);
+        if self.failed() {
+            return;
+        }
+        // SAFETY: the copies hold the same (rows, cols, ld) matrices as A and B; C as checked by
+        // the launcher.
+        let r = unsafe { self.dev.gemm_bf16(&Gemm { a: a16.ptr, b: b16.ptr, ..g }) };
         self.record(r);
     }
 
@@ -429,7 +468,11 @@ impl<D: Device> Backend for Gpu<D> {
     type SliceMut<'a> = GViewMut<'a>;
 
     fn name(&self) -> String {
-        self.dev.name()
+        if self.bf16 {
+            format!("{}, bf16 GEMMs", self.dev.name())
+        } else {
+            self.dev.name()
+        }
     }
 
     fn alloc(&self, n: usize) -> Result<Self::Buf> {
