@@ -12,13 +12,12 @@
 
 mod common;
 
-use nli_bert::backend::cpu::Cpu;
+use common::{cpu, down, emu, randn, up};
+
 use nli_bert::backend::gpu::attention::{backward_with, forward_with, AttentionLaunch, SHARED_LIMIT};
 use nli_bert::backend::gpu::device::Device;
-use nli_bert::backend::gpu::emu::Emu;
 use nli_bert::backend::gpu::Gpu;
 use nli_bert::backend::{Backend, BatchLayout, DeviceBatch};
-use nli_bert::float::Float;
 use nli_bert::rng::{Dropout, HostRng};
 
 const ATOL: f64 = 2e-5;
@@ -40,27 +39,6 @@ fn assert_close(what: &str, got: &[f64], want: &[f64]) {
         .map(|(i, (g, w))| format!("[{i}] got {g} want {w}"))
         .collect();
     assert!(bad.is_empty(), "{what}: mismatches (atol {ATOL}, rtol {RTOL}): {}", bad.join(", "));
-}
-
-fn emu() -> Gpu<Emu> {
-    Gpu::new(Emu::new().expect("the CUDA emulator is built with the crate"))
-}
-
-fn cpu() -> Cpu<f64> {
-    Cpu::<f64>::new(1).expect("thread pool")
-}
-
-fn randn(rng: &mut HostRng, n: usize) -> Vec<f64> {
-    (0..n).map(|_| rng.normal()).collect()
-}
-
-fn up<B: Backend>(be: &B, x: &[f64]) -> B::Buf {
-    let v: Vec<B::F> = x.iter().map(|&x| <B::F as Float>::from_f64(x)).collect();
-    be.upload(&v).expect("upload")
-}
-
-fn down<B: Backend>(be: &B, b: &B::Buf) -> Vec<f64> {
-    be.download(be.view(b)).expect("download").into_iter().map(|x| x.to_f64()).collect()
 }
 
 /// A batch of sequences of the given lengths (only the layout matters to attention).

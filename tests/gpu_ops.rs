@@ -8,10 +8,9 @@
 
 mod common;
 
-use common::Dev;
-use nli_bert::backend::cpu::Cpu;
+use common::{cpu, down, randn, up, Dev};
+
 use nli_bert::backend::{Activation, AdamStep, Backend, BatchLayout, DeviceBatch};
-use nli_bert::float::Float;
 use nli_bert::rng::{Dropout, HostRng};
 
 fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
@@ -29,23 +28,6 @@ fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
         .map(|(i, (g, w))| format!("[{i}] got {g} want {w}"))
         .collect();
     assert!(bad.is_empty(), "{what}: mismatches (atol {atol}, rtol {rtol}): {}", bad.join(", "));
-}
-
-fn cpu() -> Cpu<f64> {
-    Cpu::<f64>::new(1).expect("thread pool")
-}
-
-fn randn(rng: &mut HostRng, n: usize) -> Vec<f64> {
-    (0..n).map(|_| rng.normal()).collect()
-}
-
-fn up<B: Backend>(be: &B, x: &[f64]) -> B::Buf {
-    let v: Vec<B::F> = x.iter().map(|&x| <B::F as Float>::from_f64(x)).collect();
-    be.upload(&v).expect("upload")
-}
-
-fn down<B: Backend>(be: &B, b: &B::Buf) -> Vec<f64> {
-    be.download(be.view(b)).expect("download").into_iter().map(|x| x.to_f64()).collect()
 }
 
 /// Token ids in 0..v, segments, positions and labels for sequences of the given lengths.

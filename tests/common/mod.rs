@@ -2,9 +2,13 @@
 
 #![allow(dead_code)]
 
+use nli_bert::backend::cpu::Cpu;
 use nli_bert::backend::gpu::cuda::{self, Cuda};
 use nli_bert::backend::gpu::emu::Emu;
 use nli_bert::backend::gpu::Gpu;
+use nli_bert::backend::Backend;
+use nli_bert::float::Float;
+use nli_bert::rng::HostRng;
 
 /// The GPU backend a parity test runs: our kernels on the emulator, or on a real CUDA device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,4 +41,25 @@ pub fn have_cuda(test: &str) -> bool {
     }
     println!("skipping {test}: no CUDA device ({why})");
     false
+}
+
+/// The float64 reference backend on one thread.
+pub fn cpu() -> Cpu<f64> {
+    Cpu::<f64>::new(1).expect("thread pool")
+}
+
+/// `n` standard normal values.
+pub fn randn(rng: &mut HostRng, n: usize) -> Vec<f64> {
+    (0..n).map(|_| rng.normal()).collect()
+}
+
+/// A buffer on `be` holding `x` rounded to the backend's scalar.
+pub fn up<B: Backend>(be: &B, x: &[f64]) -> B::Buf {
+    let v: Vec<B::F> = x.iter().map(|&x| <B::F as Float>::from_f64(x)).collect();
+    be.upload(&v).expect("upload")
+}
+
+/// A buffer's contents widened to f64.
+pub fn down<B: Backend>(be: &B, b: &B::Buf) -> Vec<f64> {
+    be.download(be.view(b)).expect("download").into_iter().map(<B::F as Float>::to_f64).collect()
 }

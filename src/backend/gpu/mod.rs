@@ -276,6 +276,37 @@ impl<D: Device> Gpu<D> {
         Ok(GBuf { pool: self.pool.clone(), ptr, len: n, _t: PhantomData })
     }
 
+    /// Checks `rows` against a table of `n_rows` rows, uploads them, and calls `launch` with the
+    /// address of each chunk of at most 65,535 rows (the grid's y limit) and its launch shape:
+    /// grid (ceil(row_len / THREADS), rows in the chunk).
+    fn row_launches(
+        &self,
+        op: &str,
+        rows: &[u32],
+        row_len: usize,
+        n_rows: usize,
+        launch: impl Fn(DevPtr, LaunchCfg),
+    ) {
+        if let Some(&r) = rows.iter().find(|&&r| r as usize >= n_rows) {
+            panic!("{op}: row {r} outside the {n_rows}-row table");
+        }
+        if rows.is_empty() || row_len == 0 || self.failed() {
+            return;
+        }
+        let ptr = match self.upload_rows(rows) {
+            Ok(p) => p,
+            Err(e) => return self.record(Err(e)),
+        };
+        for (ci, chunk) in rows.chunks(65_535).enumerate() {
+            let cfg = LaunchCfg {
+                grid: [row_len.div_ceil(THREADS as usize) as u32, chunk.len() as u32, 1],
+                block: [THREADS, 1, 1],
+                shared_bytes: 0,
+            };
+            launch(ptr + (ci * 65_535) as u64 * ELEM, cfg);
+        }
+    }
+
     /// Uploads `rows` into the reused scratch buffer and returns its address.
     fn upload_rows(&self, rows: &[u32]) -> Result<DevPtr> {
         let mut g = self.rows.lock().unwrap_or_else(|p| p.into_inner());
@@ -888,59 +919,16 @@ impl<D: Device> Backend for Gpu<D> {
             m.len,
             v.len
         );
-        let n_rows = n / row_len.max(1);
-        if let Some(&r) = rows.iter().find(|&&r| r as usize >= n_rows) {
-            panic!("adam_update_rows: row {r} outside the {n_rows}-row table");
-        }
-        if rows.is_empty() || row_len == 0 || self.failed() {
-            return;
-        }
-        let ptr = match self.upload_rows(rows) {
-            Ok(p) => p,
-            Err(e) => return self.record(Err(e)),
-        };
-        for (ci, chunk) in rows.chunks(65_535).enumerate() {
-            let mut args = vec![
-                pm(&params),
-                p(&grads),
-                pm(&m),
-                pm(&v),
-                KArg::Ptr(ptr + (ci * 65_535) as u64 * ELEM),
-                i(row_len),
-            ];
+        self.row_launches("adam_update_rows", rows, row_len, n / row_len.max(1), |rows_ptr, cfg| {
+            let mut args = vec![pm(&params), p(&grads), pm(&m), pm(&v), KArg::Ptr(rows_ptr), i(row_len)];
             args.extend(adam_args(step));
-            let cfg = LaunchCfg {
-                grid: [row_len.div_ceil(THREADS as usize) as u32, chunk.len() as u32, 1],
-                block: [THREADS, 1, 1],
-                shared_bytes: 0,
-            };
             self.launch("adam_update_rows", cfg, &args);
-        }
+        });
     }
 
     fn zero_rows(&self, buf: GViewMut<'_>, rows: &[u32], row_len: usize) {
-        let n_rows = buf.len / row_len.max(1);
-        if let Some(&r) = rows.iter().find(|&&r| r as usize >= n_rows) {
-            panic!("zero_rows: row {r} outside the {n_rows}-row table");
-        }
-        if rows.is_empty() || row_len == 0 || self.failed() {
-            return;
-        }
-        let ptr = match self.upload_rows(rows) {
-            Ok(p) => p,
-            Err(e) => return self.record(Err(e)),
-        };
-        for (ci, chunk) in rows.chunks(65_535).enumerate() {
-            let cfg = LaunchCfg {
-                grid: [row_len.div_ceil(THREADS as usize) as u32, chunk.len() as u32, 1],
-                block: [THREADS, 1, 1],
-                shared_bytes: 0,
-            };
-            self.launch(
-                "zero_rows",
-                cfg,
-                &[pm(&buf), KArg::Ptr(ptr + (ci * 65_535) as u64 * ELEM), i(row_len)],
-            );
-        }
+        self.row_launches("zero_rows", rows, row_len, buf.len / row_len.max(1), |rows_ptr, cfg| {
+            self.launch("zero_rows", cfg, &[pm(&buf), KArg::Ptr(rows_ptr), i(row_len)]);
+        });
     }
 }
