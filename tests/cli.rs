@@ -1,6 +1,10 @@
 //! The CLI as a user runs it: a subprocess on small data written here.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{text, write_tsv};
+
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn bin() -> Command {
@@ -11,32 +15,6 @@ fn bin() -> Command {
 
 fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("running nli-bert")
-}
-
-fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
-}
-
-/// A small learnable TSV: negation → contradiction, a prefix → entailment, an added detail → neutral.
-fn write_tsv(dir: &Path, name: &str, n: usize, offset: usize) -> PathBuf {
-    let subjects = ["a man", "a woman", "the dog", "a child", "the cat", "an old man", "two girls"];
-    let verbs = ["is running", "is sleeping", "is eating", "is jumping", "is singing", "is reading"];
-    let details = ["in the park", "at home", "near the river", "with a friend"];
-    let mut s = String::from("label\tpremise\thypothesis\n");
-    for i in offset..offset + n {
-        let subj = subjects[i % subjects.len()];
-        let verb = verbs[(i / 3) % verbs.len()];
-        let det = details[(i / 7) % details.len()];
-        let (label, p, h) = match i % 3 {
-            0 => ("entailment", format!("{subj} {verb} {det}"), format!("{subj} {verb}")),
-            1 => ("contradiction", format!("{subj} {verb}"), format!("{subj} is not {}", &verb[3..])),
-            _ => ("neutral", format!("{subj} {verb}"), format!("{subj} {verb} {det}")),
-        };
-        s.push_str(&format!("{label}\t{p}\t{h}\n"));
-    }
-    let path = dir.join(name);
-    std::fs::write(&path, s).unwrap();
-    path
 }
 
 fn small_finetune(dir: &Path, out: &Path, precision: &str, extra: &[&str]) -> Output {

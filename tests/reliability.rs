@@ -2,40 +2,18 @@
 //! counts, SIGKILL while a checkpoint is being written, a full disk. (Hostile input files are in
 //! `tests/hostile_inputs.rs`, fuzzing in `tests/fuzz_smoke.rs`; see RELIABILITY.md.)
 
+mod common;
+
+use common::{text, write_tsv};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nli-bert"));
     c.env("NLI_BERT_HOME", std::env::temp_dir().join("nli-bert-reliability-test-cache"));
     c
-}
-
-fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
-}
-
-/// A small learnable TSV (the same generator as tests/cli.rs).
-fn write_tsv(dir: &Path, name: &str, n: usize, offset: usize) -> PathBuf {
-    let subjects = ["a man", "a woman", "the dog", "a child", "the cat", "an old man", "two girls"];
-    let verbs = ["is running", "is sleeping", "is eating", "is jumping", "is singing", "is reading"];
-    let details = ["in the park", "at home", "near the river", "with a friend"];
-    let mut s = String::from("label\tpremise\thypothesis\n");
-    for i in offset..offset + n {
-        let subj = subjects[i % subjects.len()];
-        let verb = verbs[(i / 3) % verbs.len()];
-        let det = details[(i / 7) % details.len()];
-        let (label, p, h) = match i % 3 {
-            0 => ("entailment", format!("{subj} {verb} {det}"), format!("{subj} {verb}")),
-            1 => ("contradiction", format!("{subj} {verb}"), format!("{subj} is not {}", &verb[3..])),
-            _ => ("neutral", format!("{subj} {verb}"), format!("{subj} {verb} {det}")),
-        };
-        s.push_str(&format!("{label}\t{p}\t{h}\n"));
-    }
-    let path = dir.join(name);
-    std::fs::write(&path, s).unwrap();
-    path
 }
 
 /// `finetune --model scratch` on `train` (and `test`), writing to `out`, as strings.

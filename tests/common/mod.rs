@@ -9,6 +9,8 @@ use nli_bert::backend::gpu::Gpu;
 use nli_bert::backend::Backend;
 use nli_bert::float::Float;
 use nli_bert::rng::HostRng;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 /// The GPU backend a parity test runs: our kernels on the emulator, or on a real CUDA device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,4 +64,31 @@ pub fn up<B: Backend>(be: &B, x: &[f64]) -> B::Buf {
 /// A buffer's contents widened to f64.
 pub fn down<B: Backend>(be: &B, b: &B::Buf) -> Vec<f64> {
     be.download(be.view(b)).expect("download").into_iter().map(<B::F as Float>::to_f64).collect()
+}
+
+/// A subprocess's stdout and stderr as text.
+pub fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// A small learnable TSV: negation → contradiction, a prefix → entailment, an added detail → neutral.
+pub fn write_tsv(dir: &Path, name: &str, n: usize, offset: usize) -> PathBuf {
+    let subjects = ["a man", "a woman", "the dog", "a child", "the cat", "an old man", "two girls"];
+    let verbs = ["is running", "is sleeping", "is eating", "is jumping", "is singing", "is reading"];
+    let details = ["in the park", "at home", "near the river", "with a friend"];
+    let mut s = String::from("label\tpremise\thypothesis\n");
+    for i in offset..offset + n {
+        let subj = subjects[i % subjects.len()];
+        let verb = verbs[(i / 3) % verbs.len()];
+        let det = details[(i / 7) % details.len()];
+        let (label, p, h) = match i % 3 {
+            0 => ("entailment", format!("{subj} {verb} {det}"), format!("{subj} {verb}")),
+            1 => ("contradiction", format!("{subj} {verb}"), format!("{subj} is not {}", &verb[3..])),
+            _ => ("neutral", format!("{subj} {verb}"), format!("{subj} {verb} {det}")),
+        };
+        s.push_str(&format!("{label}\t{p}\t{h}\n"));
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, s).unwrap();
+    path
 }
