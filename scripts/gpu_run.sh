@@ -21,12 +21,11 @@
 #         finetune   scripts/make_bench_model.py (d2l bert.small shape, random weights, 60,005
 #                    tokens), then `nli-bert finetune --device cuda` on snli_dev.tsv, 2 epochs,
 #                    batch 512, tested on sick_test.tsv, saved with --out, then `nli-bert eval
-#                    --device cuda` of the saved model; once more with --precision bf16 when
-#                    the binary offers it. Epoch 2's examples/s is our bert.small figure.
-#         bench      `nli-bert bench --shape bert.small|bert.base --device cuda --precision f32
-#                    (and bf16 when offered) --batch-size 512 --steps 30|10 --json --data
-#                    snli_dev.tsv` when the binary has that subcommand (the options it lacks are
-#                    left out; without the subcommand the step is skipped: finetune's figures stand)
+#                    --device cuda` of the saved model; once more with --precision bf16.
+#                    Epoch 2's examples/s is our bert.small figure.
+#         bench      `nli-bert bench --shape bert.small|bert.base --device cuda --precision
+#                    f32|bf16 --batch-size 512 --steps 30|10 --warmup 3 --json --data
+#                    snli_dev.tsv --repeat 1`
 #         d2l        the seed's d2l code on the card (scripts/bench_cpu_peer.py --device cuda:
 #                    DataParallel as train_ch13, fp32, batch 512, padded to 128 as in the book;
 #                    then dynamic padding), same random bert.small weights and data
@@ -439,9 +438,7 @@ run() {
     fi
 
     # ---- finetune: our bert.small on the card
-    local model_small="$work/bert.small" have_small=0 ft_prec=""
-    if "$bin" finetune --help 2>/dev/null | grep -E '^\s+- bf16' >/dev/null; then ft_prec=bf16; fi
-    note bf16_in_binary "$([ -n "$ft_prec" ] && echo yes || echo no)"
+    local model_small="$work/bert.small" have_small=0 ft_prec=bf16
     if want finetune || want d2l; then
         if [ $py_ok = 1 ] && [ -f "$data/snli_dev.tsv" ]; then
             sub model 120 env PYTHONPATH="$pyp" python3 scripts/make_bench_model.py --out "$model_small" --data "$data/snli_dev.tsv"
@@ -476,41 +473,31 @@ run() {
         note extra "nli-bert ${extra[*]}: exit $status"
     fi
 
-    # ---- bench: nli-bert bench, when the binary has it
+    # ---- bench: nli-bert bench
     if want bench; then
-        if "$bin" --help 2>/dev/null | grep -E '^\s+bench\s' >/dev/null; then
-            local bhelp b_args=() shape prec v h
-            bhelp="$("$bin" bench --help 2>&1 || true)"
-            echo "$bhelp" >"$logs/bench-help.log"
-            # Options as the binary offers them (the subcommand is young).
-            [[ "$bhelp" != *--json* ]] || b_args+=(--json)
-            [[ "$bhelp" != *--warmup* ]] || b_args+=(--warmup 3)
-            if [[ "$bhelp" == *--data* ]] && [ -f "$data/snli_dev.tsv" ]; then
-                b_args+=(--data "$data/snli_dev.tsv")
-                [[ "$bhelp" != *--repeat* ]] || b_args+=(--repeat 1)
-            fi
-            local bsteps
-            for shape in bert.small bert.base; do
-                bsteps=30
-                [ "$shape" = bert.base ] && bsteps=10
-                if [ "$dry" = 1 ]; then
-                    bsteps=3
-                    [ "$shape" = bert.base ] && shape=tiny
-                fi
-                for prec in f32 $ft_prec; do
-                    sub "bench-$shape-$prec" 60 "$bin" bench --shape "$shape" --device "$dev" --precision "$prec" \
-                        --batch-size "$batch" --steps "$bsteps" "${b_args[@]}"
-                    v="$(json_key "$logs/bench-$shape-$prec.log" examples_per_s)"
-                    [ -n "$v" ] || v="$(sed -nE 's/.* ([0-9]+(\.[0-9]+)?) examples\/s(ec)?.*/\1/p' "$logs/bench-$shape-$prec.log" | tail -1)"
-                    note "ours_bench_${shape}_$prec" "$v"
-                    h="$(json_key "$logs/bench-$shape-$prec.log" h100)"
-                    note "ours_bench_${shape}_${prec}_info" "exit $status; TFLOP/s $(json_key "$logs/bench-$shape-$prec.log" tflops); GB/s $(json_key "$logs/bench-$shape-$prec.log" gbps); tokens/s $(json_key "$logs/bench-$shape-$prec.log" tokens_per_s)${h:+; H100 fractions $h}"
-                    say "bench $shape $prec: exit $status, $v examples/s"
-                done
-            done
-        else
-            note ours_bench "no 'bench' subcommand in this nli-bert: finetune's figures stand"
+        local b_args=(--json --warmup 3) shape prec v h
+        if [ -f "$data/snli_dev.tsv" ]; then
+            b_args+=(--data "$data/snli_dev.tsv" --repeat 1)
         fi
+        local bsteps
+        for shape in bert.small bert.base; do
+            bsteps=30
+            [ "$shape" = bert.base ] && bsteps=10
+            if [ "$dry" = 1 ]; then
+                bsteps=3
+                [ "$shape" = bert.base ] && shape=tiny
+            fi
+            for prec in f32 $ft_prec; do
+                sub "bench-$shape-$prec" 60 "$bin" bench --shape "$shape" --device "$dev" --precision "$prec" \
+                    --batch-size "$batch" --steps "$bsteps" "${b_args[@]}"
+                v="$(json_key "$logs/bench-$shape-$prec.log" examples_per_s)"
+                [ -n "$v" ] || v="$(sed -nE 's/.* ([0-9]+(\.[0-9]+)?) examples\/s(ec)?.*/\1/p' "$logs/bench-$shape-$prec.log" | tail -1)"
+                note "ours_bench_${shape}_$prec" "$v"
+                h="$(json_key "$logs/bench-$shape-$prec.log" h100)"
+                note "ours_bench_${shape}_${prec}_info" "exit $status; TFLOP/s $(json_key "$logs/bench-$shape-$prec.log" tflops); GB/s $(json_key "$logs/bench-$shape-$prec.log" gbps); tokens/s $(json_key "$logs/bench-$shape-$prec.log" tokens_per_s)${h:+; H100 fractions $h}"
+                say "bench $shape $prec: exit $status, $v examples/s"
+            done
+        done
     fi
 
     # ---- d2l: the seed's PyTorch code on the card
