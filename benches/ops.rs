@@ -1,5 +1,5 @@
-//! Per-op benchmarks: one criterion group per op family, ids `<op>/<device>`, throughput in bytes
-//! read + written.
+//! Per-op benchmarks: one criterion group per op family, ids `<family>/<op>/<device>` (e.g.
+//! `layernorm/forward/cpu`), throughput in bytes read + written.
 //!
 //! - `cpu`: `Cpu<f32>`, all cores, at d2l bert.small shapes with a batch of 64 sequences of 25
 //!   tokens: T = 1600, C = 256, NH = 4, F = 512, V = 20,256 (every family);
@@ -9,7 +9,7 @@
 //!   `cuda::device_count() > 0` (skipped silently otherwise); the device is synchronised inside
 //!   the timing ([`Gpu::check`] waits for it).
 //!
-//! Run: `cargo bench --bench ops` (add `-- <filter>` to pick groups or devices, e.g. `-- /emu`).
+//! Run: `cargo bench --bench ops` (add `-- <filter>` to pick groups or devices, e.g. `-- layernorm` or `-- /emu`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use nli_bert::backend::cpu::Cpu;
@@ -119,7 +119,7 @@ fn group<'a>(
     g
 }
 
-/// Every family (or the subset of `s.all == false`) on `be`, ids `<op>/<dev>`; `sync` waits for
+/// Every family (or the subset of `s.all == false`) on `be`, ids `<family>/<op>/<dev>`; `sync` waits for
 /// the device and runs inside the timing.
 fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shapes, sync: &dyn Fn()) {
     eprintln!("backend: {}", be.name());
@@ -129,13 +129,13 @@ fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shape
     let zeros = |n: usize| be.alloc(n).expect("alloc");
     let bt = batch(be, s);
     let att_len = bt.layout.att_len(nh);
-    let id = |suffix: &str| format!("{dev}{suffix}");
+    let id = |op: &str| format!("{op}/{dev}");
 
     // ---- embedding: (V,C) + (2,C) + (P,C) tables -> (T,C)
     let (wte, wse, wpe) = (up(&rand(v * cc, 1)), up(&rand(2 * cc, 2)), up(&rand(p * cc, 3)));
     let mut emb = zeros(t * cc);
-    let mut g = group(c, "embedding_forward", 4 * (t * cc) as u64 * B4, s);
-    g.bench_function(id(""), |b| {
+    let mut g = group(c, "embedding", 4 * (t * cc) as u64 * B4, s);
+    g.bench_function(id("forward"), |b| {
         b.iter(|| {
             be.embedding_forward(be.view_mut(&mut emb), &bt, be.view(&wte), be.view(&wse), be.view(&wpe), cc);
             sync();
@@ -144,8 +144,8 @@ fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shape
     g.finish();
     if s.all {
         let (mut dwte, mut dwse, mut dwpe) = (zeros(v * cc), zeros(2 * cc), zeros(p * cc));
-        let mut g = group(c, "embedding_backward", 7 * (t * cc) as u64 * B4, s);
-        g.bench_function(id(""), |b| {
+        let mut g = group(c, "embedding", 7 * (t * cc) as u64 * B4, s);
+        g.bench_function(id("backward"), |b| {
             b.iter(|| {
                 be.embedding_backward(
                     be.view_mut(&mut dwte),
@@ -165,8 +165,8 @@ fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shape
     let (x, wqkv, bqkv) = (up(&rand(t * cc, 4)), up(&rand(3 * cc * cc, 5)), up(&rand(3 * cc, 6)));
     let mut qkv = zeros(t * 3 * cc);
     let mm_bytes = ((t * cc) + (3 * cc * cc) + (t * 3 * cc)) as u64 * B4;
-    let mut g = group(c, "matmul_forward", mm_bytes, s);
-    g.bench_function(id(""), |b| {
+    let mut g = group(c, "matmul", mm_bytes, s);
+    g.bench_function(id("forward"), |b| {
         b.iter(|| {
             be.matmul_forward(
                 be.view_mut(&mut qkv),
@@ -183,8 +183,8 @@ fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shape
     g.finish();
     if s.all {
         let (mut dx, mut dw, mut db) = (zeros(t * cc), zeros(3 * cc * cc), zeros(3 * cc));
-        let mut g = group(c, "matmul_backward", 2 * mm_bytes, s);
-        g.bench_function(id(""), |b| {
+        let mut g = group(c, "matmul", 2 * mm_bytes, s);
+        g.bench_function(id("backward"), |b| {
             b.iter(|| {
                 be.matmul_backward(
                     Some(be.view_mut(&mut dx)),
@@ -201,7 +201,7 @@ fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shape
                 sync();
             })
         });
-        g.bench_function(id("_no_dinp"), |b| {
+        g.bench_function(id("backward_no_dinp"), |b| {
             b.iter(|| {
                 be.matmul_backward(
                     None,
@@ -225,8 +225,8 @@ fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shape
     let mut out = zeros(t * cc);
     let mut att = zeros(att_len);
     let att_bytes = ((t * 3 * cc) + (t * cc) + att_len) as u64 * B4;
-    let mut g = group(c, "attention_forward", att_bytes, s);
-    g.bench_function(id(""), |b| {
+    let mut g = group(c, "attention", att_bytes, s);
+    g.bench_function(id("forward"), |b| {
         b.iter(|| {
             be.attention_forward(
                 be.view_mut(&mut out),
@@ -243,8 +243,8 @@ fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shape
     g.finish();
     if s.all {
         let mut dqkv = zeros(t * 3 * cc);
-        let mut g = group(c, "attention_backward", att_bytes + (t * 3 * cc) as u64 * B4, s);
-        g.bench_function(id(""), |b| {
+        let mut g = group(c, "attention", att_bytes + (t * 3 * cc) as u64 * B4, s);
+        g.bench_function(id("backward"), |b| {
             b.iter(|| {
                 be.attention_backward(
                     be.view_mut(&mut dqkv),
@@ -265,10 +265,10 @@ fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shape
     // ---- AddNorm over (T,C)
     let (res, lw, lb) = (up(&rand(t * cc, 7)), up(&rand(cc, 8)), up(&rand(cc, 9)));
     let (mut o, mut sm, mut m, mut r) = (zeros(t * cc), zeros(t * cc), zeros(t), zeros(t));
-    let mut g = group(c, "addnorm_forward", 4 * (t * cc) as u64 * B4, s);
-    g.bench_function(id(""), |b| {
+    let mut g = group(c, "layernorm", 4 * (t * cc) as u64 * B4, s);
+    g.bench_function(id("forward"), |b| {
         b.iter(|| {
-            be.addnorm_forward(
+            be.layernorm_forward(
                 be.view_mut(&mut o),
                 be.view_mut(&mut sm),
                 be.view_mut(&mut m),
@@ -289,10 +289,10 @@ fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shape
     let mut dres = zeros(t * cc);
     if s.all {
         let (mut dsub, mut dlw, mut dlb) = (zeros(t * cc), zeros(cc), zeros(cc));
-        let mut g = group(c, "addnorm_backward", 6 * (t * cc) as u64 * B4, s);
-        g.bench_function(id(""), |b| {
+        let mut g = group(c, "layernorm", 6 * (t * cc) as u64 * B4, s);
+        g.bench_function(id("backward"), |b| {
             b.iter(|| {
-                be.addnorm_backward(
+                be.layernorm_backward(
                     be.view_mut(&mut dres),
                     Some(be.view_mut(&mut dsub)),
                     be.view_mut(&mut dlw),
@@ -321,22 +321,22 @@ fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shape
     } else {
         &[("", Activation::Relu)]
     };
-    let mut g = group(c, "act_forward", 2 * (t * ff) as u64 * B4, s);
+    let mut g = group(c, "activation", 2 * (t * ff) as u64 * B4, s);
     for &(suffix, act) in acts {
-        g.bench_function(id(suffix), |b| {
+        g.bench_function(id(&format!("forward{suffix}")), |b| {
             b.iter(|| {
-                be.act_forward(be.view_mut(&mut a), be.view(&h), act);
+                be.activation_forward(be.view_mut(&mut a), be.view(&h), act);
                 sync();
             })
         });
     }
     g.finish();
     if s.all {
-        let mut g = group(c, "act_backward", 4 * (t * ff) as u64 * B4, s);
+        let mut g = group(c, "activation", 4 * (t * ff) as u64 * B4, s);
         for &(suffix, act) in acts {
-            g.bench_function(id(suffix), |b| {
+            g.bench_function(id(&format!("backward{suffix}")), |b| {
                 b.iter(|| {
-                    be.act_backward(be.view_mut(&mut da), be.view(&h), be.view(&h), be.view(&a), act);
+                    be.activation_backward(be.view_mut(&mut da), be.view(&h), be.view(&h), be.view(&a), act);
                     sync();
                 })
             });
@@ -344,8 +344,8 @@ fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shape
         g.finish();
 
         // ---- dropout over (T,F), <cls> gather, loss
-        let mut g = group(c, "dropout_forward", 2 * (t * ff) as u64 * B4, s);
-        g.bench_function(id(""), |b| {
+        let mut g = group(c, "activation", 2 * (t * ff) as u64 * B4, s);
+        g.bench_function(id("dropout_forward"), |b| {
             b.iter(|| {
                 be.dropout_forward(be.view_mut(&mut a), be.view(&h), drop(2));
                 sync();
@@ -353,16 +353,16 @@ fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shape
         });
         g.finish();
         let mut cls = zeros(seqs * cc);
-        let mut g = group(c, "cls_backward", (t * cc + seqs * cc) as u64 * B4, s);
-        g.bench_function(id(""), |b| {
+        let mut g = group(c, "classifier", (t * cc + seqs * cc) as u64 * B4, s);
+        g.bench_function(id("cls_backward"), |b| {
             b.iter(|| {
                 be.cls_backward(be.view_mut(&mut dres), be.view(&cls), &bt, cc);
                 sync();
             })
         });
         g.finish();
-        let mut g = group(c, "cls_forward", 2 * (seqs * cc) as u64 * B4, s);
-        g.bench_function(id(""), |b| {
+        let mut g = group(c, "classifier", 2 * (seqs * cc) as u64 * B4, s);
+        g.bench_function(id("cls_forward"), |b| {
             b.iter(|| {
                 be.cls_forward(be.view_mut(&mut cls), be.view(&o), &bt, cc);
                 sync();
@@ -371,8 +371,8 @@ fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shape
         g.finish();
         let logits = up(&rand(seqs * K, 11));
         let (mut losses, mut probs, mut dlogits) = (zeros(seqs), zeros(seqs * K), zeros(seqs * K));
-        let mut g = group(c, "crossentropy_forward", (3 * seqs * K) as u64 * B4, s);
-        g.bench_function(id(""), |b| {
+        let mut g = group(c, "classifier", (3 * seqs * K) as u64 * B4, s);
+        g.bench_function(id("crossentropy_forward"), |b| {
             b.iter(|| {
                 be.crossentropy_forward(
                     be.view_mut(&mut losses),
@@ -399,8 +399,8 @@ fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shape
     let (mut pp, grads, mut am, mut av) = (up(&rand(n, 12)), up(&rand(n, 13)), zeros(n), zeros(n));
     let step =
         AdamStep { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: false, t: 1 };
-    let mut g = group(c, "adam_update", 7 * n as u64 * B4, s);
-    g.bench_function(id(""), |b| {
+    let mut g = group(c, "adam", 7 * n as u64 * B4, s);
+    g.bench_function(id("update"), |b| {
         b.iter(|| {
             be.adam_update(
                 be.view_mut(&mut pp),
@@ -421,7 +421,7 @@ fn bench_ops(c: &mut Criterion) {
     let emu = Gpu::new(Emu::new().expect("emulator"));
     bench_on(c, &emu, "emu", &SMALL, &|| emu.check().expect("emulator"));
     if cuda::device_count() > 0 {
-        let gpu = Gpu::new(cuda::Cuda::new(0).expect("CUDA device 0"));
+        let gpu = Gpu::new(cuda::Cuda::new(0, &nli_bert::data::hub::cache_dir()).expect("CUDA device 0"));
         bench_on(c, &gpu, "cuda", &FULL, &|| gpu.check().expect("CUDA device"));
     }
 }

@@ -1,13 +1,11 @@
-// activation.cu: element-wise kernels around the linear layers.
+// activation.cu: the element-wise kernels around the linear layers.
 //
-// act_forward / act_backward: out = act(inp); dinp = act'(inp)·dout (overwrites). act: 0 ReLU,
+// activation_forward / activation_backward: out = act(inp); dinp = act'(inp)·dout (overwrites). act: 0 ReLU,
 //   1 GELU (erf), 2 GELU (tanh approximation), 3 tanh. Same formulas as the CPU twin
-//   (src/backend/cpu/elementwise.rs). ReLU's gradient uses the forward output (0 where out <= 0).
+//   (src/backend/cpu/activation.rs). ReLU's gradient uses the forward output (0 where out <= 0).
 // bias_forward: out (N,OC) += bias (OC) per row (after the GEMM).
 // (the bias gradient, Σ_rows dout, is reduce.cu's colsum_partial + colsum_finish)
 // dropout_forward / dropout_backward: out = x · factor(idx) (0 or 1/(1-p)), idx = element index.
-// cls_forward: out (B,C) = x (T,C) at row cu_seqlens[b] (zero row for an empty sequence).
-// cls_scatter: dx (T,C) rows cu_seqlens[b] = dout (B,C) rows (dx zeroed by the launcher first).
 #include "common.cuh"
 
 #define NLI_SQRT_2_OVER_PI 0.7978845608028654f
@@ -20,7 +18,7 @@ __device__ __forceinline__ float nli_gelu_tanh_u(float x) {
     return NLI_SQRT_2_OVER_PI * (x + 0.044715f * x * x * x);
 }
 
-extern "C" __global__ void act_forward(float* __restrict__ out, const float* __restrict__ inp, long long n,
+extern "C" __global__ void activation_forward(float* __restrict__ out, const float* __restrict__ inp, long long n,
                                        int act) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
@@ -38,7 +36,7 @@ extern "C" __global__ void act_forward(float* __restrict__ out, const float* __r
     out[i] = y;
 }
 
-extern "C" __global__ void act_backward(float* __restrict__ dinp, const float* __restrict__ dout,
+extern "C" __global__ void activation_backward(float* __restrict__ dinp, const float* __restrict__ dout,
                                         const float* __restrict__ inp, const float* __restrict__ out,
                                         long long n, int act) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -85,22 +83,4 @@ extern "C" __global__ void dropout_backward(float* __restrict__ dinp, const floa
     if (i >= n) return;
     nli_dropout d = nli_make_dropout(seed, step, site, thr, scale);
     dinp[i] = dout[i] * nli_dropout_factor(d, (unsigned long long)i);
-}
-
-extern "C" __global__ void cls_forward(float* __restrict__ out, const float* __restrict__ x,
-                                       const int* __restrict__ cu_seqlens, int b, int c) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)b * c) return;
-    int s = (int)(i / c), ch = (int)(i % c);
-    int row = cu_seqlens[s];
-    out[i] = cu_seqlens[s + 1] > row ? x[(long long)row * c + ch] : 0.0f;
-}
-
-extern "C" __global__ void cls_scatter(float* __restrict__ dx, const float* __restrict__ dout,
-                                       const int* __restrict__ cu_seqlens, int b, int c) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)b * c) return;
-    int s = (int)(i / c), ch = (int)(i % c);
-    int row = cu_seqlens[s];
-    if (cu_seqlens[s + 1] > row) dx[(long long)row * c + ch] = dout[i];
 }

@@ -6,9 +6,9 @@
 // - Philox4x32-10 and the dropout decision, bit-identical to src/rng.rs: element `idx` of site
 //   `site` at step `step` uses lane idx % 4 of the block with counter (idx/4 lo, idx/4 hi, site,
 //   step) and key (seed lo, seed hi); kept iff (bits >> 8) >= thr, thr = ceil(p * 2^24).
-// - Warp and block reductions (sum, max) in a fixed order: the result does not depend on the
-//   schedule, so a kernel is deterministic run to run.
-// - bf16 / f16 stored as unsigned short, with conversions written in plain integer/float code.
+// - Warp reductions (sum, max) in a fixed order: the result does not depend on the schedule, so a
+//   kernel is deterministic run to run.
+// - f32 -> bf16 (stored as unsigned short), written in plain integer code.
 #ifndef NLI_COMMON_CUH
 #define NLI_COMMON_CUH
 
@@ -16,7 +16,6 @@
 #define NLI_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
 #endif
 
-#define NLI_WARP 32
 #define NLI_FULL_MASK 0xffffffffu
 // No <math.h> under NVRTC: infinities and NaN from their bit patterns.
 #define NLI_NEG_INF __uint_as_float(0xff800000u)
@@ -98,53 +97,13 @@ __device__ __forceinline__ float nli_warp_max(float v) {
     return v;
 }
 
-// Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets the
-// total. `scratch` holds at least 32 floats of shared memory; the function begins and ends with a
-// barrier, so it can be called repeatedly with the same scratch.
-__device__ __forceinline__ float nli_block_sum(float v, float* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
-    v = nli_warp_sum(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float t = lane < nwarps ? scratch[lane] : 0.0f;
-    return nli_warp_sum(t);
-}
-
-__device__ __forceinline__ float nli_block_max(float v, float* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
-    v = nli_warp_max(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float t = lane < nwarps ? scratch[lane] : -3.402823466e38f;
-    return nli_warp_max(t);
-}
-
-// ---- 16-bit floats -------------------------------------------------------------------------
-__device__ __forceinline__ float nli_bf16_to_f32(unsigned short h) {
-    return __uint_as_float(((unsigned int)h) << 16);
-}
-
+// ---- bf16 -------------------------------------------------------------------------
 // Round to nearest even; NaN stays a (quiet) NaN.
 __device__ __forceinline__ unsigned short nli_f32_to_bf16(float f) {
     unsigned int u = __float_as_uint(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);
     u += 0x7fffu + ((u >> 16) & 1u);
     return (unsigned short)(u >> 16);
-}
-
-__device__ __forceinline__ float nli_f16_to_f32(unsigned short h) {
-    unsigned int sign = ((unsigned int)h & 0x8000u) << 16;
-    unsigned int exp = ((unsigned int)h >> 10) & 0x1fu;
-    unsigned int man = (unsigned int)h & 0x3ffu;
-    if (exp == 0x1fu) return __uint_as_float(sign | 0x7f800000u | (man << 13));
-    if (exp == 0u) {
-        // subnormal or zero: man * 2^-24
-        float f = (float)man * 5.9604644775390625e-8f;
-        return sign ? -f : f;
-    }
-    return __uint_as_float(sign | ((exp + 112u) << 23) | (man << 13));
 }
 
 #endif  // NLI_COMMON_CUH

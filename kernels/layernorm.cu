@@ -1,18 +1,18 @@
 // layernorm.cu: d2l's AddNorm, out = LayerNorm(dropout(sub) + res), fused into one row kernel,
-// and its backward. Twin: src/backend/cpu/addnorm.rs.
+// and its backward. Twin: src/backend/cpu/layernorm.rs.
 //
 // Shapes: out, sum, res, sub (T,C); mean, rstd (T,); weight, bias (C,). `sub` may be null (a
 // plain LayerNorm of res: the Hugging Face embedding LayerNorm). Dropout element index = row*C +
 // col. Biased variance in two passes (mean, then Σ(x-mean)²), rstd = 1/sqrt(var + eps).
 //
 // forward:  one warp per row; saves sum (the pre-norm input), mean and rstd for backward.
-// backward: addnorm_backward_rows, one warp per row: dres = rstd*(g - mean(g) - x̂*mean(g*x̂)) with
+// backward: layernorm_backward_rows, one warp per row: dres = rstd*(g - mean(g) - x̂*mean(g*x̂)) with
 //           g = dout*weight (overwritten), dsub = dres * dropout factor (overwritten, if not null);
 //           dweight += Σ dout*x̂ and dbias += Σ dout (accumulate) by reduce.cu's lnparams_partial
 //           + colsum_finish (fixed order).
 #include "common.cuh"
 
-extern "C" __global__ void addnorm_forward(float* __restrict__ out, float* __restrict__ sum,
+extern "C" __global__ void layernorm_forward(float* __restrict__ out, float* __restrict__ sum,
                                            float* __restrict__ mean, float* __restrict__ rstd,
                                            const float* __restrict__ res, const float* __restrict__ sub,
                                            const float* __restrict__ weight, const float* __restrict__ bias,
@@ -46,7 +46,7 @@ extern "C" __global__ void addnorm_forward(float* __restrict__ out, float* __res
     }
 }
 
-extern "C" __global__ void addnorm_backward_rows(float* __restrict__ dres, float* __restrict__ dsub,
+extern "C" __global__ void layernorm_backward_rows(float* __restrict__ dres, float* __restrict__ dsub,
                                                  const float* __restrict__ dout, const float* __restrict__ sum,
                                                  const float* __restrict__ mean, const float* __restrict__ rstd,
                                                  const float* __restrict__ weight, int t, int c,

@@ -41,22 +41,10 @@ fn assert_close(what: &str, got: &[f64], want: &[f64]) {
     assert!(bad.is_empty(), "{what}: mismatches (atol {ATOL}, rtol {RTOL}): {}", bad.join(", "));
 }
 
-/// A batch of sequences of the given lengths (only the layout matters to attention).
+/// Attention reads only the layout of a batch; tokens are 0, labels 0.
 fn batch<B: Backend>(be: &B, lens: &[usize]) -> DeviceBatch<B> {
-    let layout = BatchLayout::new(lens);
-    let t = layout.t();
-    let ints = |x: &[usize]| x.iter().map(|&x| x as i32).collect::<Vec<_>>();
-    let zeros = vec![0i32; t];
-    DeviceBatch {
-        tokens: be.upload_i32(&zeros).expect("upload"),
-        segments: be.upload_i32(&zeros).expect("upload"),
-        positions: be.upload_i32(&zeros).expect("upload"),
-        cu_seqlens: be.upload_i32(&ints(&layout.cu_seqlens)).expect("upload"),
-        att_offsets: be.upload_i32(&ints(&layout.att_offsets)).expect("upload"),
-        labels: be.upload_i32(&vec![0; lens.len()]).expect("upload"),
-        labels_host: vec![0; lens.len()],
-        layout,
-    }
+    let zeros = vec![0; lens.len()];
+    common::device_batch(be, lens, 1, &mut HostRng::new(0, 0), common::Labels::Given(&zeros))
 }
 
 /// One attention problem: lengths, heads, hidden size, random qkv and dout.

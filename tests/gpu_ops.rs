@@ -1,5 +1,5 @@
 //! Every kernel family of the GPU backend (embedding, matmul + bias, activations, `<cls>`,
-//! dropout, AddNorm, cross-entropy, Adam) run through `Gpu<Emu>` — the real kernels and launch
+//! dropout, LayerNorm, cross-entropy, Adam, bf16 conversion) run through `Gpu<Emu>` — the real kernels and launch
 //! code on the CPU emulator — against the float64 CPU reference `Cpu<f64>`, at two or more
 //! shapes each (sizes that are not multiples of the block size, sequences of length 1, 3 and
 //! max_len, random lengths). Attention has its own file (tests/gpu_attention.rs).
@@ -30,30 +30,8 @@ fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
     assert!(bad.is_empty(), "{what}: mismatches (atol {atol}, rtol {rtol}): {}", bad.join(", "));
 }
 
-/// Token ids in 0..v, segments, positions and labels for sequences of the given lengths.
 fn batch<B: Backend>(be: &B, lens: &[usize], v: usize, seed: u64) -> DeviceBatch<B> {
-    let layout = BatchLayout::new(lens);
-    let mut rng = HostRng::new(seed, 0);
-    let (mut tok, mut seg, mut pos) = (vec![], vec![], vec![]);
-    for &l in lens {
-        for i in 0..l {
-            tok.push(rng.below(v as u64) as i32);
-            seg.push(i32::from(i >= l / 2));
-            pos.push(i as i32);
-        }
-    }
-    let labels: Vec<i32> = (0..lens.len()).map(|_| rng.below(3) as i32).collect();
-    let ints = |x: &[usize]| x.iter().map(|&x| x as i32).collect::<Vec<_>>();
-    DeviceBatch {
-        tokens: be.upload_i32(&tok).unwrap(),
-        segments: be.upload_i32(&seg).unwrap(),
-        positions: be.upload_i32(&pos).unwrap(),
-        cu_seqlens: be.upload_i32(&ints(&layout.cu_seqlens)).unwrap(),
-        att_offsets: be.upload_i32(&ints(&layout.att_offsets)).unwrap(),
-        labels: be.upload_i32(&labels).unwrap(),
-        labels_host: labels,
-        layout,
-    }
+    common::device_batch(be, lens, v, &mut HostRng::new(seed, 0), common::Labels::AfterAll)
 }
 
 /// A test shape: sequence lengths, hidden size C, FFN size F, vocabulary V, positions P.
@@ -199,7 +177,7 @@ fn matmul_matches_cpu_f64(dev: Dev) {
     }
 }
 
-fn activations_match_cpu_f64(dev: Dev) {
+fn activation_matches_cpu_f64(dev: Dev) {
     for n in [7usize, 256, 1000, 4099] {
         let mut rng = HostRng::new(n as u64, 3);
         let x: Vec<f64> = randn(&mut rng, n).iter().map(|v| 3.0 * v).collect();
@@ -208,19 +186,19 @@ fn activations_match_cpu_f64(dev: Dev) {
             on_both!(dev, 1e-6, 1e-5, |be| {
                 let (xb, dyb) = (up(&be, &x), up(&be, &dy));
                 let mut y = be.alloc(n).unwrap();
-                be.act_forward(be.view_mut(&mut y), be.view(&xb), act);
+                be.activation_forward(be.view_mut(&mut y), be.view(&xb), act);
                 let mut dx = be.alloc(n).unwrap();
-                be.act_backward(be.view_mut(&mut dx), be.view(&dyb), be.view(&xb), be.view(&y), act);
+                be.activation_backward(be.view_mut(&mut dx), be.view(&dyb), be.view(&xb), be.view(&y), act);
                 vec![
-                    (format!("n {n} act_forward {act:?}"), down(&be, &y)),
-                    (format!("act_backward {act:?}"), down(&be, &dx)),
+                    (format!("n {n} activation_forward {act:?}"), down(&be, &y)),
+                    (format!("activation_backward {act:?}"), down(&be, &dx)),
                 ]
             });
         }
     }
 }
 
-fn cls_and_dropout_match_cpu_f64(dev: Dev) {
+fn classifier_cls_and_dropout_match_cpu_f64(dev: Dev) {
     for (si, s) in shapes().iter().enumerate() {
         let mut rng = HostRng::new(si as u64, 4);
         let (t, nb) = (s.lens.iter().sum::<usize>(), s.lens.len());
@@ -249,7 +227,7 @@ fn cls_and_dropout_match_cpu_f64(dev: Dev) {
     }
 }
 
-fn addnorm_matches_cpu_f64(dev: Dev) {
+fn layernorm_matches_cpu_f64(dev: Dev) {
     for (si, s) in shapes().iter().enumerate() {
         let mut rng = HostRng::new(si as u64, 5);
         let (t, c) = (s.lens.iter().sum::<usize>(), s.c);
@@ -268,7 +246,7 @@ fn addnorm_matches_cpu_f64(dev: Dev) {
                     be.alloc(t).unwrap(),
                     be.alloc(t).unwrap(),
                 );
-                be.addnorm_forward(
+                be.layernorm_forward(
                     be.view_mut(&mut out),
                     be.view_mut(&mut sum),
                     be.view_mut(&mut mean),
@@ -284,7 +262,7 @@ fn addnorm_matches_cpu_f64(dev: Dev) {
                 );
                 let (mut dres, mut dsub, mut dw, mut db) =
                     (be.alloc(t * c).unwrap(), be.alloc(t * c).unwrap(), up(&be, &dw0), up(&be, &db0));
-                be.addnorm_backward(
+                be.layernorm_backward(
                     be.view_mut(&mut dres),
                     if with_sub { Some(be.view_mut(&mut dsub)) } else { None },
                     be.view_mut(&mut dw),
@@ -300,21 +278,21 @@ fn addnorm_matches_cpu_f64(dev: Dev) {
                 );
                 let tag = format!("shape {si} sub {with_sub} p {p}");
                 vec![
-                    (format!("{tag} addnorm_forward out"), down(&be, &out)),
-                    (format!("{tag} addnorm_forward sum"), down(&be, &sum)),
-                    (format!("{tag} addnorm_forward mean"), down(&be, &mean)),
-                    (format!("{tag} addnorm_forward rstd"), down(&be, &rstd)),
-                    (format!("{tag} addnorm_backward dres"), down(&be, &dres)),
-                    (format!("{tag} addnorm_backward dsub"), down(&be, &dsub)),
-                    (format!("{tag} addnorm_backward dweight"), down(&be, &dw)),
-                    (format!("{tag} addnorm_backward dbias"), down(&be, &db)),
+                    (format!("{tag} layernorm_forward out"), down(&be, &out)),
+                    (format!("{tag} layernorm_forward sum"), down(&be, &sum)),
+                    (format!("{tag} layernorm_forward mean"), down(&be, &mean)),
+                    (format!("{tag} layernorm_forward rstd"), down(&be, &rstd)),
+                    (format!("{tag} layernorm_backward dres"), down(&be, &dres)),
+                    (format!("{tag} layernorm_backward dsub"), down(&be, &dsub)),
+                    (format!("{tag} layernorm_backward dweight"), down(&be, &dw)),
+                    (format!("{tag} layernorm_backward dbias"), down(&be, &db)),
                 ]
             });
         }
     }
 }
 
-fn crossentropy_matches_cpu_f64(dev: Dev) {
+fn classifier_crossentropy_matches_cpu_f64(dev: Dev) {
     for (nb, k) in [(1usize, 3usize), (37, 3), (300, 5)] {
         let mut rng = HostRng::new(nb as u64, 6);
         let logits: Vec<f64> = randn(&mut rng, nb * k).iter().map(|x| 4.0 * x).collect();
@@ -430,50 +408,50 @@ fn matmul_cuda_matches_cpu_f64() {
 }
 
 #[test]
-fn activations_emu_match_cpu_f64() {
-    activations_match_cpu_f64(Dev::Emu);
+fn activation_emu_matches_cpu_f64() {
+    activation_matches_cpu_f64(Dev::Emu);
 }
 
 #[test]
-fn activations_cuda_match_cpu_f64() {
-    if common::have_cuda("activations_cuda_match_cpu_f64") {
-        activations_match_cpu_f64(Dev::Cuda);
+fn activation_cuda_matches_cpu_f64() {
+    if common::have_cuda("activation_cuda_matches_cpu_f64") {
+        activation_matches_cpu_f64(Dev::Cuda);
     }
 }
 
 #[test]
-fn cls_and_dropout_emu_match_cpu_f64() {
-    cls_and_dropout_match_cpu_f64(Dev::Emu);
+fn classifier_cls_and_dropout_emu_match_cpu_f64() {
+    classifier_cls_and_dropout_match_cpu_f64(Dev::Emu);
 }
 
 #[test]
-fn cls_and_dropout_cuda_match_cpu_f64() {
-    if common::have_cuda("cls_and_dropout_cuda_match_cpu_f64") {
-        cls_and_dropout_match_cpu_f64(Dev::Cuda);
+fn classifier_cls_and_dropout_cuda_match_cpu_f64() {
+    if common::have_cuda("classifier_cls_and_dropout_cuda_match_cpu_f64") {
+        classifier_cls_and_dropout_match_cpu_f64(Dev::Cuda);
     }
 }
 
 #[test]
-fn addnorm_emu_matches_cpu_f64() {
-    addnorm_matches_cpu_f64(Dev::Emu);
+fn layernorm_emu_matches_cpu_f64() {
+    layernorm_matches_cpu_f64(Dev::Emu);
 }
 
 #[test]
-fn addnorm_cuda_matches_cpu_f64() {
-    if common::have_cuda("addnorm_cuda_matches_cpu_f64") {
-        addnorm_matches_cpu_f64(Dev::Cuda);
+fn layernorm_cuda_matches_cpu_f64() {
+    if common::have_cuda("layernorm_cuda_matches_cpu_f64") {
+        layernorm_matches_cpu_f64(Dev::Cuda);
     }
 }
 
 #[test]
-fn crossentropy_emu_matches_cpu_f64() {
-    crossentropy_matches_cpu_f64(Dev::Emu);
+fn classifier_crossentropy_emu_matches_cpu_f64() {
+    classifier_crossentropy_matches_cpu_f64(Dev::Emu);
 }
 
 #[test]
-fn crossentropy_cuda_matches_cpu_f64() {
-    if common::have_cuda("crossentropy_cuda_matches_cpu_f64") {
-        crossentropy_matches_cpu_f64(Dev::Cuda);
+fn classifier_crossentropy_cuda_matches_cpu_f64() {
+    if common::have_cuda("classifier_crossentropy_cuda_matches_cpu_f64") {
+        classifier_crossentropy_matches_cpu_f64(Dev::Cuda);
     }
 }
 
@@ -486,5 +464,45 @@ fn adam_emu_matches_cpu_f64() {
 fn adam_cuda_matches_cpu_f64() {
     if common::have_cuda("adam_cuda_matches_cpu_f64") {
         adam_matches_cpu_f64(Dev::Cuda);
+    }
+}
+
+/// kernels/convert.cu against its CPU twin, bit for bit: random values over many binades, ties
+/// (which round to even), subnormals, ±0, ±inf and NaNs; n not a multiple of the block.
+#[test]
+fn convert_emu_matches_cpu_twin() {
+    use nli_bert::backend::cpu::convert::f32_to_bf16;
+    use nli_bert::backend::gpu::device::{Device, KArg, LaunchCfg};
+    use nli_bert::backend::gpu::emu::Emu;
+    if !common::have_emu("convert_emu_matches_cpu_twin") {
+        return;
+    }
+    let mut rng = HostRng::new(11, 0);
+    let mut x: Vec<f32> =
+        (0..1000).map(|_| (rng.normal() * 2f64.powi((rng.uniform() * 60.0) as i32 - 30)) as f32).collect();
+    x.extend([0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -f32::NAN, f32::MIN_POSITIVE / 3.0]);
+    x.extend([
+        1.0 + 2f32.powi(-8),
+        1.0 + 3.0 * 2f32.powi(-8),
+        -(1.0 + 2f32.powi(-8)),
+        f32::MAX,
+        f32::from_bits(0x7f80_0001),
+    ]);
+    let n = x.len();
+    let e = Emu::with_seed(3).expect("emulator");
+    let inp = e.alloc(n * 4).expect("alloc");
+    let out = e.alloc(n * 2).expect("alloc");
+    // SAFETY: `inp` holds n f32s, `out` n u16s; the kernel writes out[0..n] only.
+    unsafe {
+        e.copy_htod(inp, bytemuck::cast_slice(&x)).expect("copy_htod");
+        let cfg = LaunchCfg::linear(n.div_ceil(256) as u32, 256, 0);
+        e.launch("convert_f32_to_bf16", &cfg, &[KArg::Ptr(out), KArg::Ptr(inp), KArg::I64(n as i64)])
+            .expect("launch");
+    }
+    let mut got = vec![0u16; n];
+    // SAFETY: `out` holds n u16s.
+    unsafe { e.copy_dtoh(out, bytemuck::cast_slice_mut(&mut got)).expect("copy_dtoh") };
+    for (i, (&v, &g)) in x.iter().zip(&got).enumerate() {
+        assert_eq!(g, f32_to_bf16(v), "element {i}: {v:e} ({:#010x})", v.to_bits());
     }
 }

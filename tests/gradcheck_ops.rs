@@ -328,7 +328,7 @@ fn attention_forward_matches_d2l_padded_masking() {
     }
 }
 
-fn check_addnorm_grads(with_sub: bool) {
+fn check_layernorm_grads(with_sub: bool) {
     let cpu = cpu64();
     let (t, c, eps) = (7, 6, 1e-5);
     let drop = dropout(1);
@@ -342,7 +342,7 @@ fn check_addnorm_grads(with_sub: bool) {
     let fwd = |x: &[Vec<f64>]| {
         let (mut out, mut sum, mut mean, mut rstd) =
             (vec![f64::NAN; t * c], vec![0.0; t * c], vec![0.0; t], vec![0.0; t]);
-        cpu.addnorm_forward(
+        cpu.layernorm_forward(
             &mut out,
             &mut sum,
             &mut mean,
@@ -360,7 +360,7 @@ fn check_addnorm_grads(with_sub: bool) {
     };
     let (mut out, mut sum, mut mean, mut rstd) =
         (vec![0.0; t * c], vec![0.0; t * c], vec![0.0; t], vec![0.0; t]);
-    cpu.addnorm_forward(
+    cpu.layernorm_forward(
         &mut out,
         &mut sum,
         &mut mean,
@@ -377,7 +377,7 @@ fn check_addnorm_grads(with_sub: bool) {
     let (dw0, db0) = (randn(&mut rng, c), randn(&mut rng, c));
     let (mut dres, mut dsub, mut dw, mut db) =
         (vec![f64::NAN; t * c], vec![f64::NAN; t * c], dw0.clone(), db0.clone());
-    cpu.addnorm_backward(
+    cpu.layernorm_backward(
         &mut dres,
         if with_sub { Some(&mut dsub) } else { None },
         &mut dw,
@@ -395,23 +395,23 @@ fn check_addnorm_grads(with_sub: bool) {
     if with_sub {
         grads.push(dsub);
     }
-    fd_check(&format!("addnorm sub={with_sub}"), &["res", "weight", "bias", "sub"], &xs, &grads, &r, fwd);
+    fd_check(&format!("layernorm sub={with_sub}"), &["res", "weight", "bias", "sub"], &xs, &grads, &r, fwd);
 }
 
 #[test]
-fn addnorm_backward_matches_finite_differences() {
-    check_addnorm_grads(true);
-    check_addnorm_grads(false);
+fn layernorm_backward_matches_finite_differences() {
+    check_layernorm_grads(true);
+    check_layernorm_grads(false);
 }
 
 #[test]
-fn addnorm_forward_is_layernorm_with_biased_variance() {
+fn layernorm_forward_is_layernorm_with_biased_variance() {
     let cpu = cpu64();
     let (c, eps) = (4, 1e-5);
     let res = [1.0, 2.0, 3.0, 6.0];
     let (mut out, mut sum, mut mean, mut rstd) = (vec![0.0; c], vec![0.0; c], vec![0.0; 1], vec![0.0; 1]);
     let (w, b) = ([1.0, 2.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]);
-    cpu.addnorm_forward(
+    cpu.layernorm_forward(
         &mut out,
         &mut sum,
         &mut mean,
@@ -442,12 +442,12 @@ fn activation_backward_matches_finite_differences() {
         let r = randn(&mut rng, n);
         let fwd = |x: &[Vec<f64>]| {
             let mut out = vec![f64::NAN; n];
-            cpu.act_forward(&mut out, &x[0], act);
+            cpu.activation_forward(&mut out, &x[0], act);
             out
         };
         let out = fwd(&xs);
         let mut dinp = vec![f64::NAN; n];
-        cpu.act_backward(&mut dinp, &r, &xs[0], &out, act);
+        cpu.activation_backward(&mut dinp, &r, &xs[0], &out, act);
         fd_check(&format!("{act:?}"), &["inp"], &xs, &[dinp], &r, fwd);
     }
 }
@@ -457,7 +457,7 @@ fn activation_forward_known_values() {
     let cpu = cpu64();
     let x = [-1.0, 0.0, 0.5, 2.0];
     let mut out = [0.0; 4];
-    cpu.act_forward(&mut out, &x, Activation::Gelu);
+    cpu.activation_forward(&mut out, &x, Activation::Gelu);
     // torch.nn.functional.gelu(torch.tensor([-1., 0., .5, 2.], dtype=torch.float64))
     assert_close(
         "gelu",
@@ -466,7 +466,7 @@ fn activation_forward_known_values() {
         1e-15,
         1e-14,
     );
-    cpu.act_forward(&mut out, &x, Activation::GeluTanh);
+    cpu.activation_forward(&mut out, &x, Activation::GeluTanh);
     // gelu(approximate='tanh')
     assert_close(
         "gelu_tanh",
@@ -475,16 +475,16 @@ fn activation_forward_known_values() {
         1e-15,
         1e-14,
     );
-    cpu.act_forward(&mut out, &x, Activation::Relu);
+    cpu.activation_forward(&mut out, &x, Activation::Relu);
     assert_eq!(out, [0.0, 0.0, 0.5, 2.0]);
     // ReLU backward at exactly 0 is 0 (PyTorch's threshold_backward).
     let mut d = [0.0; 4];
-    cpu.act_backward(&mut d, &[1.0; 4], &x, &out, Activation::Relu);
+    cpu.activation_backward(&mut d, &[1.0; 4], &x, &out, Activation::Relu);
     assert_eq!(d, [0.0, 0.0, 1.0, 1.0]);
 }
 
 #[test]
-fn cls_backward_matches_finite_differences() {
+fn classifier_cls_backward_matches_finite_differences() {
     let cpu = cpu64();
     let c = 3;
     let bt = batch::<f64>(&[2, 1, 4], 5, 3, 7);
@@ -504,7 +504,7 @@ fn cls_backward_matches_finite_differences() {
 }
 
 #[test]
-fn dropout_backward_matches_finite_differences() {
+fn activation_dropout_backward_matches_finite_differences() {
     let cpu = cpu64();
     let n = 50;
     let drop = dropout(1_000_000);
@@ -530,7 +530,7 @@ fn dropout_backward_matches_finite_differences() {
 }
 
 #[test]
-fn crossentropy_backward_matches_finite_differences() {
+fn classifier_crossentropy_backward_matches_finite_differences() {
     let cpu = cpu64();
     let (nb, k, scale) = (5, 3, 0.37);
     let bt = batch::<f64>(&[1; 5], 5, k, 9);
@@ -655,12 +655,12 @@ fn run_all<F: Float>(inputs: &[Vec<f64>]) -> Vec<(String, Vec<f64>)> {
     cpu.attention_backward(&mut dqkv, &x[3][..t * c], &att, &x[7][..t * 3 * c], &bt, nh, c, drop);
     put("attention_backward", &dqkv);
 
-    // addnorm: res (T,C), sub (T,C), weight/bias (C,)
+    // layernorm: res (T,C), sub (T,C), weight/bias (C,)
     for with_sub in [true, false] {
         let sub = with_sub.then(|| &x[8][..t * c]);
         let (mut o, mut s, mut m, mut r) = (z(t * c), z(t * c), z(t), z(t));
         let drop = Dropout { p: 0.2, seed: 3, step: 2, site: 1 };
-        cpu.addnorm_forward(
+        cpu.layernorm_forward(
             &mut o,
             &mut s,
             &mut m,
@@ -674,11 +674,11 @@ fn run_all<F: Float>(inputs: &[Vec<f64>]) -> Vec<(String, Vec<f64>)> {
             t,
             c,
         );
-        put(&format!("addnorm_forward sub={with_sub}"), &o);
-        put(&format!("addnorm_forward rstd sub={with_sub}"), &r);
+        put(&format!("layernorm_forward sub={with_sub}"), &o);
+        put(&format!("layernorm_forward rstd sub={with_sub}"), &r);
         let (mut dres, mut dsub, mut dw, mut db) = (z(t * c), z(t * c), z(c), z(c));
         let dsub_opt = if with_sub { Some(&mut dsub[..]) } else { None };
-        cpu.addnorm_backward(
+        cpu.layernorm_backward(
             &mut dres,
             dsub_opt,
             &mut dw,
@@ -692,20 +692,20 @@ fn run_all<F: Float>(inputs: &[Vec<f64>]) -> Vec<(String, Vec<f64>)> {
             t,
             c,
         );
-        put(&format!("addnorm_backward dres sub={with_sub}"), &dres);
-        put(&format!("addnorm_backward dsub sub={with_sub}"), &dsub);
-        put(&format!("addnorm_backward dweight sub={with_sub}"), &dw);
-        put(&format!("addnorm_backward dbias sub={with_sub}"), &db);
+        put(&format!("layernorm_backward dres sub={with_sub}"), &dres);
+        put(&format!("layernorm_backward dsub sub={with_sub}"), &dsub);
+        put(&format!("layernorm_backward dweight sub={with_sub}"), &dw);
+        put(&format!("layernorm_backward dbias sub={with_sub}"), &db);
     }
 
     // activations over (T,F)
     for act in [Activation::Relu, Activation::Gelu, Activation::GeluTanh, Activation::Tanh] {
         let mut a = z(t * ff);
-        cpu.act_forward(&mut a, &h, act);
-        put(&format!("act_forward {act:?}"), &a);
+        cpu.activation_forward(&mut a, &h, act);
+        put(&format!("activation_forward {act:?}"), &a);
         let mut d = z(t * ff);
-        cpu.act_backward(&mut d, &x[6][..t * ff], &h, &a, act);
-        put(&format!("act_backward {act:?}"), &d);
+        cpu.activation_backward(&mut d, &x[6][..t * ff], &h, &a, act);
+        put(&format!("activation_backward {act:?}"), &d);
     }
 
     // <cls>, dropout, loss

@@ -260,7 +260,7 @@ pub trait Backend {
     /// out, sum (T,C) (sum = the pre-norm input, saved); mean, rstd (T,); weight, bias (C,).
     /// With `sub = None` this is a plain LayerNorm of `res` (HF embedding LayerNorm).
     #[allow(clippy::too_many_arguments)]
-    fn addnorm_forward(
+    fn layernorm_forward(
         &self,
         out: Self::SliceMut<'_>,
         sum: Self::SliceMut<'_>,
@@ -278,7 +278,7 @@ pub trait Backend {
     /// dres (T,C) overwritten with ∂L/∂sum; dsub (T,C) overwritten with the dropout applied;
     /// dweight, dbias (C,) accumulate.
     #[allow(clippy::too_many_arguments)]
-    fn addnorm_backward(
+    fn layernorm_backward(
         &self,
         dres: Self::SliceMut<'_>,
         dsub: Option<Self::SliceMut<'_>>,
@@ -296,9 +296,9 @@ pub trait Backend {
 
     // ---- activations --------------------------------------------------------------------
     /// out = act(inp), element-wise over n elements.
-    fn act_forward(&self, out: Self::SliceMut<'_>, inp: Self::Slice<'_>, act: Activation);
+    fn activation_forward(&self, out: Self::SliceMut<'_>, inp: Self::Slice<'_>, act: Activation);
     /// dinp = act'(inp) · dout (overwrites); `out` is the forward output (used by ReLU/tanh).
-    fn act_backward(
+    fn activation_backward(
         &self,
         dinp: Self::SliceMut<'_>,
         dout: Self::Slice<'_>,
@@ -373,4 +373,10 @@ pub trait Backend {
     );
     /// Sets the rows `rows` of a (R, row_len) table to zero.
     fn zero_rows(&self, buf: Self::SliceMut<'_>, rows: &[u32], row_len: usize);
+
+    /// Waits for the work issued so far and returns the first error of any earlier op (a GPU's
+    /// ops cannot return their device errors). Nothing to wait for on the CPU.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
 }

@@ -8,10 +8,13 @@
 //! order, so they do not depend on the number of threads (gemm's threaded path is checked to
 //! match its single-threaded one bit for bit in a unit test).
 //!
-//! Files: `matmul` (linear layers, and the strided products attention uses), `attention`
-//! (packed multi-head attention), `addnorm` (dropout + residual + LayerNorm), `elementwise`
-//! (embedding, activations, `<cls>` gather, dropout), `loss` (softmax cross-entropy), `adam` (the
-//! optimizer step), `philox` (dropout factors, vectorised).
+//! One file per op family, named as its kernels/<family>.cu: `embedding`, `matmul` (linear layers,
+//! and the strided products attention uses), `attention` (packed multi-head attention),
+//! `layernorm` (dropout + residual + LayerNorm), `activation` (nonlinearities, stand-alone
+//! dropout), `classifier` (`<cls>` gather, softmax cross-entropy), `adam` (the optimizer step),
+//! `reduce` (column sums), `convert` (bf16 rounding, the twin of the GPU's conversion); plus
+//! `philox` (dropout factors, vectorised). This file holds [`Cpu`] and the [`Backend`] impl, which
+//! delegates to them.
 //!
 //! Preconditions that only a programming error can break (buffer sizes, a consistent
 //! [`BatchLayout`](super::BatchLayout), `c % nh == 0`, in-range token ids that the data pipeline
@@ -19,13 +22,16 @@
 //! the sizes: an out-of-bounds view must never reach the `unsafe` code. An out-of-range label
 //! gives a NaN loss instead (see `crossentropy_forward`).
 
+mod activation;
 mod adam;
-mod addnorm;
 mod attention;
-mod elementwise;
-mod loss;
+mod classifier;
+pub mod convert;
+mod embedding;
+mod layernorm;
 mod matmul;
 mod philox;
+mod reduce;
 
 use super::{Activation, AdamStep, Backend, DeviceBatch};
 use crate::error::{Error, Result};
@@ -201,7 +207,7 @@ impl<F: Float> Backend for Cpu<F> {
         wpe: &[F],
         c: usize,
     ) {
-        self.pool.install(|| elementwise::embedding_forward(out, batch, wte, wse, wpe, c))
+        self.pool.install(|| embedding::embedding_forward(out, batch, wte, wse, wpe, c))
     }
     fn embedding_backward(
         &self,
@@ -212,7 +218,7 @@ impl<F: Float> Backend for Cpu<F> {
         batch: &DeviceBatch<Self>,
         c: usize,
     ) {
-        self.pool.install(|| elementwise::embedding_backward(dwte, dwse, dwpe, dout, batch, c))
+        self.pool.install(|| embedding::embedding_backward(dwte, dwse, dwpe, dout, batch, c))
     }
 
     fn matmul_forward(
@@ -284,7 +290,7 @@ impl<F: Float> Backend for Cpu<F> {
             .install(|| attention::attention_backward(dqkv, dout, att, qkv, &batch.layout, nh, c, &dropout))
     }
 
-    fn addnorm_forward(
+    fn layernorm_forward(
         &self,
         out: &mut [F],
         sum: &mut [F],
@@ -300,10 +306,10 @@ impl<F: Float> Backend for Cpu<F> {
         c: usize,
     ) {
         self.pool.install(|| {
-            addnorm::addnorm_forward(out, sum, mean, rstd, res, sub, weight, bias, eps, &dropout, t, c)
+            layernorm::layernorm_forward(out, sum, mean, rstd, res, sub, weight, bias, eps, &dropout, t, c)
         })
     }
-    fn addnorm_backward(
+    fn layernorm_backward(
         &self,
         dres: &mut [F],
         dsub: Option<&mut [F]>,
@@ -319,31 +325,31 @@ impl<F: Float> Backend for Cpu<F> {
         c: usize,
     ) {
         self.pool.install(|| {
-            addnorm::addnorm_backward(
+            layernorm::layernorm_backward(
                 dres, dsub, dweight, dbias, dout, sum, mean, rstd, weight, &dropout, t, c,
             )
         })
     }
 
-    fn act_forward(&self, out: &mut [F], inp: &[F], act: Activation) {
-        self.pool.install(|| elementwise::act_forward(out, inp, act))
+    fn activation_forward(&self, out: &mut [F], inp: &[F], act: Activation) {
+        self.pool.install(|| activation::activation_forward(out, inp, act))
     }
-    fn act_backward(&self, dinp: &mut [F], dout: &[F], inp: &[F], out: &[F], act: Activation) {
-        self.pool.install(|| elementwise::act_backward(dinp, dout, inp, out, act))
+    fn activation_backward(&self, dinp: &mut [F], dout: &[F], inp: &[F], out: &[F], act: Activation) {
+        self.pool.install(|| activation::activation_backward(dinp, dout, inp, out, act))
     }
 
     fn cls_forward(&self, out: &mut [F], x: &[F], batch: &DeviceBatch<Self>, c: usize) {
-        elementwise::cls_forward(out, x, &batch.layout, c)
+        classifier::cls_forward(out, x, &batch.layout, c)
     }
     fn cls_backward(&self, dx: &mut [F], dout: &[F], batch: &DeviceBatch<Self>, c: usize) {
-        self.pool.install(|| elementwise::cls_backward(dx, dout, &batch.layout, c))
+        self.pool.install(|| classifier::cls_backward(dx, dout, &batch.layout, c))
     }
 
     fn dropout_forward(&self, out: &mut [F], inp: &[F], dropout: Dropout) {
-        self.pool.install(|| elementwise::dropout_apply("dropout_forward", out, inp, &dropout))
+        self.pool.install(|| activation::dropout_apply("dropout_forward", out, inp, &dropout))
     }
     fn dropout_backward(&self, dinp: &mut [F], dout: &[F], dropout: Dropout) {
-        self.pool.install(|| elementwise::dropout_apply("dropout_backward", dinp, dout, &dropout))
+        self.pool.install(|| activation::dropout_apply("dropout_backward", dinp, dout, &dropout))
     }
 
     fn crossentropy_forward(
@@ -354,7 +360,7 @@ impl<F: Float> Backend for Cpu<F> {
         batch: &DeviceBatch<Self>,
         k: usize,
     ) {
-        loss::crossentropy_forward(losses, probs, logits, &batch.labels, k)
+        classifier::crossentropy_forward(losses, probs, logits, &batch.labels, k)
     }
     fn crossentropy_backward(
         &self,
@@ -364,7 +370,7 @@ impl<F: Float> Backend for Cpu<F> {
         k: usize,
         scale: f64,
     ) {
-        loss::crossentropy_backward(dlogits, probs, &batch.labels, k, scale)
+        classifier::crossentropy_backward(dlogits, probs, &batch.labels, k, scale)
     }
 
     fn adam_update(&self, params: &mut [F], grads: &[F], m: &mut [F], v: &mut [F], step: &AdamStep) {

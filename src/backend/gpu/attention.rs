@@ -11,7 +11,9 @@
 //!   short sequences of a batch with one long one still keep dS in shared memory.
 
 use super::device::{Device, KArg, LaunchCfg};
-use super::{dropout_args, i, need, p, pi, pm, GView, GViewMut, Gpu};
+use super::launch::{dropout_args, i, need, p, pi, pm};
+use super::memory::{GView, GViewMut};
+use super::Gpu;
 use crate::backend::{BatchLayout, DeviceBatch};
 use crate::error::Error;
 use crate::rng::Dropout;

@@ -157,11 +157,6 @@ pub trait Device: Send + Sync + 'static {
     /// # Safety
     /// `src .. src + dst.len()` lies inside one live allocation.
     unsafe fn copy_dtoh(&self, src: DevPtr, dst: &mut [u8]) -> Result<()>;
-    /// Copies `bytes` bytes between (non-overlapping) device ranges.
-    ///
-    /// # Safety
-    /// Both ranges lie inside live allocations and do not overlap.
-    unsafe fn copy_dtod(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()>;
     /// Sets `bytes` bytes at `dst` to zero.
     ///
     /// # Safety

@@ -204,18 +204,6 @@ impl Device for Emu {
         Ok(())
     }
 
-    unsafe fn copy_dtod(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
-        let _stream = lock(&self.stream);
-        self.check_range(src, bytes, "copy_dtod source")?;
-        self.check_range(dst, bytes, "copy_dtod destination")?;
-        if bytes > 0 {
-            // SAFETY: both ranges lie inside live allocations (checked above); `copy` allows
-            // overlap, so even a caller breaking the no-overlap contract cannot corrupt memory.
-            unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, bytes) };
-        }
-        Ok(())
-    }
-
     unsafe fn memset_zero(&self, dst: DevPtr, bytes: usize) -> Result<()> {
         let _stream = lock(&self.stream);
         self.check_range(dst, bytes, "memset_zero")?;

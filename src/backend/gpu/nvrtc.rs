@@ -71,12 +71,12 @@ pub fn version() -> Result<(i32, i32)> {
 /// The options the engine compiles its kernels with for `arch` (`sm_90` for a cubin,
 /// `compute_90` for PTX). No `--use_fast_math`: the kernels must match the CPU reference.
 pub fn kernel_options(arch: &str) -> Vec<String> {
-    vec![
-        "-std=c++17".into(),
-        format!("--gpu-architecture={arch}"),
-        "-default-device".into(),
-        "-lineinfo".into(),
-    ]
+    // The flags nvcc also gets at build time (kernels/build/src/flags.rs says why each is there),
+    // then the target and NVRTC's own flags.
+    let mut v: Vec<String> = super::SHARED_COMPILE_FLAGS.iter().map(|s| s.to_string()).collect();
+    v.push(format!("--gpu-architecture={arch}"));
+    v.extend(super::NVRTC_ONLY_FLAGS.iter().map(|s| s.to_string()));
+    v
 }
 
 /// Compiles `src` (one translation unit, no includes) with `options` to `out`. A compile error

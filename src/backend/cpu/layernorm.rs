@@ -28,7 +28,7 @@ fn sum8<F: Float>(n: usize, f: impl Fn(usize) -> F) -> F {
 /// Forward. out, sum (T,C) overwritten; mean, rstd (T,) overwritten; res (T,C); sub (T,C) or
 /// `None` (plain LayerNorm of res); weight, bias (C,).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn addnorm_forward<F: Float>(
+pub(super) fn layernorm_forward<F: Float>(
     out: &mut [F],
     sum: &mut [F],
     mean: &mut [F],
@@ -53,7 +53,10 @@ pub(super) fn addnorm_forward<F: Float>(
         (weight.len(), c, "weight"),
         (bias.len(), c, "bias"),
     ] {
-        assert!(have >= need, "addnorm_forward: {what} has {have} elements, need {need} (T = {t}, C = {c})");
+        assert!(
+            have >= need,
+            "layernorm_forward: {what} has {have} elements, need {need} (T = {t}, C = {c})"
+        );
     }
     if tc == 0 {
         return;
@@ -108,7 +111,7 @@ pub(super) fn addnorm_forward<F: Float>(
 /// same, times the dropout factor); dweight, dbias (C,) accumulate. dout, sum (T,C); mean, rstd
 /// (T,); weight (C,).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn addnorm_backward<F: Float>(
+pub(super) fn layernorm_backward<F: Float>(
     dres: &mut [F],
     dsub: Option<&mut [F]>,
     dweight: &mut [F],
@@ -134,7 +137,10 @@ pub(super) fn addnorm_backward<F: Float>(
         (rstd.len(), t, "rstd"),
         (weight.len(), c, "weight"),
     ] {
-        assert!(have >= need, "addnorm_backward: {what} has {have} elements, need {need} (T = {t}, C = {c})");
+        assert!(
+            have >= need,
+            "layernorm_backward: {what} has {have} elements, need {need} (T = {t}, C = {c})"
+        );
     }
     if tc == 0 {
         return;

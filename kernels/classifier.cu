@@ -1,5 +1,8 @@
-// loss.cu: softmax cross-entropy over the classifier's logits. Twin: src/backend/cpu/loss.rs.
+// classifier.cu: the classifier head's own kernels. Twin: src/backend/cpu/classifier.rs.
+// (The pooler, Linear + tanh, and the output layer are matmul and activation launches.)
 //
+// cls_forward: out (B,C) = x (T,C) at row cu_seqlens[b] (zero row for an empty sequence).
+// cls_backward: dx (T,C) rows cu_seqlens[b] = dout (B,C) rows (dx zeroed by the launcher first).
 // crossentropy_forward: one thread per example: probs (B,K) = softmax(logits (B,K)) (max-shifted),
 //   losses (B,) = -(logit[y] - max - log Σ exp(logit - max)); a label outside 0..K gives NaN.
 // crossentropy_backward: dlogits (B,K) = scale * (probs - onehot(label)), overwritten.
@@ -31,4 +34,22 @@ extern "C" __global__ void crossentropy_backward(float* __restrict__ dlogits, co
     const int row = (int)(i / k), j = (int)(i % k);
     const float onehot = labels[row] == j ? 1.0f : 0.0f;
     dlogits[i] = scale * (probs[i] - onehot);
+}
+
+extern "C" __global__ void cls_forward(float* __restrict__ out, const float* __restrict__ x,
+                                       const int* __restrict__ cu_seqlens, int b, int c) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)b * c) return;
+    int s = (int)(i / c), ch = (int)(i % c);
+    int row = cu_seqlens[s];
+    out[i] = cu_seqlens[s + 1] > row ? x[(long long)row * c + ch] : 0.0f;
+}
+
+extern "C" __global__ void cls_backward(float* __restrict__ dx, const float* __restrict__ dout,
+                                       const int* __restrict__ cu_seqlens, int b, int c) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)b * c) return;
+    int s = (int)(i / c), ch = (int)(i % c);
+    int row = cu_seqlens[s];
+    if (cu_seqlens[s + 1] > row) dx[(long long)row * c + ch] = dout[i];
 }

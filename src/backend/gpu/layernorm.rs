@@ -3,7 +3,9 @@
 //! reduce.cu.
 
 use super::device::{Device, KArg, LaunchCfg};
-use super::{dropout_args, i, need, p, pm, GView, GViewMut, Gpu};
+use super::launch::{dropout_args, i, need, p, pm};
+use super::memory::{GView, GViewMut};
+use super::Gpu;
 use crate::rng::Dropout;
 
 /// Threads per block of the row kernels (one warp per row).
@@ -14,7 +16,7 @@ fn row_cfg(t: usize) -> LaunchCfg {
     LaunchCfg::linear(t.div_ceil(rows_per_block) as u32, ROW_THREADS, 0)
 }
 
-/// See [`Backend::addnorm_forward`](crate::backend::Backend::addnorm_forward).
+/// See [`Backend::layernorm_forward`](crate::backend::Backend::layernorm_forward).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward<D: Device>(
     g: &Gpu<D>,
@@ -31,7 +33,7 @@ pub(super) fn forward<D: Device>(
     t: usize,
     c: usize,
 ) {
-    let op = "addnorm_forward";
+    let op = "layernorm_forward";
     let tc = t * c;
     for (what, have, n) in [
         ("out", out.len, tc),
@@ -70,7 +72,7 @@ pub(super) fn forward<D: Device>(
     g.launch(op, row_cfg(t), &args);
 }
 
-/// See [`Backend::addnorm_backward`](crate::backend::Backend::addnorm_backward).
+/// See [`Backend::layernorm_backward`](crate::backend::Backend::layernorm_backward).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward<D: Device>(
     g: &Gpu<D>,
@@ -87,7 +89,7 @@ pub(super) fn backward<D: Device>(
     t: usize,
     c: usize,
 ) {
-    let op = "addnorm_backward";
+    let op = "layernorm_backward";
     let tc = t * c;
     for (what, have, n) in [
         ("dres", dres.len, tc),
@@ -122,6 +124,6 @@ pub(super) fn backward<D: Device>(
         s3,
         s4,
     ];
-    g.launch("addnorm_backward_rows", row_cfg(t), &args);
+    g.launch("layernorm_backward_rows", row_cfg(t), &args);
     g.layernorm_param_sums(dweight.ptr, dbias.ptr, dout.ptr, sum.ptr, mean.ptr, rstd.ptr, t, c);
 }

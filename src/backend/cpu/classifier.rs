@@ -1,6 +1,10 @@
-//! Softmax cross-entropy over the classifier logits.
+//! The classifier head's own ops: the `<cls>` row gather (and its scatter back) and softmax
+//! cross-entropy over the logits. The pooler (`hidden`: Linear + tanh) and the output layer are
+//! matmul and activation ops.
 
-use super::{cast, Float};
+use super::{cast, check_layout, Float, ELEMS_PER_TASK};
+use crate::backend::BatchLayout;
+use rayon::prelude::*;
 
 /// losses (B,) = −log softmax(logits (B,K))[label], computed as
 /// `−(logit[label] − max − log Σ exp(logit − max))`; probs (B,K) = softmax(logits), saved for
@@ -67,6 +71,50 @@ pub(super) fn crossentropy_backward<F: Float>(
         for (j, (d, &p)) in d.iter_mut().zip(&probs[b * k..(b + 1) * k]).enumerate() {
             let onehot = if Some(j) == y { F::one() } else { F::zero() };
             *d = scale * (p - onehot);
+        }
+    }
+}
+
+/// out (B,C) = x (T,C) at the first row of each sequence (an empty sequence gives a zero row).
+pub(super) fn cls_forward<F: Float>(out: &mut [F], x: &[F], layout: &BatchLayout, c: usize) {
+    let t = check_layout("cls_forward", layout);
+    let nb = layout.b();
+    assert!(
+        out.len() >= nb * c && x.len() >= t * c,
+        "cls_forward: out has {} elements (need B·C = {}), x {} (need T·C = {})",
+        out.len(),
+        nb * c,
+        x.len(),
+        t * c
+    );
+    for b in 0..nb {
+        let o = &mut out[b * c..(b + 1) * c];
+        if layout.len(b) > 0 {
+            let r = layout.cu_seqlens[b];
+            o.copy_from_slice(&x[r * c..(r + 1) * c]);
+        } else {
+            o.fill(F::zero());
+        }
+    }
+}
+
+/// dx (T,C) overwritten: zero except the first row of each sequence, which gets dout (B,C).
+pub(super) fn cls_backward<F: Float>(dx: &mut [F], dout: &[F], layout: &BatchLayout, c: usize) {
+    let t = check_layout("cls_backward", layout);
+    let nb = layout.b();
+    assert!(
+        dx.len() >= t * c && dout.len() >= nb * c,
+        "cls_backward: dx has {} elements (need T·C = {}), dout {} (need B·C = {})",
+        dx.len(),
+        t * c,
+        dout.len(),
+        nb * c
+    );
+    dx[..t * c].par_chunks_mut(ELEMS_PER_TASK).for_each(|d| d.fill(F::zero()));
+    for b in 0..nb {
+        if layout.len(b) > 0 {
+            let r = layout.cu_seqlens[b];
+            dx[r * c..(r + 1) * c].copy_from_slice(&dout[b * c..(b + 1) * c]);
         }
     }
 }

@@ -1,0 +1,64 @@
+//! Launchers of kernels/embedding.cu: the token + segment + position sum and its gradients
+//! (token rows by scatter-add, position rows walking the sequences, segment rows by the column
+//! sums of reduce.cu).
+
+use super::device::Device;
+use super::launch::{i, need, p, pi, pm};
+use super::memory::{GView, GViewMut};
+use super::Gpu;
+use crate::backend::DeviceBatch;
+
+/// See [`Backend::embedding_forward`](crate::backend::Backend::embedding_forward).
+pub(super) fn forward<D: Device>(
+    g: &Gpu<D>,
+    out: GViewMut<'_>,
+    batch: &DeviceBatch<Gpu<D>>,
+    wte: GView<'_>,
+    wse: GView<'_>,
+    wpe: GView<'_>,
+    c: usize,
+) {
+    let t = batch.layout.t();
+    need("embedding_forward", "out", out.len, t * c);
+    need("embedding_forward", "tokens", batch.tokens.len, t);
+    let args = [
+        pm(&out),
+        pi(&batch.tokens),
+        pi(&batch.segments),
+        pi(&batch.positions),
+        p(&wte),
+        p(&wse),
+        p(&wpe),
+        i(t),
+        i(c),
+    ];
+    g.launch_n("embedding_forward", t * c, &args);
+}
+
+/// See [`Backend::embedding_backward`](crate::backend::Backend::embedding_backward).
+pub(super) fn backward<D: Device>(
+    g: &Gpu<D>,
+    dwte: GViewMut<'_>,
+    dwse: GViewMut<'_>,
+    dwpe: Option<GViewMut<'_>>,
+    dout: GView<'_>,
+    batch: &DeviceBatch<Gpu<D>>,
+    c: usize,
+) {
+    let t = batch.layout.t();
+    need("embedding_backward", "dout", dout.len, t * c);
+    if c == 0 {
+        return;
+    }
+    g.launch_n("embedding_backward_tokens", t * c, &[pm(&dwte), pi(&batch.tokens), p(&dout), i(t), i(c)]);
+    g.selected_row_sums(dwse.ptr, batch.segments.ptr, dout.ptr, t, c, dwse.len / c);
+    if let Some(dwpe) = dwpe {
+        // position p's gradient sums row cu_seqlens[b] + p of every sequence longer than p
+        let (nb, rows) = (batch.layout.b(), dwpe.len / c);
+        g.launch_n(
+            "embedding_backward_positions",
+            rows * c,
+            &[pm(&dwpe), pi(&batch.cu_seqlens), p(&dout), i(nb), i(c), i(rows)],
+        );
+    }
+}
