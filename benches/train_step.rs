@@ -63,18 +63,16 @@ fn bench_on<B: Backend>(
         g.bench_function(id, |bch| {
             bch.iter(|| {
                 let b = &batches[step as usize % batches.len()];
-                let db = upload_batch(be, b).unwrap();
                 let mode = Mode { dropout: 0.2, seed: 0, step };
                 if sparse {
-                    opt.zero_grad(be, &mut model);
+                    // the trainer's step (row-sparse Adam)
+                    model.train_step(be, &mut opt, &mut acts, b, mode).unwrap();
                 } else {
+                    // PyTorch-style dense Adam over every parameter, for comparison
+                    let db = upload_batch(be, b).unwrap();
                     model.zero_grad(be);
-                }
-                model.forward(be, &mut acts, &db, mode).unwrap();
-                model.backward(be, &mut acts, &db, mode).unwrap();
-                if sparse {
-                    opt.step_batch(be, &mut model, &b.tokens);
-                } else {
+                    model.forward(be, &mut acts, &db, mode).unwrap();
+                    model.backward(be, &mut acts, &db, mode).unwrap();
                     opt.step(be, &mut model);
                 }
                 sync();
@@ -93,7 +91,7 @@ fn bench(c: &mut Criterion) {
     let emu = Gpu::new(Emu::new().expect("emulator"));
     bench_on(c, &emu, &tiny, 4, &[("emu", true)], &|| emu.check().expect("emulator"));
     if cuda::device_count() > 0 {
-        let gpu = Gpu::new(cuda::Cuda::new(0).expect("CUDA device 0"));
+        let gpu = Gpu::new(cuda::Cuda::new(0, &nli_bert::data::hub::cache_dir()).expect("CUDA device 0"));
         bench_on(c, &gpu, &small, 64, &[("cuda", true)], &|| gpu.check().expect("CUDA device"));
     }
 }

@@ -197,7 +197,7 @@ fn config(data: &[u8]) -> Result<(), String> {
             n => Err(format!("param_count {n:?} but the layout holds {total}")),
         }
     };
-    if let Ok(saved) = serde_json::from_slice::<crate::app::SavedConfig>(data) {
+    if let Ok(saved) = serde_json::from_slice::<crate::model::store::SavedConfig>(data) {
         layout(&saved.model)?;
     }
     if let Ok(hf) = serde_json::from_slice::<crate::model::hf::HfConfig>(data) {

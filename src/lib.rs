@@ -31,13 +31,12 @@
 //! [`rng`] → [`backend`] (the trait) → [`backend::cpu`] (the reference ops) → [`model::params`] →
 //! [`model::bert`] (forward/backward) → [`train`] → [`data`] → [`model::checkpoint`].
 
-pub mod app;
 pub mod backend;
-pub mod bench;
+pub mod cli;
 pub mod data;
-pub mod demo;
 pub mod error;
 pub mod float;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod model;
 pub mod rng;

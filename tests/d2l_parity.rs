@@ -6,7 +6,6 @@
 //! and the logits, losses, every gradient, and the parameters after 1 and 3 Adam steps (and 3
 //! AdamW steps), dropout 0. Tolerances: f64 ~1e-10 relative, f32 ~1e-5.
 
-use nli_bert::app;
 use nli_bert::backend::cpu::Cpu;
 use nli_bert::backend::Backend;
 use nli_bert::data::batch::{encode_dataset, Batch, Encoded, Truncate};
@@ -16,6 +15,7 @@ use nli_bert::float::Float;
 use nli_bert::model::bert::{cast_params, upload_batch, Acts, Mode, Model};
 use nli_bert::model::checkpoint::{names, safetensors as st, torch};
 use nli_bert::model::params::ParamLayout;
+use nli_bert::model::store::{self, LoadedModel};
 use nli_bert::train::optim::{Adam, AdamConfig};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -133,9 +133,9 @@ fn d2l_zip_and_legacy_containers_hold_the_same_tensors() {
 }
 
 /// Loads the fixture model through the user path (`--model DIR --heads 4`).
-fn load(legacy: bool) -> app::LoadedModel {
+fn load(legacy: bool) -> LoadedModel {
     let dir = fixture_dir();
-    let mut m = app::load_model(dir.to_str().unwrap(), Some(4), false, 0).unwrap();
+    let mut m = store::load_model(dir.to_str().unwrap(), Some(4), false, 0).unwrap();
     if legacy {
         let p = dir.join("pretrained_legacy.params");
         let tensors = torch::load_torch_state_dict(&p).unwrap();

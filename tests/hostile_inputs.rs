@@ -4,7 +4,6 @@
 //! `tests/data_pipeline.rs` (reader basics) and `tests/download.rs` (network faults); the table of
 //! every case and the test that proves it is RELIABILITY.md.
 
-use nli_bert::app::load_model;
 use nli_bert::data::batch::{encode_dataset, Truncate};
 use nli_bert::data::snli::{read_dataset, read_snli_jsonl, read_snli_txt, read_tsv, Dataset};
 use nli_bert::data::vocab::Vocab;
@@ -14,6 +13,7 @@ use nli_bert::model::checkpoint::safetensors::{load_safetensors, save_params};
 use nli_bert::model::checkpoint::torch::{load_torch_state_dict, parse_torch_state_dict};
 use nli_bert::model::config::BertConfig;
 use nli_bert::model::params::ParamLayout;
+use nli_bert::model::store::load_model;
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read, Write};
 use std::path::{Path, PathBuf};
@@ -476,7 +476,7 @@ fn nan_and_inf_weights_are_reported_with_the_file_and_the_tensors() {
         .unwrap();
     let saved = dir.path().join("saved");
     let mut params: Vec<f32> = (0..layout.total).map(|i| (i as f32 * 0.37).sin() * 0.1).collect();
-    nli_bert::app::save_model(&saved, &cfg, &vocab, &params, 16, Truncate::Longest).unwrap();
+    nli_bert::model::store::save_model(&saved, &cfg, &vocab, &params, 16, Truncate::Longest).unwrap();
     assert!(load_model(saved.to_str().unwrap(), None, false, 0).is_ok());
     let e = layout.get("encoder.blks.0.ffn.dense1.weight").unwrap();
     params[e.offset + 3] = f32::INFINITY;
@@ -744,7 +744,7 @@ fn configurations_declaring_huge_models_are_refused_before_allocating() {
         .unwrap();
     let saved = dir.path().join("saved");
     let params = vec![0.01f32; layout.total];
-    nli_bert::app::save_model(&saved, &cfg, &vocab, &params, 16, Truncate::Longest).unwrap();
+    nli_bert::model::store::save_model(&saved, &cfg, &vocab, &params, 16, Truncate::Longest).unwrap();
     let original = std::fs::read_to_string(saved.join("config.json")).unwrap();
     for (field, value, needle) in [
         ("hidden", "1000000000", "hidden 1000000000 is beyond the supported 32768"),

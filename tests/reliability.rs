@@ -123,7 +123,7 @@ fn a_nan_loss_stops_the_run_with_a_message_and_keeps_the_last_checkpoint() {
         "{stderr}"
     );
     // the step-1 checkpoint is there, complete, and no model was written from the broken weights
-    let (_, resume) = nli_bert::app::load_checkpoint(&out).unwrap();
+    let (_, resume) = nli_bert::train::checkpoint::load_checkpoint(&out).unwrap();
     assert_eq!(resume.state.step, 1);
     assert!(!out.join("model.safetensors").exists());
     assert_eq!(temporaries(&out), Vec::<String>::new());
@@ -241,7 +241,7 @@ fn sigkill_while_writing_checkpoints_leaves_one_that_resumes_bit_identically() {
             mid_write += 1;
         }
         // The checkpoint --resume picks up loads completely: model, vocabulary, optimizer state.
-        let (model, resume) = nli_bert::app::load_checkpoint(&cut)
+        let (model, resume) = nli_bert::train::checkpoint::load_checkpoint(&cut)
             .unwrap_or_else(|e| panic!("round {round}: the checkpoint does not load after SIGKILL: {e}"));
         assert!(model.params.iter().all(|v| v.is_finite()));
         assert!(
@@ -281,7 +281,7 @@ fn a_save_killed_between_the_two_renames_falls_back_to_the_previous_checkpoint()
     std::fs::write(cut.join(".curves.svg.tmp-99999999"), b"<svg").unwrap();
     // a file of the user's that merely looks like a temporary is left alone
     std::fs::write(cut.join("notes.tmp-99999999"), b"mine").unwrap();
-    let (_, resume) = nli_bert::app::load_checkpoint(&cut).unwrap();
+    let (_, resume) = nli_bert::train::checkpoint::load_checkpoint(&cut).unwrap();
     assert_eq!(resume.state.step, 20);
     let o = bin().args(["finetune", "--resume", cut.to_str().unwrap(), "--threads", "1"]).output().unwrap();
     assert!(text(&o).1.contains("removed 2 temporary file(s) left in"), "{}", text(&o).1);
@@ -383,7 +383,14 @@ fn a_full_disk_mid_checkpoint_is_a_clear_error_and_the_previous_checkpoint_stays
         .args(["-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs \"$0\"", mnt.to_str().unwrap()])
         .output();
     if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: cannot mount a tmpfs in a user namespace here ({probe:?}); the RLIMIT_FSIZE test covers this");
+        let why = format!(
+            "cannot mount a tmpfs in a user namespace here ({probe:?}); the RLIMIT_FSIZE test covers this"
+        );
+        common::missing(
+            common::Need::DiskFaults,
+            "a_full_disk_mid_checkpoint_is_a_clear_error_and_the_previous_checkpoint_stays",
+            &why,
+        );
         return;
     }
     let (full, _) = checkpointed_at_step_5(tmp.path());
@@ -415,7 +422,7 @@ fn a_full_disk_mid_checkpoint_is_a_clear_error_and_the_previous_checkpoint_stays
     assert!(stderr.contains("is intact") && stderr.contains("--resume"), "{stderr}");
     // What was on the full disk: the step-1 checkpoint, complete, and no temporaries.
     assert_eq!(temporaries(&keep), Vec::<String>::new());
-    let (_, resume) = nli_bert::app::load_checkpoint(&keep).unwrap();
+    let (_, resume) = nli_bert::train::checkpoint::load_checkpoint(&keep).unwrap();
     assert_eq!(resume.state.step, 1);
     // The stored output folder is the tmpfs one: resume from a copy elsewhere.
     resume_and_compare(&keep, &full, "after a full disk");
@@ -486,7 +493,11 @@ fn a_write_to_a_full_device_is_an_error_naming_the_file() {
     // /dev/full: every write fails with ENOSPC.
     let full = Path::new("/dev/full");
     if !full.exists() {
-        eprintln!("skipped: no /dev/full");
+        common::missing(
+            common::Need::DiskFaults,
+            "a_write_to_a_full_device_is_an_error_naming_the_file",
+            "no /dev/full",
+        );
         return;
     }
     let m = nli_bert::train::trainer::EpochMetrics {

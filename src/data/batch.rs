@@ -8,14 +8,14 @@ use crate::data::tokenizer::d2l_tokenize;
 use crate::data::vocab::Vocab;
 use crate::data::wordpiece::{truncate_longest_first, WordPiece};
 use crate::error::{Error, Result};
-use crate::model::config::{BertConfig, TokenizerKind};
 use crate::rng::HostRng;
 
 /// The smallest `max_len` accepted: `<cls>`, `<sep>`, `<sep>` plus one token of each sentence.
 pub const MIN_MAX_LEN: usize = 5;
 
 /// How to shorten a pair that does not fit in `max_len`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Truncate {
     /// d2l's rule: drop the last token of the longer sentence (the hypothesis on ties) until the
     /// pair fits.
@@ -147,12 +147,23 @@ impl<'a> From<&'a Vocab> for TextEncoder<'a> {
     }
 }
 
+/// How text becomes tokens (a model's configuration says which).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenizerKind {
+    /// d2l: Python `str.lower()` then `str.split()`, a word vocabulary (`vocab.json`).
+    D2lWords,
+    /// BERT WordPiece (`vocab.txt`).
+    WordPiece,
+}
+
 impl<'a> TextEncoder<'a> {
-    /// The encoder a model configuration asks for (`tokenizer`, `lowercase`) over `vocab`.
-    pub fn for_model(cfg: &BertConfig, vocab: &'a Vocab) -> Result<Self> {
-        Ok(match cfg.tokenizer {
+    /// The encoder of kind `kind` over `vocab`; `lowercase` applies to WordPiece (d2l always
+    /// lower-cases).
+    pub fn new(kind: TokenizerKind, lowercase: bool, vocab: &'a Vocab) -> Result<Self> {
+        Ok(match kind {
             TokenizerKind::D2lWords => TextEncoder::D2l(vocab),
-            TokenizerKind::WordPiece => TextEncoder::WordPiece(WordPiece::new(vocab, cfg.lowercase)?),
+            TokenizerKind::WordPiece => TextEncoder::WordPiece(WordPiece::new(vocab, lowercase)?),
         })
     }
 

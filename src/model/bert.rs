@@ -214,7 +214,7 @@ impl<B: Backend> Model<B> {
             c,
         );
         if let Some((w, bias)) = &r.emb_ln {
-            be.addnorm_forward(
+            be.layernorm_forward(
                 be.slice_mut(&mut acts.emb_ln, tc.clone()),
                 be.slice_mut(&mut acts.x0, tc.clone()),
                 be.slice_mut(&mut acts.emb_mean, 0..t),
@@ -269,7 +269,7 @@ impl<B: Backend> Model<B> {
                 c,
                 c,
             );
-            be.addnorm_forward(
+            be.layernorm_forward(
                 be.slice_mut(&mut a.y, tc.clone()),
                 be.slice_mut(&mut a.sum1, tc.clone()),
                 be.slice_mut(&mut a.mean1, 0..t),
@@ -292,7 +292,7 @@ impl<B: Backend> Model<B> {
                 c,
                 f,
             );
-            be.act_forward(
+            be.activation_forward(
                 be.slice_mut(&mut a.h, tf.clone()),
                 be.slice(&a.h_pre, tf.clone()),
                 cfg.activation,
@@ -306,7 +306,7 @@ impl<B: Backend> Model<B> {
                 f,
                 c,
             );
-            be.addnorm_forward(
+            be.layernorm_forward(
                 be.slice_mut(&mut a.out, tc.clone()),
                 be.slice_mut(&mut a.sum2, tc.clone()),
                 be.slice_mut(&mut a.mean2, 0..t),
@@ -338,7 +338,7 @@ impl<B: Backend> Model<B> {
             c,
             c,
         );
-        be.act_forward(
+        be.activation_forward(
             be.slice_mut(&mut acts.pool, bc.clone()),
             be.slice(&acts.pool_pre, bc.clone()),
             Activation::Tanh,
@@ -428,7 +428,7 @@ impl<B: Backend> Model<B> {
             );
             std::mem::swap(&mut acts.dcls, &mut acts.dpool);
         }
-        be.act_backward(
+        be.activation_backward(
             be.slice_mut(&mut acts.dpool_pre, bc.clone()),
             be.slice(&acts.dpool, bc.clone()),
             be.slice(&acts.pool_pre, bc.clone()),
@@ -465,7 +465,7 @@ impl<B: Backend> Model<B> {
             // dx_a = ∂L/∂out (block output). AddNorm 2.
             {
                 let (dw, db) = split2(be, g, &br.ln2_weight, &br.ln2_bias)?;
-                be.addnorm_backward(
+                be.layernorm_backward(
                     be.slice_mut(&mut acts.dy, tc.clone()),
                     Some(be.slice_mut(&mut acts.dsub, tc.clone())),
                     dw,
@@ -495,7 +495,7 @@ impl<B: Backend> Model<B> {
                     c,
                 );
             }
-            be.act_backward(
+            be.activation_backward(
                 be.slice_mut(&mut acts.dh_pre, tf.clone()),
                 be.slice(&acts.dh, tf.clone()),
                 be.slice(&a.h_pre, tf.clone()),
@@ -520,7 +520,7 @@ impl<B: Backend> Model<B> {
             // AddNorm 1: dx_b = ∂L/∂x through the residual, dsub = ∂L/∂proj.
             {
                 let (dw, db) = split2(be, g, &br.ln1_weight, &br.ln1_bias)?;
-                be.addnorm_backward(
+                be.layernorm_backward(
                     be.slice_mut(&mut acts.dx_b, tc.clone()),
                     Some(be.slice_mut(&mut acts.dsub, tc.clone())),
                     dw,
@@ -590,7 +590,7 @@ impl<B: Backend> Model<B> {
                 std::mem::swap(&mut acts.dx_a, &mut acts.dx_b);
             }
             let (dw, db) = split2(be, g, lw, lb)?;
-            be.addnorm_backward(
+            be.layernorm_backward(
                 be.slice_mut(&mut acts.dx_b, tc.clone()),
                 None,
                 dw,

@@ -4,15 +4,7 @@ use crate::backend::Activation;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-/// How text becomes tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenizerKind {
-    /// d2l: Python `str.lower()` then `str.split()`, a word vocabulary (`vocab.json`).
-    D2lWords,
-    /// BERT WordPiece (`vocab.txt`).
-    WordPiece,
-}
+pub use crate::data::batch::TokenizerKind;
 
 /// The most parameters a configuration may have (2^32: 17 GB in f32, far beyond BERT-large).
 pub const MAX_PARAMS: usize = 1 << 32;
@@ -153,4 +145,17 @@ impl BertConfig {
         let head = c.checked_mul(c)?.checked_add(c)?.checked_add(k.checked_mul(c)?.checked_add(k)?)?;
         table.checked_add(emb_ln)?.checked_add(blocks)?.checked_add(head)
     }
+}
+
+/// Numeric precision of the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// float64: the reference (gradient checks, parity with PyTorch to ~1e-10). CPU only.
+    F64,
+    /// float32: the fast trainer.
+    F32,
+    /// bf16 matrix products with fp32 accumulation; weights, Adam, LayerNorm, softmax and the
+    /// loss in f32. GPU (or emulator) only.
+    Bf16,
 }

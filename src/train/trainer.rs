@@ -230,10 +230,8 @@ pub fn train<B: Backend>(
             let items: Vec<&Encoded> = order[st.batch].iter().map(|&i| &train[i]).collect();
             let batch = Batch::from_encoded(&items);
             let t0 = Instant::now();
-            let db = upload_batch(be, &batch)?;
             let mode = Mode { dropout: opts.dropout, seed: opts.seed, step: st.step };
-            opt.zero_grad(be, model);
-            let out = model.forward(be, &mut acts, &db, mode)?;
+            let out = model.train_step(be, opt, &mut acts, &batch, mode)?;
             if !out.loss_sum.is_finite() {
                 return Err(Error::msg(format!(
                     "the training loss became {} at step {} (epoch {}): lower --lr or check the data{}",
@@ -243,8 +241,6 @@ pub fn train<B: Backend>(
                     if opts.save_every.is_some() { "; the last checkpoint is intact" } else { "" }
                 )));
             }
-            model.backward(be, &mut acts, &db, mode)?;
-            opt.step_batch(be, model, &batch.tokens);
             st.secs += t0.elapsed().as_secs_f64();
             st.step += 1;
             st.batch += 1;

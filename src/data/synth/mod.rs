@@ -8,6 +8,10 @@
 //! `awkward` adds what real files can hold and the readers must survive: `\r\n` and lone `\r`
 //! line endings, blank lines, a byte-order mark, more `-` rows, accented, Greek (final sigma),
 //! CJK and upper-case words, and runs of Unicode whitespace inside the parses.
+//!
+//! [`demo`] generates the small learnable NLI set of `nli-bert demo`.
+
+pub mod demo;
 
 use std::io::Write;
 

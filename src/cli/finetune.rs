@@ -1,0 +1,355 @@
+//! `nli-bert finetune`: d2l's fine-tuning run (load or resume, read and encode, train with
+//! progress, epoch lines, metrics, curves and checkpoints, save).
+
+use super::engine::{Engine, OnBackend};
+use super::progress::RunHooks;
+use super::{check_max_len, encode, read_data, EngineArgs};
+use crate::backend::Backend;
+use crate::data::batch::{Encoded, Truncate};
+use crate::data::snli::read_dataset;
+use crate::error::{Error, Result};
+use crate::model::bert::{cast_params, Model};
+use crate::model::store::{load_model, save_model, scratch_model, LoadedModel, ScratchArgs};
+use crate::train::checkpoint::{load_checkpoint, remove_stale_temporaries, Resume, RunSettings};
+use crate::train::optim::{Adam, AdamConfig};
+use crate::train::report;
+use crate::train::trainer::{self, EpochMetrics, TrainOptions, TrainState};
+use clap::Args;
+use std::path::PathBuf;
+
+/// `nli-bert finetune`.
+#[derive(Args)]
+pub struct FinetuneCmd {
+    /// bert.small | bert.base | scratch | hf:ORG/NAME (Hugging Face hub) | DIR (d2l's vocab.json +
+    /// pretrained.params, a Hugging Face BERT directory, or a saved model).
+    #[arg(long, default_value = "bert.small")]
+    pub model: String,
+    /// snli (download SNLI) or a file: SNLI .txt, .jsonl, or TSV label<TAB>premise<TAB>hypothesis.
+    #[arg(long, default_value = "snli")]
+    pub data: String,
+    /// Test set evaluated after each epoch (default: SNLI test with --data snli, else none).
+    #[arg(long)]
+    pub test_data: Option<PathBuf>,
+    /// Passes over the training data.
+    #[arg(long, default_value_t = 5)]
+    pub epochs: usize,
+    /// Pairs per optimizer step.
+    #[arg(long, default_value_t = 512)]
+    pub batch_size: usize,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f64,
+    /// Use AdamW with this weight decay instead of Adam.
+    #[arg(long)]
+    pub adamw: Option<f64>,
+    /// Maximum tokens per pair, including <cls> and two <sep>.
+    #[arg(long, default_value_t = 128)]
+    pub max_len: usize,
+    /// Dropout on attention probabilities and sub-layer outputs (d2l's PyTorch loader: 0.2).
+    #[arg(long, default_value_t = 0.2)]
+    pub dropout: f64,
+    /// Seed of the shuffling, the dropout masks and fresh weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Keep the training data in file order.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Pair truncation: d2l's (drop from the longer) or by length ratio (exercise 2).
+    #[arg(long, value_enum, default_value = "longest")]
+    pub truncate: Truncate,
+    /// Train the positional embedding (d2l 0.17 freezes it; later d2l trains it).
+    #[arg(long)]
+    pub train_pos_embedding: bool,
+    /// Write model.safetensors, config.json, vocab.json, metrics.jsonl, curves.svg and
+    /// checkpoint/ (at each epoch end) here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Also checkpoint every N steps (needs --out).
+    #[arg(long, requires = "out")]
+    pub save_every: Option<u64>,
+    /// Continue the run saved in DIR (its --out directory): model, optimizer, data position and
+    /// settings all come from DIR/checkpoint; only --max-steps, --threads and --quiet apply.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["model", "data", "out"])]
+    pub resume: Option<PathBuf>,
+    /// Attention heads of d2l weights (not stored in them; default hidden/64).
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// scratch: hidden size.
+    #[arg(long, default_value_t = 256)]
+    pub hidden: usize,
+    /// scratch: FFN size.
+    #[arg(long, default_value_t = 512)]
+    pub ffn: usize,
+    /// scratch: encoder blocks.
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    /// scratch: minimum token count for the vocabulary.
+    #[arg(long, default_value_t = 1)]
+    pub min_freq: usize,
+    /// Only print the results.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Everything `finetune` needs besides the data.
+#[derive(Clone, Debug)]
+pub struct FinetuneArgs {
+    /// Loop settings.
+    pub train: TrainOptions,
+    /// Optimizer.
+    pub adam: AdamConfig,
+    /// Token budget per pair.
+    pub max_len: usize,
+    /// Pair truncation.
+    pub truncate: Truncate,
+    /// Device, precision and CPU threads.
+    pub engine: Engine,
+    /// Output directory.
+    pub out: Option<PathBuf>,
+    /// Suppress informational stderr lines (progress included).
+    pub quiet: bool,
+    /// The run's settings, stored in checkpoints so `--resume` can continue with them (none for
+    /// the demo).
+    pub run: Option<RunSettings>,
+}
+
+/// The figures a finetune run ends with.
+pub struct FinetuneResult {
+    /// One entry per epoch.
+    pub history: Vec<EpochMetrics>,
+    /// Device name as printed.
+    pub device: String,
+}
+
+impl FinetuneCmd {
+    /// The settings a checkpoint records, so `--resume` continues the same run.
+    fn run_settings(&self) -> RunSettings {
+        RunSettings {
+            data: self.data.clone(),
+            test_data: self.test_data.clone(),
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            adamw: self.adamw,
+            max_len: self.max_len,
+            dropout: self.dropout,
+            seed: self.seed,
+            no_shuffle: self.no_shuffle,
+            truncate: self.truncate,
+            precision: self.engine.precision,
+            save_every: self.save_every,
+        }
+    }
+
+    /// Takes the settings of the run being resumed.
+    fn apply_run_settings(&mut self, r: RunSettings) {
+        self.data = r.data;
+        self.test_data = r.test_data;
+        self.epochs = r.epochs;
+        self.batch_size = r.batch_size;
+        self.lr = r.lr;
+        self.adamw = r.adamw;
+        self.max_len = r.max_len;
+        self.dropout = r.dropout;
+        self.seed = r.seed;
+        self.no_shuffle = r.no_shuffle;
+        self.truncate = r.truncate;
+        self.engine.precision = r.precision;
+        self.save_every = r.save_every;
+    }
+}
+
+/// Runs `nli-bert finetune`: resumes or loads the model, reads and encodes the data, trains.
+pub fn run(mut a: FinetuneCmd) -> Result<()> {
+    let mut resume = None;
+    let mut resumed_model = None;
+    if let Some(dir) = a.resume.clone() {
+        let (m, r) = load_checkpoint(&dir)?;
+        let settings = r.run.clone().ok_or_else(|| {
+            Error::usage(format!(
+                "--resume {}: this checkpoint records no run settings (it was not written by `finetune`)",
+                dir.display()
+            ))
+        })?;
+        a.apply_run_settings(settings);
+        let out = if dir.join("state.json").is_file() {
+            dir.parent().map(PathBuf::from)
+        } else {
+            Some(dir.clone())
+        };
+        a.out = out;
+        if !a.quiet {
+            eprintln!(
+                "resuming {} at epoch {}, batch {} (step {})",
+                dir.display(),
+                r.state.epoch + 1,
+                r.state.batch,
+                r.state.step
+            );
+        }
+        resumed_model = Some(m);
+        resume = Some(r);
+    }
+    if a.max_len < 5 {
+        return Err(Error::usage(format!(
+            "--max-len {} is too small: it must leave room for <cls>, two <sep> and text (>= 5)",
+            a.max_len
+        )));
+    }
+    if !(0.0..1.0).contains(&a.dropout) {
+        return Err(Error::usage(format!("--dropout {} must be in [0, 1)", a.dropout)));
+    }
+    let (train_ds, snli_test) = read_data(&a.data)?;
+    let test_ds = match &a.test_data {
+        Some(p) => Some(read_dataset(p)?),
+        None => snli_test,
+    };
+    let m: LoadedModel = if let Some(m) = resumed_model {
+        m
+    } else if a.model == "scratch" {
+        let s = ScratchArgs {
+            hidden: a.hidden,
+            ffn: a.ffn,
+            heads: a.heads.unwrap_or(4),
+            layers: a.layers,
+            min_freq: a.min_freq,
+        };
+        scratch_model(&train_ds, &s, a.max_len, a.seed)?
+    } else {
+        load_model(&a.model, a.heads, a.train_pos_embedding, a.seed)?
+    };
+    check_max_len(a.max_len, &m)?;
+    if !a.quiet {
+        eprintln!(
+            "model {}: {} blocks, hidden {}, ffn {}, {} heads, vocab {}",
+            m.origin, m.cfg.layers, m.cfg.hidden, m.cfg.ffn, m.cfg.heads, m.cfg.vocab_size
+        );
+    }
+    let train = encode(&train_ds, m.text_encoder()?, a.max_len, a.truncate, a.quiet)?;
+    let test = match &test_ds {
+        Some(t) => Some(encode(t, m.text_encoder()?, a.max_len, a.truncate, a.quiet)?),
+        None => None,
+    };
+    let args = FinetuneArgs {
+        train: TrainOptions {
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            dropout: a.dropout,
+            seed: a.seed,
+            max_steps: a.max_steps,
+            shuffle: !a.no_shuffle,
+            save_every: a.save_every,
+        },
+        adam: match a.adamw {
+            Some(wd) => AdamConfig::adamw(a.lr, wd),
+            None => AdamConfig::adam(a.lr),
+        },
+        max_len: a.max_len,
+        truncate: a.truncate,
+        engine: a.engine.engine(),
+        out: a.out.clone(),
+        quiet: a.quiet,
+        run: Some(a.run_settings()),
+    };
+    finetune(m, &train, test.as_deref(), &args, resume).map(|_| ())
+}
+
+/// Fine-tunes `m` on `train` (evaluating on `test` after each epoch) on the engine of
+/// `a.engine`, printing d2l's lines and progress, writing `metrics.jsonl`, `curves.svg`,
+/// checkpoints and the model to `--out`.
+pub fn finetune(
+    m: LoadedModel,
+    train: &[Encoded],
+    test: Option<&[Encoded]>,
+    a: &FinetuneArgs,
+    resume: Option<Resume>,
+) -> Result<FinetuneResult> {
+    a.engine.run(Finetune { m, train, test, a, resume })
+}
+
+struct Finetune<'a> {
+    m: LoadedModel,
+    train: &'a [Encoded],
+    test: Option<&'a [Encoded]>,
+    a: &'a FinetuneArgs,
+    resume: Option<Resume>,
+}
+
+impl OnBackend for Finetune<'_> {
+    type Out = FinetuneResult;
+    /// [`finetune`] on a given backend.
+    fn run<B: Backend>(self, be: &B) -> Result<FinetuneResult> {
+        let Finetune { m, train, test, a, resume } = self;
+    }
+}
+
+/// [`finetune`] on a given backend.
+pub fn finetune_on<B: Backend>(
+    be: &B,
+    m: LoadedModel,
+    train: &[Encoded],
+    test: Option<&[Encoded]>,
+    a: &FinetuneArgs,
+    resume: Option<Resume>,
+) -> Result<FinetuneResult> {
+    let device = be.name();
+    let mut model = Model::from_host(be, m.cfg.clone(), &cast_params::<B::F>(&m.params))?;
+    let mut opt = Adam::new(be, &model, a.adam)?;
+    let mut start = TrainState::default();
+    if let Some(r) = resume {
+        opt.restore(be, &cast_params::<B::F>(&r.m), &cast_params::<B::F>(&r.v), r.t, r.rows.as_deref())?;
+        start = r.state;
+    }
+    let mut hooks = RunHooks {
+        device: device.clone(),
+        epochs: a.train.epochs,
+        a,
+        vocab: &m.vocab,
+        be,
+        curves: report::Curves { epochs: a.train.epochs, ..Default::default() },
+        tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        last_print: std::time::Instant::now(),
+        progress_shown: false,
+    };
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let stale = remove_stale_temporaries(dir)?;
+        if stale > 0 && !a.quiet {
+            eprintln!("removed {stale} temporary file(s) left in {} by an interrupted run", dir.display());
+        }
+        // metrics.jsonl restarts from the state's completed epochs (none for a fresh run).
+        let p = dir.join("metrics.jsonl");
+        if p.exists() {
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        }
+        for em in &start.history {
+            report::append_metrics(&p, em)?;
+            if let Some(acc) = em.test_acc {
+                hooks.curves.test.push((em.epoch as f64, acc));
+            }
+        }
+    }
+    for em in &start.history {
+        println!("{}", report::epoch_line(em, a.train.epochs, &device));
+    }
+    let end = trainer::train(be, &mut model, &mut opt, train, test, &a.train, start, &mut hooks)?;
+    hooks.clear_progress();
+    let history = end.history;
+    if let Some((l1, l2)) = report::final_lines(&history, &device) {
+        println!("{l1}");
+        println!("{l2}");
+    }
+    if let Some(dir) = &a.out {
+        let host = model.params_host(be)?;
+        save_model(dir, &model.cfg, &m.vocab, &host, a.max_len, a.truncate)?;
+        if !a.quiet {
+            eprintln!("saved the fine-tuned model, metrics.jsonl and curves.svg to {}", dir.display());
+        }
+    }
+    Ok(FinetuneResult { history, device })
+}
