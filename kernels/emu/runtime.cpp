@@ -36,7 +36,9 @@ __thread nli_emu::ThreadRegs* nli_emu_thread = nullptr;
 __thread nli_emu::BlockRegs* nli_emu_block = nullptr;
 
 extern "C" const nli_emu::KernelEntry nli_emu_kernels_main[];
-extern "C" const nli_emu::KernelEntry nli_emu_kernels_test[];
+// The emulator's own test kernels (kernels/emu/tests/) are linked into test executables only
+// (build.rs passes their object file to test links): weak, so elsewhere the table is null.
+extern "C" const nli_emu::KernelEntry nli_emu_kernels_test[] __attribute__((weak));
 extern "C" void nli_emu_fiber_entry();
 
 #if defined(NLI_EMU_ASM_SWITCH)
@@ -625,7 +627,7 @@ long long clock_tick() { return ++runner().tick; }
 namespace {
 const nli_emu::KernelEntry* find_kernel(const char* name) {
   for (const nli_emu::KernelEntry* table : {nli_emu_kernels_main, nli_emu_kernels_test})
-    for (const nli_emu::KernelEntry* k = table; k->name; ++k)
+    for (const nli_emu::KernelEntry* k = table; k && k->name; ++k)
       if (std::strcmp(k->name, name) == 0) return k;
   return nullptr;
 }
