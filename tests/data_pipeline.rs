@@ -3,6 +3,8 @@
 //! by python3.11 and d2l 0.17.6 (`pip install --no-deps d2l==0.17.6`, imported with stub modules
 //! for torchvision, PIL, pandas, requests, IPython, matplotlib, matplotlib_inline).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use nli_bert::data::batch::{
@@ -191,22 +193,9 @@ fn tsv_reader_and_dispatch() {
     assert!(e.starts_with(&format!("{}:1:", p.display())) && e.contains("unknown dataset format"), "{e}");
 }
 
-/// `../shared/data` (or `$NLI_BERT_SHARED_DATA`), if present.
-fn shared_data() -> Option<PathBuf> {
-    let dir = std::env::var_os("NLI_BERT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    if dir.join("snli_dev.tsv").is_file() {
-        Some(dir)
-    } else {
-        println!("skipping: {} has no snli_dev.tsv (set NLI_BERT_SHARED_DATA)", dir.display());
-        None
-    }
-}
-
 #[test]
 fn real_snli_dev_counts_and_lengths() {
-    let Some(dir) = shared_data() else { return };
+    let Some(dir) = common::shared_data("real_snli_dev_counts_and_lengths") else { return };
     let ds = read_dataset(dir.join("snli_dev.tsv")).unwrap();
     assert_eq!(ds.examples.len(), 9842);
     assert_eq!(ds.skipped, 0);

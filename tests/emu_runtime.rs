@@ -3,14 +3,15 @@
 //! model our kernels rely on, and that it catches what it must: a missing `__syncthreads` gives a
 //! wrong result under the randomised schedule, a deadlock is an error rather than a hang.
 
+mod common;
+
 use nli_bert::backend::gpu::device::{DevPtr, Device, Gemm, KArg, LaunchCfg};
 use nli_bert::backend::gpu::emu::Emu;
 use nli_bert::backend::gpu::EMU_AVAILABLE;
 
 /// An emulator starting at `seed`, or None (with a notice) when the crate was built without it.
 fn emu(seed: u64) -> Option<Emu> {
-    if !EMU_AVAILABLE {
-        eprintln!("skipped: the CUDA emulator was not built (no C++ compiler at build time)");
+    if !common::have_emu("emu_runtime") {
         return None;
     }
     Some(Emu::with_seed(seed).expect("emulator"))
@@ -419,7 +420,6 @@ fn emu_unknown_kernel_wrong_arguments_and_bad_pointers_are_errors() {
         assert!(e.copy_dtoh(p + 996, &mut buf).is_err());
         assert!(e.copy_htod(p + 1000, &buf).is_err());
         assert!(e.memset_zero(p, 1001).is_err());
-        assert!(e.copy_dtod(p, out, 1000).is_err());
         e.free(p);
         assert!(e.copy_dtoh(p, &mut buf).is_err());
         e.free(p);

@@ -5,20 +5,42 @@
 //! on the GPU machine), which makes a missing device a failure. Per-op parity of `Gpu<Cuda>`
 //! against the CPU lives in the shared backend harness.
 
+mod common;
+
 use nli_bert::backend::gpu::cuda::{self, Cuda};
 use nli_bert::backend::gpu::device::{DevPtr, Device, Gemm, KArg, LaunchCfg};
 
 /// Device 0, or `None` (with a notice) when there is none and it is not required.
 fn cuda_or_skip(test: &str) -> Option<Cuda> {
-    if !cuda::cuda_available() {
-        let why = Cuda::device_count().err().map(|e| e.to_string()).unwrap_or_else(|| "0 devices".into());
-        if std::env::var("NLI_BERT_REQUIRE_CUDA").as_deref() == Ok("1") {
-            panic!("{test}: NLI_BERT_REQUIRE_CUDA=1 but no CUDA device is usable: {why}");
-        }
-        println!("skipping {test}: no CUDA device ({why})");
+    if !common::have_cuda(test) {
         return None;
     }
-    Some(Cuda::new(0).unwrap_or_else(|e| panic!("{test}: Cuda::new(0): {e}")))
+    Some(
+        Cuda::new(0, &nli_bert::data::hub::cache_dir())
+            .unwrap_or_else(|e| panic!("{test}: Cuda::new(0): {e}")),
+    )
+}
+
+/// Where there is no GPU, asking for one is an error that names CUDA, never a panic; where there
+/// is one (decided without the code under test: `NLI_BERT_REQUIRE_CUDA=1` or the driver's device
+/// file), a device is found.
+#[test]
+fn no_gpu_is_an_error_not_a_panic() {
+    let found = Cuda::device_count();
+    if common::gpu_expected() {
+        let n = found.unwrap_or_else(|e| panic!("a GPU is expected here, but: {e}"));
+        assert!(n > 0 && cuda::cuda_available() && cuda::device_count() == n, "{n} devices");
+    } else {
+        assert!(!cuda::cuda_available() && cuda::device_count() == 0);
+        match found {
+            Ok(n) => assert_eq!(n, 0, "no GPU is expected here, yet the driver reports {n}"),
+            Err(e) => assert!(e.to_string().contains("CUDA"), "{e}"),
+        }
+        let e = Cuda::new(0, &nli_bert::data::hub::cache_dir())
+            .err()
+            .expect("Cuda::new(0) without a GPU must be an error");
+        assert!(e.to_string().contains("CUDA"), "{e}");
+    }
 }
 
 /// A device allocation freed on drop.
@@ -85,7 +107,9 @@ fn cuda_device_init_and_name() {
     dev.synchronize().unwrap_or_else(|e| panic!("{e}"));
     let n = Cuda::device_count().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cuda::device_count(), n);
-    let e = Cuda::new(n).err().unwrap_or_else(|| panic!("cuda:{n} opened on a machine with {n} devices"));
+    let e = Cuda::new(n, &nli_bert::data::hub::cache_dir())
+        .err()
+        .unwrap_or_else(|| panic!("cuda:{n} opened on a machine with {n} devices"));
     assert!(e.to_string().contains("does not exist"), "{e}");
 }
 
@@ -100,16 +124,12 @@ fn cuda_alloc_copy_roundtrip() {
         // SAFETY: `a` holds `bytes` bytes.
         unsafe { dev.copy_htod(a.ptr, &data) }.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a.bytes(), data, "host -> device -> host, {bytes} bytes");
-        let b = Buf::zeroed(&dev, bytes);
-        // SAFETY: both hold `bytes` bytes and are distinct allocations.
-        unsafe { dev.copy_dtod(b.ptr, a.ptr, bytes) }.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(b.bytes(), data, "device -> device, {bytes} bytes");
         let (lo, hi) = (bytes / 3, bytes - bytes / 3);
-        // SAFETY: `lo..hi` lies inside `b`.
-        unsafe { dev.memset_zero(b.ptr + lo as u64, hi - lo) }.unwrap_or_else(|e| panic!("{e}"));
+        // SAFETY: `lo..hi` lies inside `a`.
+        unsafe { dev.memset_zero(a.ptr + lo as u64, hi - lo) }.unwrap_or_else(|e| panic!("{e}"));
         let mut want = data.clone();
         want[lo..hi].fill(0);
-        assert_eq!(b.bytes(), want, "memset_zero of bytes {lo}..{hi} of {bytes}");
+        assert_eq!(a.bytes(), want, "memset_zero of bytes {lo}..{hi} of {bytes}");
     }
     dev.synchronize().unwrap_or_else(|e| panic!("{e}"));
 }

@@ -5,52 +5,24 @@
 
 mod common;
 
-use common::Dev;
+use common::{packed_batch, tiny_config, Dev, Labels, Tiny};
 use nli_bert::backend::cpu::Cpu;
-use nli_bert::backend::{Activation, Backend};
+use nli_bert::backend::Backend;
 use nli_bert::data::batch::Batch;
 use nli_bert::float::Float;
 use nli_bert::model::bert::{cast_params, init_params, upload_batch, Acts, Mode, Model};
-use nli_bert::model::config::{BertConfig, TokenizerKind};
+use nli_bert::model::config::BertConfig;
 use nli_bert::model::params::ParamLayout;
 use nli_bert::rng::HostRng;
 use nli_bert::train::optim::{Adam, AdamConfig};
 
 fn tiny(d2l: bool) -> BertConfig {
-    BertConfig {
-        vocab_size: 23,
-        hidden: 12,
-        ffn: 20,
-        heads: 3,
-        layers: 2,
-        max_positions: 16,
-        type_vocab_size: 2,
-        activation: if d2l { Activation::Relu } else { Activation::Gelu },
-        ln_eps: 1e-5,
-        embedding_layernorm: !d2l,
-        train_pos_embedding: !d2l,
-        num_labels: 3,
-        tokenizer: TokenizerKind::D2lWords,
-        lowercase: true,
-        hf_extra_dropout: !d2l,
-    }
+    tiny_config(Tiny { v: 23, c: 12, f: 20, nh: 3, p: 16 }, d2l, !d2l)
 }
 
 /// Packed sequences of lengths 3, 16 (max), 1, 7 and 5.
 fn batch(step: u64) -> Batch {
-    let lens = [3usize, 16, 1, 7, 5];
-    let mut rng = HostRng::new(100 + step, 0);
-    let mut b =
-        Batch { tokens: vec![], segments: vec![], positions: vec![], lens: lens.to_vec(), labels: vec![] };
-    for &l in &lens {
-        for i in 0..l {
-            b.tokens.push(rng.below(23) as i32);
-            b.segments.push(i32::from(i >= l / 2));
-            b.positions.push(i as i32);
-        }
-        b.labels.push(rng.below(3) as i32);
-    }
-    b
+    packed_batch(&[3, 16, 1, 7, 5], 23, &mut HostRng::new(100 + step, 0), Labels::PerSequence)
 }
 
 /// Losses, logits, gradients after the first step and parameters after three Adam steps.
@@ -186,7 +158,8 @@ fn check_bf16(dev: Dev) {
         }
         Dev::Cuda => {
             let be = nli_bert::backend::gpu::Gpu::new_bf16(
-                nli_bert::backend::gpu::cuda::Cuda::new(0).expect("Cuda::new(0)"),
+                nli_bert::backend::gpu::cuda::Cuda::new(0, &nli_bert::data::hub::cache_dir())
+                    .expect("Cuda::new(0)"),
             );
             let r = run(&be, &cfg, &host, 0.3);
             be.check().expect("no device error");

@@ -2,53 +2,23 @@
 //! differences of the loss, in f64, with dropout ON (the Philox masks are a pure function of
 //! (seed, step, site, element), so every perturbed forward drops the same units).
 
+mod common;
+
+use common::{packed_batch, tiny_config, Labels, Tiny};
 use nli_bert::backend::cpu::Cpu;
-use nli_bert::backend::Activation;
 use nli_bert::data::batch::Batch;
 use nli_bert::model::bert::{init_params, upload_batch, Acts, Mode, Model};
-use nli_bert::model::config::{BertConfig, TokenizerKind};
+use nli_bert::model::config::BertConfig;
 use nli_bert::model::params::ParamLayout;
 use nli_bert::rng::HostRng;
 
 fn tiny(d2l: bool) -> BertConfig {
-    BertConfig {
-        vocab_size: 11,
-        hidden: 8,
-        ffn: 12,
-        heads: 2,
-        layers: 2,
-        max_positions: 9,
-        type_vocab_size: 2,
-        activation: if d2l { Activation::Relu } else { Activation::Gelu },
-        ln_eps: 1e-5,
-        embedding_layernorm: !d2l,
-        train_pos_embedding: true,
-        num_labels: 3,
-        tokenizer: TokenizerKind::D2lWords,
-        lowercase: true,
-        hf_extra_dropout: !d2l,
-    }
+    tiny_config(Tiny { v: 11, c: 8, f: 12, nh: 2, p: 9 }, d2l, true)
 }
 
 /// Three packed sequences (lengths 3, 6, 4) with segments and labels.
 fn batch() -> Batch {
-    let lens = [3usize, 6, 4];
-    let mut rng = HostRng::new(5, 0);
-    let mut b = Batch {
-        tokens: vec![],
-        segments: vec![],
-        positions: vec![],
-        lens: lens.to_vec(),
-        labels: vec![2, 0, 1],
-    };
-    for &l in &lens {
-        for i in 0..l {
-            b.tokens.push(rng.below(11) as i32);
-            b.segments.push(i32::from(i >= l / 2));
-            b.positions.push(i as i32);
-        }
-    }
-    b
+    packed_batch(&[3, 6, 4], 11, &mut HostRng::new(5, 0), Labels::Given(&[2, 0, 1]))
 }
 
 fn check(cfg: BertConfig, dropout: f64) {

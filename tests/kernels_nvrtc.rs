@@ -5,6 +5,8 @@
 //! `nvidia/cu13/lib`). Without NVRTC the tests skip with a notice, unless
 //! `NLI_BERT_REQUIRE_NVRTC=1` (set by `.ci/run`), which turns the skip into a failure.
 
+mod common;
+
 use std::collections::BTreeSet;
 
 use nli_bert::backend::gpu::nvrtc::{self, Output, Resources};
@@ -53,10 +55,7 @@ fn nvrtc_ready(test: &str) -> bool {
     match nvrtc::require() {
         Ok(()) => true,
         Err(e) => {
-            if std::env::var("NLI_BERT_REQUIRE_NVRTC").as_deref() == Ok("1") {
-                panic!("{test}: NLI_BERT_REQUIRE_NVRTC=1 but NVRTC is not usable: {e}");
-            }
-            println!("skipping {test}: NVRTC not found ({e})");
+            common::missing(common::Need::Nvrtc, test, &format!("NVRTC is not usable ({e})"));
             false
         }
     }

@@ -10,6 +10,8 @@
 //!   mixed scripts, special tokens written in the text; pairs truncated with `longest_first`;
 //! - `pairs.txt`: the first 1000 snli_dev pairs encoded at max_length 128, 21 and 22.
 
+mod common;
+
 use nli_bert::data::batch::{encode_dataset_with, TextEncoder, Truncate};
 use nli_bert::data::snli::read_dataset;
 use nli_bert::data::vocab::Vocab;
@@ -28,18 +30,6 @@ fn vocab() -> Vocab {
 
 fn lowercase() -> bool {
     wordpiece::read_lowercase(&fixture_dir()).unwrap().unwrap()
-}
-
-fn shared_data() -> Option<PathBuf> {
-    let dir = std::env::var_os("NLI_BERT_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    if dir.join("snli_dev.tsv").is_file() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: {} has no snli_dev.tsv (set NLI_BERT_SHARED_DATA)", dir.display());
-        None
-    }
 }
 
 fn ids(s: &str) -> Vec<u32> {
@@ -146,7 +136,7 @@ fn hard_cases_match_transformers() {
 
 #[test]
 fn every_shared_data_sentence_matches_transformers() {
-    let Some(dir) = shared_data() else { return };
+    let Some(dir) = common::shared_data("every_shared_data_sentence_matches_transformers") else { return };
     let golden: HashMap<String, Vec<u32>> = std::fs::read_to_string(fixture_dir().join("sentences.txt"))
         .unwrap()
         .lines()
@@ -192,7 +182,9 @@ fn every_shared_data_sentence_matches_transformers() {
 
 #[test]
 fn snli_pairs_encode_like_transformers_with_truncation() {
-    let Some(dir) = shared_data() else { return };
+    let Some(dir) = common::shared_data("snli_pairs_encode_like_transformers_with_truncation") else {
+        return;
+    };
     let ds = read_dataset(dir.join("snli_dev.tsv")).unwrap();
     let v = vocab();
     let text = TextEncoder::WordPiece(WordPiece::new(&v, lowercase()).unwrap());
