@@ -493,8 +493,8 @@ run() {
                 v="$(json_key "$logs/bench-$shape-$prec.log" examples_per_s)"
                 [ -n "$v" ] || v="$(sed -nE 's/.* ([0-9]+(\.[0-9]+)?) examples\/s(ec)?.*/\1/p' "$logs/bench-$shape-$prec.log" | tail -1)"
                 note "ours_bench_${shape}_$prec" "$v"
-                h="$(json_key "$logs/bench-$shape-$prec.log" h100)"
-                note "ours_bench_${shape}_${prec}_info" "exit $status; TFLOP/s $(json_key "$logs/bench-$shape-$prec.log" tflops); GB/s $(json_key "$logs/bench-$shape-$prec.log" gbps); tokens/s $(json_key "$logs/bench-$shape-$prec.log" tokens_per_s)${h:+; H100 fractions $h}"
+                h="$(json_key "$logs/bench-$shape-$prec.log" ceilings)"
+                note "ours_bench_${shape}_${prec}_info" "exit $status; TFLOP/s $(json_key "$logs/bench-$shape-$prec.log" tflops); GB/s $(json_key "$logs/bench-$shape-$prec.log" gbps); tokens/s $(json_key "$logs/bench-$shape-$prec.log" tokens_per_s)${h:+; card ceilings $h}"
                 say "bench $shape $prec: exit $status, $v examples/s"
             done
         done
