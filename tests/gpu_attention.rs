@@ -17,7 +17,7 @@ use common::{cpu, down, emu, randn, up};
 use nli_bert::backend::gpu::attention::{backward_with, forward_with, AttentionLaunch, SHARED_LIMIT};
 use nli_bert::backend::gpu::device::Device;
 use nli_bert::backend::gpu::Gpu;
-use nli_bert::backend::{Backend, BatchLayout, DeviceBatch};
+use nli_bert::backend::{Backend, DeviceBatch};
 use nli_bert::rng::{Dropout, HostRng};
 
 const ATOL: f64 = 2e-5;

@@ -10,7 +10,7 @@ mod common;
 
 use common::{cpu, down, randn, up, Dev};
 
-use nli_bert::backend::{Activation, AdamStep, Backend, BatchLayout, DeviceBatch};
+use nli_bert::backend::{Activation, AdamStep, Backend, DeviceBatch};
 use nli_bert::rng::{Dropout, HostRng};
 
 fn assert_close(what: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {

@@ -285,71 +285,63 @@ impl OnBackend for Finetune<'_> {
     /// [`finetune`] on a given backend.
     fn run<B: Backend>(self, be: &B) -> Result<FinetuneResult> {
         let Finetune { m, train, test, a, resume } = self;
-    }
-}
-
-/// [`finetune`] on a given backend.
-pub fn finetune_on<B: Backend>(
-    be: &B,
-    m: LoadedModel,
-    train: &[Encoded],
-    test: Option<&[Encoded]>,
-    a: &FinetuneArgs,
-    resume: Option<Resume>,
-) -> Result<FinetuneResult> {
-    let device = be.name();
-    let mut model = Model::from_host(be, m.cfg.clone(), &cast_params::<B::F>(&m.params))?;
-    let mut opt = Adam::new(be, &model, a.adam)?;
-    let mut start = TrainState::default();
-    if let Some(r) = resume {
-        opt.restore(be, &cast_params::<B::F>(&r.m), &cast_params::<B::F>(&r.v), r.t, r.rows.as_deref())?;
-        start = r.state;
-    }
-    let mut hooks = RunHooks {
-        device: device.clone(),
-        epochs: a.train.epochs,
-        a,
-        vocab: &m.vocab,
-        be,
-        curves: report::Curves { epochs: a.train.epochs, ..Default::default() },
-        tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        last_print: std::time::Instant::now(),
-        progress_shown: false,
-    };
-    if let Some(dir) = &a.out {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let stale = remove_stale_temporaries(dir)?;
-        if stale > 0 && !a.quiet {
-            eprintln!("removed {stale} temporary file(s) left in {} by an interrupted run", dir.display());
+        let device = be.name();
+        let mut model = Model::from_host(be, m.cfg.clone(), &cast_params::<B::F>(&m.params))?;
+        let mut opt = Adam::new(be, &model, a.adam)?;
+        let mut start = TrainState::default();
+        if let Some(r) = resume {
+            opt.restore(be, &cast_params::<B::F>(&r.m), &cast_params::<B::F>(&r.v), r.t, r.rows.as_deref())?;
+            start = r.state;
         }
-        // metrics.jsonl restarts from the state's completed epochs (none for a fresh run).
-        let p = dir.join("metrics.jsonl");
-        if p.exists() {
-            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
-        }
-        for em in &start.history {
-            report::append_metrics(&p, em)?;
-            if let Some(acc) = em.test_acc {
-                hooks.curves.test.push((em.epoch as f64, acc));
+        let mut hooks = RunHooks {
+            device: device.clone(),
+            epochs: a.train.epochs,
+            a,
+            vocab: &m.vocab,
+            be,
+            curves: report::Curves { epochs: a.train.epochs, ..Default::default() },
+            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            last_print: std::time::Instant::now(),
+            progress_shown: false,
+        };
+        if let Some(dir) = &a.out {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let stale = remove_stale_temporaries(dir)?;
+            if stale > 0 && !a.quiet {
+                eprintln!(
+                    "removed {stale} temporary file(s) left in {} by an interrupted run",
+                    dir.display()
+                );
+            }
+            // metrics.jsonl restarts from the state's completed epochs (none for a fresh run).
+            let p = dir.join("metrics.jsonl");
+            if p.exists() {
+                std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+            }
+            for em in &start.history {
+                report::append_metrics(&p, em)?;
+                if let Some(acc) = em.test_acc {
+                    hooks.curves.test.push((em.epoch as f64, acc));
+                }
             }
         }
-    }
-    for em in &start.history {
-        println!("{}", report::epoch_line(em, a.train.epochs, &device));
-    }
-    let end = trainer::train(be, &mut model, &mut opt, train, test, &a.train, start, &mut hooks)?;
-    hooks.clear_progress();
-    let history = end.history;
-    if let Some((l1, l2)) = report::final_lines(&history, &device) {
-        println!("{l1}");
-        println!("{l2}");
-    }
-    if let Some(dir) = &a.out {
-        let host = model.params_host(be)?;
-        save_model(dir, &model.cfg, &m.vocab, &host, a.max_len, a.truncate)?;
-        if !a.quiet {
-            eprintln!("saved the fine-tuned model, metrics.jsonl and curves.svg to {}", dir.display());
+        for em in &start.history {
+            println!("{}", report::epoch_line(em, a.train.epochs, &device));
         }
+        let end = trainer::train(be, &mut model, &mut opt, train, test, &a.train, start, &mut hooks)?;
+        hooks.clear_progress();
+        let history = end.history;
+        if let Some((l1, l2)) = report::final_lines(&history, &device) {
+            println!("{l1}");
+            println!("{l2}");
+        }
+        if let Some(dir) = &a.out {
+            let host = model.params_host(be)?;
+            save_model(dir, &model.cfg, &m.vocab, &host, a.max_len, a.truncate)?;
+            if !a.quiet {
+                eprintln!("saved the fine-tuned model, metrics.jsonl and curves.svg to {}", dir.display());
+            }
+        }
+        Ok(FinetuneResult { history, device })
     }
-    Ok(FinetuneResult { history, device })
 }
