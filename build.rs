@@ -1,7 +1,6 @@
 //! Build script for the CUDA kernels in `kernels/`: reads the sources, hands the text work to
 //! `nli-bert-kernel-build` (kernels/build/, tested on its own), runs the compilers, and writes
 //! `OUT_DIR/kernels.rs` (included by `src/backend/gpu/mod.rs`) with:
-//! - `SOURCES`: every `kernels/*.cu` / `*.cuh` (file name, text), embedded;
 //! - `COMBINED`: `common.cuh` then every `*.cu` (sorted) as one translation unit for NVRTC, with
 //!   `#include "common.cuh"` dropped and `#line` directives naming the original files;
 //! - `KERNELS`: every `extern "C" __global__ void NAME(PARAMS)` with its parameter kinds;
@@ -33,8 +32,7 @@ fn main() {
     let kdir = manifest.join("kernels");
     let test_dir = kdir.join("emu").join("tests");
 
-    let sources = list(&kdir, &["cu", "cuh"]);
-    let cu: Vec<&PathBuf> = sources.iter().filter(|p| ext(p) == "cu").collect();
+    let cu = list(&kdir, &["cu"]);
     let mut units: Vec<Unit> = Vec::new();
     if kdir.join("common.cuh").is_file() {
         units.push(read(&kdir.join("common.cuh"), "kernels"));
@@ -64,8 +62,6 @@ fn main() {
             .collect()
     };
     let mut out = String::new();
-    out.push_str("/// Kernel sources (file name, text), embedded by build.rs.\n");
-    out.push_str(&format!("pub const SOURCES: &[(&str, &str)] = &[\n{}];\n", embed(&sources)));
     out.push_str(
         "/// `common.cuh` then every `kernels/*.cu` (sorted) as one translation unit, `#line`-annotated.\n",
     );

@@ -18,7 +18,7 @@
 #   NO_BUILD=1      skip `cargo build --release` (use the existing binary)
 #   BIN=target/release/nli-bert  (the binary to time)
 #
-# Peer = scripts/bench_cpu_peer.py (PERF.md section 0, CPU row); model =
+# Peer = scripts/bench_cpu_peer.py (the CPU comparison of BENCHMARKS.md); model =
 # scripts/make_bench_model.py (bert.small shapes, vocab 60005, seed 0).
 set -euo pipefail
 

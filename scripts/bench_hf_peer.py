@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Training throughput of Hugging Face transformers (BERT, bf16 autocast, dynamic padding): the peer of
-`nli-bert finetune` on a bert.base-shaped model (PERF.md section 0, bert.base row).
+`nli-bert finetune` on a bert.base-shaped model (docs/performance.md).
 
 WHAT
     A randomly initialised BertForSequenceClassification (3 labels) of a given shape, built from a

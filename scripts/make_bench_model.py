@@ -12,7 +12,7 @@ WHAT
             frequency (ties: first occurrence, reading row by row, premise
             before hypothesis)
           + '<filler_N>' tokens up to exactly --vocab entries (default 60005,
-            bert.small's size per SPEC-d2l.md section 2).
+            bert.small's size, see docs/d2l.md).
       * pretrained.params: torch.save(state_dict) (zip container, float32) of
           d2l.BERTModel(len(vocab), 256, norm_shape=[256], ffn_num_input=256,
                         ffn_num_hiddens=512, num_heads=4, num_layers=2,

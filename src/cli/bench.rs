@@ -610,3 +610,19 @@ impl BenchCmd {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceilings_follow_the_card_in_the_device_name() {
+        let card = |d: &str| ceilings(d).map(|c| (c.card, c.bytes_per_s));
+        assert_eq!(card("cuda:0 (NVIDIA H200)"), Some(("H200", 4.8e12)));
+        assert_eq!(card("cuda:0 (NVIDIA H100 80GB HBM3)"), Some(("H100", 3.35e12)));
+        assert_eq!(card("cuda:1 (NVIDIA H100 PCIe)"), Some(("H100 PCIe", 2.0e12)));
+        assert_eq!(card("cuda:0 (NVIDIA A100-SXM4-80GB)"), Some(("A100", 2.0e12)));
+        assert_eq!(card("cuda:0 (Tesla V100-SXM2-16GB)"), None);
+        assert_eq!(card("cpu (2 threads)"), None);
+    }
+}

@@ -1,6 +1,6 @@
 //! Hugging Face BERT checkpoints: a directory with `config.json`, `model.safetensors` or
 //! `pytorch_model.bin`, and `vocab.txt` (+ `tokenizer_config.json`), as on the hub, read into the
-//! same engine (SPEC-d2l.md §9 lists the differences from d2l's model, all configuration here).
+//! same engine (docs/d2l.md lists the differences from d2l's model, all configuration here).
 //!
 //! - **Architecture** from `config.json`: sizes, `hidden_act` (`gelu` → erf GELU, `gelu_new` /
 //!   `gelu_pytorch_tanh` → tanh GELU, `relu`), `layer_norm_eps`, `max_position_embeddings`,

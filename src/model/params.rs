@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn bert_small_counts_match_d2l() {
-        // SPEC §1.9: 527,104 parameters per block; encoder alone 16,547,072 with V = 60005.
+        // d2l bert.small: 527,104 parameters per block; encoder alone 16,547,072 with V = 60005.
         let cfg = BertConfig::d2l_small(60005);
         let l = ParamLayout::new(&cfg);
         let block: usize =
