@@ -520,3 +520,85 @@ fn cli_bf16_on_emu_learns_like_f32() {
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
     assert!(text(&o).1.contains("--precision bf16 needs a GPU"), "{:?}", text(&o));
 }
+
+#[test]
+fn cli_predict_labels_every_pair_with_or_without_labels_in_input_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("model");
+    let o = small_finetune(tmp.path(), &out, "f32", &["--quiet"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let model = out.to_str().unwrap();
+    let pairs = [
+        ("a man is running", "a man is not running"),
+        ("the dog is sleeping", "the dog is sleeping at home"),
+        ("a child, smiling, is eating", "a child is eating"),
+    ];
+    let predict = |input: &str, extra: &[&str], stdin: Option<&str>| -> Output {
+        let mut c = bin();
+        c.args(["predict", "--model", model, "--input", input, "--threads", "1"]).args(extra);
+        if let Some(s) = stdin {
+            use std::io::Write;
+            c.stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = c.spawn().unwrap();
+            child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+            return child.wait_with_output().unwrap();
+        }
+        c.output().unwrap()
+    };
+    let rows = |o: &Output| -> Vec<serde_json::Value> {
+        assert!(o.status.success(), "{}", text(o).1);
+        text(o).0.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    // No label column: one JSON line per pair, in order.
+    let plain = tmp.path().join("plain.tsv");
+    let body: String = pairs.iter().map(|(p, h)| format!("{p}\t{h}\n")).collect();
+    std::fs::write(&plain, format!("premise\thypothesis\n{body}")).unwrap();
+    let a = rows(&predict(plain.to_str().unwrap(), &[], None));
+    assert_eq!(a.len(), 3);
+    for (r, (p, _)) in a.iter().zip(&pairs) {
+        assert_eq!(r["premise"].as_str(), Some(*p));
+        assert!(r.get("gold_label").is_none());
+    }
+    // Labels `-` and empty (rows the training readers skip) still get a prediction, the same one.
+    let labelled = tmp.path().join("labelled.tsv");
+    let golds = ["-", "", "neutral"];
+    let body: String = pairs.iter().zip(golds).map(|((p, h), g)| format!("{g}\t{p}\t{h}\n")).collect();
+    std::fs::write(&labelled, format!("label\tpremise\thypothesis\n{body}")).unwrap();
+    let b = rows(&predict(labelled.to_str().unwrap(), &[], None));
+    assert_eq!(b.len(), 3);
+    for ((x, y), g) in a.iter().zip(&b).zip(golds) {
+        assert_eq!((&x["label"], &x["probs"]), (&y["label"], &y["probs"]));
+        assert_eq!(y["gold_label"].as_str(), Some(g));
+    }
+    // JSON lines without gold_label, from standard input.
+    let jsonl: String = pairs
+        .iter()
+        .map(|(p, h)| format!("{}\n", serde_json::json!({"premise": p, "hypothesis": h})))
+        .collect();
+    let c = rows(&predict("-", &[], Some(&jsonl)));
+    assert_eq!(
+        c.iter().map(|r| &r["probs"]).collect::<Vec<_>>(),
+        a.iter().map(|r| &r["probs"]).collect::<Vec<_>>()
+    );
+    // CSV into a file: a header, one row per pair, the comma-holding premise quoted.
+    let csv = tmp.path().join("out.csv");
+    let o = predict(plain.to_str().unwrap(), &["--format", "csv", "--output", csv.to_str().unwrap()], None);
+    assert!(o.status.success() && text(&o).0.is_empty(), "{}", text(&o).1);
+    let written = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = written.lines().collect();
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[0], "premise,hypothesis,label,entailment,contradiction,neutral");
+    assert!(lines[3].starts_with("\"a child, smiling, is eating\",a child is eating,"), "{}", lines[3]);
+    let p0: Vec<f64> = lines[1].rsplitn(4, ',').take(3).map(|x| x.parse().unwrap()).collect();
+    let want: Vec<f64> = serde_json::from_value(a[0]["probs"].clone()).unwrap();
+    for (g, w) in p0.iter().rev().zip(&want) {
+        assert!((g - w).abs() < 1e-6, "{g} vs {w}");
+    }
+    // Nothing to label is an error, never silent success.
+    let empty = tmp.path().join("empty.tsv");
+    std::fs::write(&empty, "premise\thypothesis\n").unwrap();
+    let o = predict(empty.to_str().unwrap(), &[], None);
+    assert!(!o.status.success() && text(&o).1.contains("no pairs"), "{}", text(&o).1);
+}

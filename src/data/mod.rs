@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod hub;
+pub mod pairs;
 pub mod snli;
 pub mod synth;
 pub mod tokenizer;
