@@ -602,3 +602,53 @@ fn cli_predict_labels_every_pair_with_or_without_labels_in_input_order() {
     let o = predict(empty.to_str().unwrap(), &[], None);
     assert!(!o.status.success() && text(&o).1.contains("no pairs"), "{}", text(&o).1);
 }
+
+#[test]
+fn cli_numeric_flags_out_of_range_are_usage_errors_and_an_unsaved_run_says_so() {
+    for args in [
+        &["--lr", "-1"][..],
+        &["--lr=-1"],
+        &["--lr", "0"],
+        &["--lr", "nan"],
+        &["--adamw", "-0.1"],
+        &["--epochs", "0"],
+        &["--batch-size", "0"],
+        &["--max-steps", "0"],
+    ] {
+        let mut all = vec!["finetune", "--model", "scratch", "--data", "/nonexistent.tsv"];
+        all.extend_from_slice(args);
+        let o = run(&all);
+        let flag = args[0].split('=').next().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o).1);
+        assert!(text(&o).1.contains(&format!("error: {flag} ")), "{args:?}: {}", text(&o).1);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let train = write_tsv(tmp.path(), "train.tsv", 20, 0);
+    let o = run(&[
+        "finetune",
+        "--model",
+        "scratch",
+        "--data",
+        train.to_str().unwrap(),
+        "--hidden",
+        "8",
+        "--ffn",
+        "16",
+        "--heads",
+        "2",
+        "--layers",
+        "1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "10",
+        "--threads",
+        "1",
+    ]);
+    let (_, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no --out: the fine-tuned model") && stderr.contains("nothing was saved"),
+        "{stderr}"
+    );
+}

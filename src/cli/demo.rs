@@ -95,8 +95,11 @@ pub fn run(a: DemoCmd) -> Result<()> {
     }
     println!("training curves: {}", out.join("curves.svg").display());
     println!(
-        "model saved in {} (try: nli-bert predict --model {} --premise ... --hypothesis ...)",
-        out.display(),
+        "model saved in {}; try it (after `cargo install --path .`, or with `cargo run --release --`):",
+        out.display()
+    );
+    println!(
+        "  nli-bert predict --model {} --premise \"a woman is riding a horse\" --hypothesis \"a person is riding an animal\"",
         out.display()
     );
     Ok(())

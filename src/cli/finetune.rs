@@ -37,10 +37,10 @@ pub struct FinetuneCmd {
     #[arg(long, default_value_t = 512)]
     pub batch_size: usize,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, allow_negative_numbers = true)]
     pub lr: f64,
     /// Use AdamW with this weight decay instead of Adam.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub adamw: Option<f64>,
     /// Maximum tokens per pair, including <cls> and two <sep>.
     #[arg(long, default_value_t = 128)]
@@ -146,6 +146,32 @@ impl FinetuneCmd {
         }
     }
 
+    /// The numeric flags a run cannot use, as usage errors (clap only checks their types).
+    fn check_ranges(&self) -> Result<()> {
+        let bad = |flag: &str, v: &dyn std::fmt::Display, want: &str| {
+            Err(Error::usage(format!("{flag} {v}: {want}")))
+        };
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("--lr", &self.lr, "the learning rate must be a positive number");
+        }
+        if let Some(wd) = self.adamw.filter(|wd| !(wd.is_finite() && *wd >= 0.0)) {
+            return bad("--adamw", &wd, "the weight decay must be 0 or more");
+        }
+        if self.epochs == 0 {
+            return bad("--epochs", &0, "at least one epoch (use --max-steps for a shorter run)");
+        }
+        if self.batch_size == 0 {
+            return bad("--batch-size", &0, "at least one pair per step");
+        }
+        if self.max_steps == Some(0) {
+            return bad("--max-steps", &0, "at least one step");
+        }
+        if self.save_every == Some(0) {
+            return bad("--save-every", &0, "at least one step between checkpoints");
+        }
+        Ok(())
+    }
+
     /// Takes the settings of the run being resumed.
     fn apply_run_settings(&mut self, r: RunSettings) {
         self.data = r.data;
@@ -203,6 +229,10 @@ pub fn run(mut a: FinetuneCmd) -> Result<()> {
     }
     if !(0.0..1.0).contains(&a.dropout) {
         return Err(Error::usage(format!("--dropout {} must be in [0, 1)", a.dropout)));
+    }
+    a.check_ranges()?;
+    if a.out.is_none() && !a.quiet {
+        eprintln!("note: no --out: the fine-tuned model, metrics and checkpoints will not be saved");
     }
     let (train_ds, snli_test) = read_data(&a.data)?;
     let test_ds = match &a.test_data {
@@ -341,6 +371,8 @@ impl OnBackend for Finetune<'_> {
             if !a.quiet {
                 eprintln!("saved the fine-tuned model, metrics.jsonl and curves.svg to {}", dir.display());
             }
+        } else if !a.quiet {
+            eprintln!("nothing was saved (no --out DIR)");
         }
         Ok(FinetuneResult { history, device })
     }
