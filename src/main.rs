@@ -33,10 +33,15 @@ enum Cmd {
     ///
     /// Example: nli-bert predict --model out/ --premise "a man plays a guitar" --hypothesis "a person plays music"
     Predict(cli::predict::PredictCmd),
-    /// Download and unpack a catalog entry (bert.small, bert.base, SNLI) into the cache.
+    /// Download and unpack a catalog entry (bert.small, bert.base, SNLI) into the cache
+    /// ($NLI_BERT_HOME, default ~/.cache/nli-bert); `--list` shows the catalog (name, SHA-1, URL).
     Download {
-        /// Catalog name.
-        name: String,
+        /// Catalog name (see --list).
+        #[arg(required_unless_present = "list")]
+        name: Option<String>,
+        /// Print the catalog: name, SHA-1, URL and the folder it unpacks to.
+        #[arg(long)]
+        list: bool,
     },
     /// Generate a small NLI set, train a small BERT from scratch on it, evaluate on held-out pairs.
     Demo(cli::demo::DemoCmd),
@@ -63,7 +68,7 @@ fn main() {
         Cmd::Finetune(a) => cli::finetune::run(a),
         Cmd::Eval(a) => cli::eval::run(a),
         Cmd::Predict(a) => cli::predict::run(a),
-        Cmd::Download { name } => cli::download::run(&name),
+        Cmd::Download { name, list } => cli::download::run(name.as_deref(), list),
         Cmd::Demo(a) => cli::demo::run(a),
         Cmd::Bench(a) => a.run(),
     };

@@ -652,3 +652,24 @@ fn cli_numeric_flags_out_of_range_are_usage_errors_and_an_unsaved_run_says_so() 
         "{stderr}"
     );
 }
+
+#[test]
+fn cli_download_list_shows_the_catalog() {
+    let o = bin()
+        .args(["download", "--list"])
+        .env_remove("NLI_BERT_D2L_URL")
+        .env_remove("NLI_BERT_SNLI_URL")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    for e in nli_bert::data::hub::catalog_with(nli_bert::data::hub::DATA_URL, nli_bert::data::hub::SNLI_URL) {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{}\t", e.name)))
+            .unwrap_or_else(|| panic!("{stdout}"));
+        assert!(line.contains(&e.sha1) && line.contains(&e.url) && line.ends_with(&e.folder), "{line}");
+    }
+    let o = run(&["download"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
+}
