@@ -269,3 +269,14 @@ fn d2l_parity_f64_legacy_container() {
 fn d2l_parity_f32() {
     check_engine::<f32>(false, 1e-5);
 }
+
+/// The head count is not stored in d2l's weights: a shape other than bert.small's or bert.base's
+/// needs `--heads`, and is an error naming it rather than a quiet default.
+#[test]
+fn d2l_weights_of_an_unknown_shape_need_heads() {
+    let dir = fixture_dir();
+    let e = store::load_model(dir.to_str().unwrap(), None, false, 0).err().expect("loaded without --heads");
+    assert!(e.to_string().contains("pass --heads N") && e.exit_code() == 2, "{e}");
+    assert_eq!(store::d2l_heads(256, 512, 2), Some(4));
+    assert_eq!(store::d2l_heads(768, 3072, 12), Some(12));
+}

@@ -74,7 +74,8 @@ pub struct FinetuneCmd {
     /// settings all come from DIR/checkpoint; only --max-steps, --threads and --quiet apply.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["model", "data", "out"])]
     pub resume: Option<PathBuf>,
-    /// Attention heads of d2l weights (not stored in them; default hidden/64).
+    /// Attention heads of d2l weights (not stored in them: bert.small and bert.base shapes get 4 and
+    /// 12; any other shape needs this flag).
     #[arg(long)]
     pub heads: Option<usize>,
     /// scratch: hidden size.

@@ -70,6 +70,16 @@ pub struct ScratchArgs {
     pub min_freq: usize,
 }
 
+/// The head count of d2l's published shapes (the weights do not record it): bert.small
+/// (C 256, F 512, 2 blocks) has 4, bert.base (C 768, F 3072, 12 blocks) 12.
+pub fn d2l_heads(hidden: usize, ffn: usize, layers: usize) -> Option<usize> {
+    match (hidden, ffn, layers) {
+        (256, 512, 2) => Some(4),
+        (768, 3072, 12) => Some(12),
+        _ => None,
+    }
+}
+
 fn exists(p: &Path) -> bool {
     p.is_file()
 }
@@ -136,7 +146,16 @@ pub fn load_model(
     cfg.ffn = ffn;
     cfg.layers = layers;
     cfg.max_positions = max_positions;
-    cfg.heads = heads.unwrap_or(if hidden % 64 == 0 { hidden / 64 } else { 1 });
+    cfg.heads = match heads.or_else(|| d2l_heads(hidden, ffn, layers)) {
+        Some(h) => h,
+        None => {
+            return Err(Error::usage(format!(
+                "{}: d2l weights do not record their attention head count, and hidden {hidden}, ffn {ffn}, \
+                 {layers} blocks is neither d2l's bert.small (4 heads) nor bert.base (12 heads): pass --heads N",
+                dir.display()
+            )))
+        }
+    };
     cfg.train_pos_embedding = train_pos_embedding;
     cfg.validate()?;
     if cfg.vocab_size != vocab.len() {
