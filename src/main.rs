@@ -74,9 +74,7 @@ fn main() {
     };
     if let Err(e) = res {
         match &e {
-            Error::Interrupted(m) => eprintln!(
-                "{m}; a checkpoint was saved if --out was given: continue with `nli-bert finetune --resume DIR`"
-            ),
+            Error::Interrupted(m) => eprintln!("{m}"),
             _ => eprintln!("error: {e}"),
         }
         std::process::exit(e.exit_code());

@@ -403,7 +403,12 @@ fn cli_ctrl_c_saves_a_checkpoint_and_the_run_resumes_bit_identically() {
         .collect()
     };
     let cut = tmp.path().join("cut");
-    let mut child = bin().args(args(&cut)).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = bin()
+        .args(args(&cut))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     // Wait for the first epoch's checkpoint, then interrupt.
     let t0 = std::time::Instant::now();
     while !cut.join("checkpoint/state.json").exists() {
@@ -412,8 +417,12 @@ fn cli_ctrl_c_saves_a_checkpoint_and_the_run_resumes_bit_identically() {
     }
     let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
-    let status = child.wait().unwrap();
+    let done = child.wait_with_output().unwrap();
+    let status = done.status;
     assert_eq!(status.code(), Some(130), "Ctrl-C must exit with 130 after saving");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    let hint = format!("continue with `nli-bert finetune --resume {}`", cut.display());
+    assert!(stderr.contains(&hint), "the message must name the run's directory: {stderr}");
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cut.join("checkpoint/state.json")).unwrap()).unwrap();
     let stopped_at = state["train"]["step"].as_u64().unwrap();

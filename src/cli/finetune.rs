@@ -287,7 +287,18 @@ pub fn run(mut a: FinetuneCmd) -> Result<()> {
         quiet: a.quiet,
         run: Some(a.run_settings()),
     };
-    finetune(m, &train, test.as_deref(), &args, resume).map(|_| ())
+    let out = args.out.clone();
+    finetune(m, &train, test.as_deref(), &args, resume).map(|_| ()).map_err(|e| match e {
+        // Say where the checkpoint is, or that there is none.
+        Error::Interrupted(msg) => Error::Interrupted(match out {
+            Some(dir) => format!(
+                "{msg}; the checkpoint is saved: continue with `nli-bert finetune --resume {}`",
+                dir.display()
+            ),
+            None => format!("{msg}; nothing was saved (no --out)"),
+        }),
+        e => e,
+    })
 }
 
 /// Fine-tunes `m` on `train` (evaluating on `test` after each epoch) on the engine of
