@@ -403,7 +403,7 @@ fn cli_ctrl_c_saves_a_checkpoint_and_the_run_resumes_bit_identically() {
         .collect()
     };
     let cut = tmp.path().join("cut");
-    let mut child = bin()
+    let child = bin()
         .args(args(&cut))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
