@@ -420,6 +420,14 @@ fn emu_unknown_kernel_wrong_arguments_and_bad_pointers_are_errors() {
         assert!(e.copy_dtoh(p + 996, &mut buf).is_err());
         assert!(e.copy_htod(p + 1000, &buf).is_err());
         assert!(e.memset_zero(p, 1001).is_err());
+        assert!(e.mark_uninit(p + 1, 1000).is_err());
+        // memory handed out unzeroed reads as 0xFF bytes (NaN as f32) until a kernel writes it
+        assert!(e.mark_uninit(p + 8, 16).is_ok());
+        let mut marked = [0u8; 32];
+        assert!(e.copy_dtoh(p, &mut marked).is_ok());
+        assert!(marked[..8].iter().all(|&b| b == 0) && marked[8..24].iter().all(|&b| b == 0xFF));
+        assert!(marked[24..].iter().all(|&b| b == 0));
+        assert!(f32::from_le_bytes([marked[8], marked[9], marked[10], marked[11]]).is_nan());
         e.free(p);
         assert!(e.copy_dtoh(p, &mut buf).is_err());
         e.free(p);

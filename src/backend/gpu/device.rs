@@ -162,6 +162,17 @@ pub trait Device: Send + Sync + 'static {
     /// # Safety
     /// `dst .. dst + bytes` lies inside one live allocation.
     unsafe fn memset_zero(&self, dst: DevPtr, bytes: usize) -> Result<()>;
+    /// Marks `bytes` bytes at `dst` as holding nothing valid: memory handed out without zeroing,
+    /// which a kernel must overwrite before anything reads it. A real GPU does nothing; the
+    /// emulator fills it with 0xFF bytes (NaN as f32 and as bf16), so a kernel that reads such
+    /// memory before writing it shows up as NaN in the parity tests.
+    ///
+    /// # Safety
+    /// `dst .. dst + bytes` lies inside one live allocation.
+    unsafe fn mark_uninit(&self, dst: DevPtr, bytes: usize) -> Result<()> {
+        let _ = (dst, bytes);
+        Ok(())
+    }
     /// Launches kernel `name` (one of [`KERNELS`](super::KERNELS)). The caller has checked the
     /// arguments against the signature ([`check_args`]).
     ///

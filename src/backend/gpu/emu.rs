@@ -214,6 +214,16 @@ impl Device for Emu {
         Ok(())
     }
 
+    unsafe fn mark_uninit(&self, dst: DevPtr, bytes: usize) -> Result<()> {
+        let _stream = lock(&self.stream);
+        self.check_range(dst, bytes, "mark_uninit")?;
+        if bytes > 0 {
+            // SAFETY: the range lies inside a live allocation (checked above).
+            unsafe { std::ptr::write_bytes(dst as *mut u8, 0xFF, bytes) };
+        }
+        Ok(())
+    }
+
     unsafe fn launch(&self, name: &str, cfg: &LaunchCfg, args: &[KArg]) -> Result<()> {
         if kernel_signature(name).is_some() {
             check_args(name, cfg, args)?;

@@ -39,10 +39,13 @@ impl<D: Device> Pool<D> {
     /// A block of at least `bytes` bytes whose contents are whatever it held before: for scratch
     /// that a kernel overwrites whole before anything reads it.
     pub(super) fn get_uninit(&self, bytes: usize) -> Result<DevPtr> {
-        match self.reuse(bytes) {
-            Some(ptr) => Ok(ptr),
-            None => self.dev.alloc(Self::class(bytes)),
-        }
+        let ptr = match self.reuse(bytes) {
+            Some(ptr) => ptr,
+            None => self.dev.alloc(Self::class(bytes))?,
+        };
+        // SAFETY: `ptr` is a block of at least `bytes` bytes that nothing else uses.
+        unsafe { self.dev.mark_uninit(ptr, bytes)? };
+        Ok(ptr)
     }
 
     fn reuse(&self, bytes: usize) -> Option<DevPtr> {
