@@ -88,19 +88,10 @@ struct Evaluate<'a> {
 
 impl OnBackend for Evaluate<'_> {
     type Out = EvalResult;
+    /// [`evaluate`] on a given backend.
     fn run<B: Backend>(self, be: &B) -> Result<EvalResult> {
-        evaluate_on(be, self.m, self.data, self.batch_size)
+        let model = Model::from_host(be, self.m.cfg.clone(), &cast_params::<B::F>(&self.m.params))?;
+        let mut acts = Acts::new(be, &model.cfg)?;
+        trainer::evaluate(be, &model, &mut acts, self.data, self.batch_size)
     }
-}
-
-/// [`evaluate`] on a given backend.
-pub fn evaluate_on<B: Backend>(
-    be: &B,
-    m: &LoadedModel,
-    data: &[Encoded],
-    batch_size: usize,
-) -> Result<EvalResult> {
-    let model = Model::from_host(be, m.cfg.clone(), &cast_params::<B::F>(&m.params))?;
-    let mut acts = Acts::new(be, &model.cfg)?;
-    trainer::evaluate(be, &model, &mut acts, data, batch_size)
 }
