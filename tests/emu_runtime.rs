@@ -576,3 +576,67 @@ fn emu_math_intrinsics_resolve_for_float_double_and_int() {
     let u = download::<u32>(&e, ou, 10);
     assert_eq!(u, [4, 5, 8, 31, 4, 3, x.to_bits(), 0x8000_0000, 2, i32::MIN as u32]);
 }
+
+/// bf16 bits of small values (multiples of 1/4 in [-4, 4)): every product and sum below is exact.
+fn small_bf16(i: usize, salt: usize) -> (u16, f32) {
+    let v = (((i * 7919 + salt * 104_729) % 32) as f32 - 16.0) / 4.0;
+    ((v.to_bits() >> 16) as u16, v)
+}
+
+#[test]
+fn emu_mma_bf16_m16n8k16_matches_a_plain_matmul_with_the_ptx_fragment_layout() {
+    let Some(e) = emu(21) else { return };
+    // 3 blocks of 2 warps: six independent products, each accumulated twice onto C.
+    let sets = 6;
+    let (mut a_bits, mut a) = (Vec::new(), Vec::new());
+    let (mut b_bits, mut b) = (Vec::new(), Vec::new());
+    for i in 0..sets * 256 {
+        let (h, v) = small_bf16(i, 1);
+        a_bits.push(h);
+        a.push(v);
+    }
+    for i in 0..sets * 128 {
+        let (h, v) = small_bf16(i, 2);
+        b_bits.push(h);
+        b.push(v);
+    }
+    let c: Vec<f32> = (0..sets * 128).map(|i| (i % 13) as f32 - 6.5).collect();
+    let (ap, bp, cp, dp) =
+        (upload(&e, &a_bits), upload(&e, &b_bits), upload(&e, &c), zeros::<f32>(&e, sets * 128));
+    let reps = 2;
+    let args = [KArg::Ptr(dp), KArg::Ptr(ap), KArg::Ptr(bp), KArg::Ptr(cp), KArg::I32(reps)];
+    launch(&e, "emu_test_mma_bf16", [3, 1, 1], [64, 1, 1], 0, &args).expect("launch");
+    let got = download::<f32>(&e, dp, sets * 128);
+    for s in 0..sets {
+        for r in 0..16 {
+            for n in 0..8 {
+                let dot: f32 = (0..16).map(|k| a[s * 256 + r * 16 + k] * b[s * 128 + k * 8 + n]).sum();
+                let want = c[s * 128 + r * 8 + n] + reps as f32 * dot;
+                assert_eq!(got[s * 128 + r * 8 + n], want, "set {s}, D[{r}][{n}]");
+            }
+        }
+    }
+    // A transposed A operand (what a kernel assuming the wrong layout would feed) gives other numbers.
+    let at: Vec<u16> =
+        (0..sets * 256).map(|i| a_bits[(i / 256) * 256 + (i % 16) * 16 + (i % 256) / 16]).collect();
+    let atp = upload(&e, &at);
+    let args = [KArg::Ptr(dp), KArg::Ptr(atp), KArg::Ptr(bp), KArg::Ptr(cp), KArg::I32(1)];
+    launch(&e, "emu_test_mma_bf16", [3, 1, 1], [64, 1, 1], 0, &args).expect("launch");
+    let wrong = download::<f32>(&e, dp, sets * 128);
+    let differs = (0..sets * 128).filter(|&i| {
+        let (s, r, n) = (i / 128, (i % 128) / 8, i % 8);
+        let dot: f32 = (0..16).map(|k| a[s * 256 + r * 16 + k] * b[s * 128 + k * 8 + n]).sum();
+        wrong[i] != c[i] + dot
+    });
+    assert!(differs.count() > sets * 100, "the layout must matter");
+}
+
+#[test]
+fn emu_mma_needs_the_whole_warp() {
+    let Some(e) = emu(22) else { return };
+    let (ap, bp, cp, dp) =
+        (zeros::<u16>(&e, 256), zeros::<u16>(&e, 128), zeros::<f32>(&e, 128), zeros::<f32>(&e, 128));
+    let args = [KArg::Ptr(dp), KArg::Ptr(ap), KArg::Ptr(bp), KArg::Ptr(cp), KArg::I32(1)];
+    let err = launch(&e, "emu_test_mma_bf16", [1, 1, 1], [16, 1, 1], 0, &args).expect_err("16 lanes");
+    assert!(err.contains("all 32 lanes"), "{err}");
+}

@@ -112,8 +112,17 @@ enum WarpOp : int {
   kReduceAnd,
   kReduceOr,
   kReduceXor,
+  kMmaBf16,
 };
 enum BarrierOp : int { kBarSync = 0, kBarCount, kBarAnd, kBarOr };
+
+// The operands of one lane in a warp-wide mma (see mma_m16n8k16_bf16 below).
+struct MmaOperands {
+  unsigned a[4];
+  unsigned b[2];
+  float c[4];
+  float d[4];
+};
 
 // A block-wide barrier; returns the count/and/or of `pred` over the block for those ops.
 int barrier(int op, int pred, const char* file, int line);
@@ -219,6 +228,19 @@ inline float f16_to_f32(unsigned short h) {
   }
   if (e == 31) return from_bits<float>(sign | 0x7f800000u | (m << 13));
   return from_bits<float>(sign | ((e + 112) << 23) | (m << 13));
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {d}, {a}, {b}, {c}: a warp collective of all
+// 32 lanes, each with its fragments in the PTX ISA's layout (runtime.cpp, Runner::mma_bf16).
+inline void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2], const float c[4],
+                              const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  MmaOperands o;
+  for (int i = 0; i < 4; ++i) o.a[i] = a[i], o.c[i] = c[i], o.d[i] = 0.0f;
+  o.b[0] = b[0];
+  o.b[1] = b[1];
+  warp_collective(kMmaBf16, 0xFFFFFFFFu, (unsigned long long)reinterpret_cast<std::uintptr_t>(&o), 8, 0, 32, file,
+                  line);
+  for (int i = 0; i < 4; ++i) d[i] = o.d[i];
 }
 
 }  // namespace nli_emu

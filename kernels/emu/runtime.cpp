@@ -118,6 +118,7 @@ const char* warp_op_name(int op) {
     case kReduceMax: return "__reduce_max_sync";
     case kReduceAnd: return "__reduce_and_sync";
     case kReduceOr: return "__reduce_or_sync";
+    case kMmaBf16: return "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32";
     default: return "__reduce_xor_sync";
   }
 }
@@ -232,6 +233,7 @@ class Runner {
   void run_block(const uint3& bid, unsigned long long seed);
   void resolve_warps(std::vector<unsigned>& ready);
   void complete_warp_group(unsigned warp, unsigned group);
+  void mma_bf16(Thread* const* lanes, unsigned group, const Thread& first);
   void release_barrier(std::vector<unsigned>& ready);
   std::string block_name() const {
     return fmt("block (%u,%u,%u)", regs_.bid.x, regs_.bid.y, regs_.bid.z);
@@ -441,6 +443,10 @@ void Runner::complete_warp_group(unsigned w, unsigned group) {
   const int op = first.op;
   if (op == kSyncwarp) return;
   const unsigned long long poison = first.size == 8 ? ~0ull : 0xFFFFFFFFull;
+  if (op == kMmaBf16) {
+    mma_bf16(lanes, group, first);
+    return;
+  }
   if (op >= kShflIdx && op <= kShflXor) {
     for (unsigned g = group; g; g &= g - 1) {
       Thread& t = *lanes[__builtin_ctz(g)];
@@ -492,6 +498,49 @@ void Runner::complete_warp_group(unsigned w, unsigned group) {
   if (op == kAny) result = ballot != 0;
   if (op == kAll) result = ballot == group;
   for (unsigned g = group; g; g &= g - 1) lanes[__builtin_ctz(g)]->result = result;
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 over the 32 lanes of a warp, with the
+// per-lane fragment layout of the PTX ISA (groupID g = lane >> 2, t = lane % 4):
+//   A (16x16, row): reg r of lane holds A[g + 8*(r & 1)][2t + 8*(r >> 1) + {0,1}] (low half first);
+//   B (16x8, col):  reg r holds B[2t + 8*r + {0,1}][g];
+//   C, D (16x8):    element e holds [g + 8*(e >> 1)][2t + (e & 1)].
+// Each lane's value is a pointer to its MmaOperands (on its fiber stack, alive while it waits).
+// D = A·B + C: products of bf16 are exact, the 16 products and C are summed in double, k
+// ascending, and rounded to f32 once (the GPU's internal accumulation may differ in the last bit).
+void Runner::mma_bf16(Thread* const* lanes, unsigned group, const Thread& first) {
+  if (group != 0xFFFFFFFFu)
+    throw LaunchError{4, fmt("%s: %s at %s with lanes 0x%08x: the instruction needs all 32 lanes of the warp "
+                             "(.aligned: every lane executes the same mma)",
+                             block_name().c_str(), warp_op_name(kMmaBf16), where(first).c_str(), group)};
+  float a[16][16], b[16][8], c[16][8];
+  auto lo = [](unsigned v) { return bf16_to_f32((unsigned short)(v & 0xFFFFu)); };
+  auto hi = [](unsigned v) { return bf16_to_f32((unsigned short)(v >> 16)); };
+  for (unsigned lane = 0; lane < 32; ++lane) {
+    const auto* o = reinterpret_cast<const MmaOperands*>(lanes[lane]->value);
+    const unsigned g = lane >> 2, t = lane & 3;
+    for (unsigned r = 0; r < 4; ++r) {
+      const unsigned row = g + 8 * (r & 1), col = 2 * t + 8 * (r >> 1);
+      a[row][col] = lo(o->a[r]);
+      a[row][col + 1] = hi(o->a[r]);
+    }
+    for (unsigned r = 0; r < 2; ++r) {
+      b[2 * t + 8 * r][g] = lo(o->b[r]);
+      b[2 * t + 8 * r + 1][g] = hi(o->b[r]);
+    }
+    for (unsigned e = 0; e < 4; ++e) c[g + 8 * (e >> 1)][2 * t + (e & 1)] = o->c[e];
+  }
+  for (unsigned lane = 0; lane < 32; ++lane) {
+    auto* o = reinterpret_cast<MmaOperands*>(lanes[lane]->value);
+    const unsigned g = lane >> 2, t = lane & 3;
+    for (unsigned e = 0; e < 4; ++e) {
+      const unsigned row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+      double acc = c[row][col];
+      for (unsigned k = 0; k < 16; ++k) acc += (double)a[row][k] * (double)b[k][col];
+      o->d[e] = (float)acc;
+    }
+    lanes[lane]->result = 0;
+  }
 }
 
 void Runner::release_barrier(std::vector<unsigned>& ready) {

@@ -228,3 +228,39 @@ extern "C" __global__ void emu_test_math(float* of, double* od, unsigned* ou, fl
   ou[4] = (unsigned)__ffs(8), ou[5] = __umulhi(0x80000000u, 6u), ou[6] = __float_as_uint(x);
   ou[7] = __brev(1u), ou[8] = (unsigned)__float2int_rn(2.5f), ou[9] = (unsigned)__float2int_rn(-1e20f);
 }
+
+// One m16n8k16 bf16 tensor-core product per warp, operands loaded by the PTX ISA's per-lane
+// fragment layout (g = lane / 4, t = lane % 4): warp w of block b multiplies matrix set
+// s = b * (blockDim.x / 32) + w: d[s] (16x8) = a[s] (16x16, row-major bf16) · bm[s] (16x8,
+// row-major bf16) + c[s] (16x8). `reps` > 1 accumulates the same product again.
+#ifdef NLI_EMU
+#define EMU_TEST_MMA(d, a, b) nli_emu::mma_m16n8k16_bf16(d, a, b, d)
+#else
+#define EMU_TEST_MMA(d, a, b)                                                                          \
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "   \
+               "{%8,%9}, {%0,%1,%2,%3};"                                                             \
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                      \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
+#endif
+extern "C" __global__ void emu_test_mma_bf16(float* __restrict__ d_out, const unsigned short* __restrict__ a,
+                                             const unsigned short* __restrict__ bm, const float* __restrict__ c,
+                                             int reps) {
+  const int lane = threadIdx.x & 31;
+  const int s = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int g = lane >> 2, t = lane & 3;
+  const unsigned short* as = a + s * 256;
+  const unsigned short* bs = bm + s * 128;
+  unsigned af[4], bf[2];
+  float d[4];
+  for (int r = 0; r < 4; ++r) {
+    const int row = g + 8 * (r & 1), col = 2 * t + 8 * (r >> 1);
+    af[r] = (unsigned)as[row * 16 + col] | ((unsigned)as[row * 16 + col + 1] << 16);
+  }
+  for (int r = 0; r < 2; ++r) {
+    const int k = 2 * t + 8 * r;
+    bf[r] = (unsigned)bs[k * 8 + g] | ((unsigned)bs[(k + 1) * 8 + g] << 16);
+  }
+  for (int e = 0; e < 4; ++e) d[e] = c[s * 128 + (g + 8 * (e >> 1)) * 8 + 2 * t + (e & 1)];
+  for (int r = 0; r < reps; ++r) EMU_TEST_MMA(d, af, bf);
+  for (int e = 0; e < 4; ++e) d_out[s * 128 + (g + 8 * (e >> 1)) * 8 + 2 * t + (e & 1)] = d[e];
+}
