@@ -249,6 +249,7 @@ fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shape
                 be.attention_backward(
                     be.view_mut(&mut dqkv),
                     be.view(&out),
+                    be.view(&out),
                     be.view(&att),
                     be.view(&qkv),
                     &bt,

@@ -218,3 +218,636 @@ extern "C" __global__ void attention_backward(float* __restrict__ dqkv, const fl
         }
     }
 }
+
+// ============================================================================================
+// Flash attention on bf16 tensor cores (`--precision bf16`, head size <= 64). CPU twin: the same
+// src/backend/cpu/attention.rs (the same function: keys of other sequences excluded, dropout on
+// the probabilities from the same Philox elements); launchers in src/backend/gpu/attention.rs.
+//
+// The packed rows are tiled as they lie, across sequence boundaries, so the tensor-core tiles
+// stay full however short the sequences (SNLI's are ~25 tokens): a block takes 64 consecutive
+// rows (4 warps x 16) and walks the keys of every sequence those rows touch in tiles of 64; an
+// element (query i, key j) counts only when both belong to the same sequence (the others get
+// probability exactly 0, as d2l's -1e6 mask gives). A warp skips a key tile that holds none of
+// its sequences. Q, K and V tiles are converted to bf16 on the way into shared memory (padded
+// with zeros from hs to D = 16, 32 or 64 columns); S = QKᵀ, O = PV, dP = dO·Vᵀ, dV = Pᵀ·dO,
+// dK = dSᵀ·Q and dQ = dS·K run on `mma.sync` m16n8k16 with fp32 accumulation, everything else
+// (scale, mask, softmax statistics, dropout, dS) in fp32 registers.
+//
+// attention_flash_forward_dD: out (T,C) and lse (nh,T) (the row log-sum-exp of the scaled scores,
+//   saved for backward instead of the T x T probabilities); online softmax (FlashAttention-2).
+// attention_flash_backward_prep: dd (nh,T) = Σ_d dO·O per row and head (r_i of the classic
+//   backward: Σ_j P_ij dP_ij = dO_i·O_i, dropout included).
+// attention_flash_backward_dkdv_dD: a block per 64 keys; walks the queries of their sequences in
+//   chunks of 32, recomputes P from Q, K and lse, accumulates dK and dV in registers.
+// attention_flash_backward_dq_dD: a block per 64 queries; walks the keys in tiles of 32,
+//   accumulates dQ.
+// dQ and dK/dV come from two kernels (each recomputes P) instead of atomics, so every sum runs in
+// a fixed order and results do not depend on the schedule. Grids: (ceil(T/64), nh), 128 threads.
+
+#define NLI_FA_BM 64  // query rows per block (4 warps x 16)
+#define NLI_FA_BN 64  // keys per tile
+#define NLI_FA_BQ 32  // queries per chunk of the dK/dV kernel
+#define NLI_FA_BK 32  // keys per tile of the dQ kernel (64 spills registers at D = 64)
+
+// The sequence of packed row r (cu_seqlens[s] <= r < cu_seqlens[s+1]; empty sequences skipped).
+__device__ __forceinline__ int nli_seq_of(const int* __restrict__ cu, int nb, int r) {
+    int lo = 0, hi = nb - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (cu[mid] <= r) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+// Rows r0 .. r0+ROWS-1 (zero from `rend` on) and columns 0..D-1 (zero from `hs` on) of an f32
+// matrix with row stride `lds` into shared memory as bf16: dst[i·ld + d], or transposed dst[d·ld + i].
+template <int ROWS, int D>
+__device__ __forceinline__ void nli_fa_load(unsigned short* dst, int ld, bool trans, const float* __restrict__ src,
+                                            long long lds, int r0, int rend, int hs) {
+    for (int idx = threadIdx.x; idx < ROWS * D; idx += blockDim.x) {
+        const int i = idx / D, d = idx - (idx / D) * D;
+        const int r = r0 + i;
+        const float v = (r < rend && d < hs) ? src[(long long)r * lds + d] : 0.0f;
+        const unsigned short b = nli_f32_to_bf16(v);
+        if (trans) dst[d * ld + i] = b;
+        else dst[i * ld + d] = b;
+    }
+}
+
+__device__ __forceinline__ unsigned nli_ld_u32(const unsigned short* p) {
+    return *reinterpret_cast<const unsigned*>(p);
+}
+
+// The A fragment (16x16) at (row0, col0) of a row-major bf16 tile with row stride ld.
+__device__ __forceinline__ void nli_frag_a(unsigned a[4], const unsigned short* s, int ld, int row0, int col0,
+                                           int lane) {
+    const unsigned short* p = s + (row0 + (lane >> 2)) * ld + col0 + 2 * (lane & 3);
+    a[0] = nli_ld_u32(p);
+    a[1] = nli_ld_u32(p + 8 * ld);
+    a[2] = nli_ld_u32(p + 8);
+    a[3] = nli_ld_u32(p + 8 * ld + 8);
+}
+
+// The B fragment (16x8, k x n) at (k0, n0) of a tile stored n-major, s[n·ld + k].
+__device__ __forceinline__ void nli_frag_b(unsigned b[2], const unsigned short* s, int ld, int n0, int k0,
+                                           int lane) {
+    const unsigned short* p = s + (n0 + (lane >> 2)) * ld + k0 + 2 * (lane & 3);
+    b[0] = nli_ld_u32(p);
+    b[1] = nli_ld_u32(p + 8);
+}
+
+// Two accumulator tiles (16x8 each, columns 16kc.. and 16kc+8..) as the A fragment of the next
+// product, each element times its factor (the C and A layouts line up, FlashAttention-2's trick).
+__device__ __forceinline__ void nli_acc_to_a(unsigned a[4], const float c0[4], const float c1[4]) {
+    a[0] = nli_pack_bf16x2(c0[0], c0[1]);
+    a[1] = nli_pack_bf16x2(c0[2], c0[3]);
+    a[2] = nli_pack_bf16x2(c1[0], c1[1]);
+    a[3] = nli_pack_bf16x2(c1[2], c1[3]);
+}
+
+// Where this thread's row `r` of a tile sits: its sequence (or -1 beyond T), the sequence's first
+// row and length, and the Philox element of (r, first key of the sequence) for head h.
+struct nli_fa_row {
+    int seq, start, len;
+    unsigned long long base;
+};
+
+__device__ __forceinline__ nli_fa_row nli_fa_locate(const int* __restrict__ cu, const int* __restrict__ att_off,
+                                                    int nb, int t_rows, int nh, int h, int r) {
+    nli_fa_row w;
+    w.seq = -1;
+    w.start = 0;
+    w.len = 0;
+    w.base = 0;
+    if (r < t_rows) {
+        w.seq = nli_seq_of(cu, nb, r);
+        w.start = cu[w.seq];
+        w.len = cu[w.seq + 1] - w.start;
+        w.base = (unsigned long long)nh * att_off[w.seq] + (unsigned long long)h * w.len * w.len +
+                 (unsigned long long)(r - w.start) * w.len;
+    }
+    return w;
+}
+
+// The first and last sequence of rows first..last (clamped to T); lo > hi when there is none.
+__device__ __forceinline__ void nli_fa_seq_range(const int* __restrict__ cu, int nb, int t_rows, int first,
+                                                 int count, int& lo, int& hi) {
+    const int last = min(first + count, t_rows) - 1;
+    if (first >= t_rows) {
+        lo = 1;
+        hi = 0;
+        return;
+    }
+    lo = nli_seq_of(cu, nb, first);
+    hi = nli_seq_of(cu, nb, last);
+}
+
+template <int D>
+__device__ void nli_fa_forward(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ qkv,
+                               const int* __restrict__ cu, const int* __restrict__ att_off, int nb, int t_rows,
+                               int nh, int c, const nli_dropout& dr) {
+    __shared__ __align__(16) unsigned short q_s[NLI_FA_BM * (D + 8)];
+    __shared__ __align__(16) unsigned short k_s[NLI_FA_BN * (D + 8)];
+    __shared__ __align__(16) unsigned short vt_s[D * (NLI_FA_BN + 8)];
+    __shared__ int kseq_s[NLI_FA_BN];
+    const int h = blockIdx.y, q0 = blockIdx.x * NLI_FA_BM;
+    if (q0 >= t_rows) return;
+    const int hs = c / nh;
+    const long long ld = 3LL * c;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tq = lane & 3;
+    const float sq = sqrtf((float)hs);
+    const int kbeg = cu[nli_seq_of(cu, nb, q0)];
+    const int kend = cu[nli_seq_of(cu, nb, min(q0 + NLI_FA_BM, t_rows) - 1) + 1];
+    const float* base = qkv + (long long)h * hs;
+    nli_fa_load<NLI_FA_BM, D>(q_s, D + 8, false, base, ld, q0, t_rows, hs);
+    __syncthreads();
+    unsigned qa[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) nli_frag_a(qa[kk], q_s, D + 8, warp * 16, kk * 16, lane);
+    nli_fa_row rw[2];
+#pragma unroll
+    for (int x = 0; x < 2; ++x)
+        rw[x] = nli_fa_locate(cu, att_off, nb, t_rows, nh, h, q0 + warp * 16 + (lane >> 2) + 8 * x);
+    int wlo, whi;
+    nli_fa_seq_range(cu, nb, t_rows, q0 + warp * 16, 16, wlo, whi);
+    float m[2] = {NLI_NEG_INF, NLI_NEG_INF}, l[2] = {0.0f, 0.0f};
+    float o[D / 8][4];
+#pragma unroll
+    for (int nd = 0; nd < D / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+
+    for (int k0 = kbeg; k0 < kend; k0 += NLI_FA_BN) {
+        __syncthreads();  // the previous tile is no longer read
+        nli_fa_load<NLI_FA_BN, D>(k_s, D + 8, false, base + c, ld, k0, kend, hs);
+        nli_fa_load<NLI_FA_BN, D>(vt_s, NLI_FA_BN + 8, true, base + 2LL * c, ld, k0, kend, hs);
+        for (int j = threadIdx.x; j < NLI_FA_BN; j += blockDim.x)
+            kseq_s[j] = k0 + j < kend ? nli_seq_of(cu, nb, k0 + j) : -2;
+        __syncthreads();
+        const int klast = min(NLI_FA_BN, kend - k0) - 1;
+        if (wlo > whi || kseq_s[klast] < wlo || kseq_s[0] > whi) continue;  // uniform in the warp
+
+        float s[NLI_FA_BN / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < NLI_FA_BN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+            for (int nt = 0; nt < NLI_FA_BN / 8; ++nt) {
+                unsigned b[2];
+                nli_frag_b(b, k_s, D + 8, nt * 8, kk * 16, lane);
+                nli_mma_bf16(s[nt], qa[kk], b);
+            }
+        }
+        // Scale and mask; the tile's row maxima (the 4 lanes of a row hold its 64 columns).
+        float tmax[2] = {NLI_NEG_INF, NLI_NEG_INF};
+#pragma unroll
+        for (int nt = 0; nt < NLI_FA_BN / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int x = e >> 1, j = nt * 8 + 2 * tq + (e & 1);
+                const float v = kseq_s[j] == rw[x].seq ? s[nt][e] / sq : NLI_NEG_INF;
+                s[nt][e] = v;
+                tmax[x] = fmaxf(tmax[x], v);
+            }
+        }
+        float mu[2], corr[2], rs[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int x = 0; x < 2; ++x) {
+            tmax[x] = fmaxf(tmax[x], __shfl_xor_sync(NLI_FULL_MASK, tmax[x], 1));
+            tmax[x] = fmaxf(tmax[x], __shfl_xor_sync(NLI_FULL_MASK, tmax[x], 2));
+            const float mnew = fmaxf(m[x], tmax[x]);
+            mu[x] = mnew == NLI_NEG_INF ? 0.0f : mnew;
+            corr[x] = expf(m[x] - mu[x]);
+            m[x] = mnew;
+        }
+#pragma unroll
+        for (int nt = 0; nt < NLI_FA_BN / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int x = e >> 1, j = nt * 8 + 2 * tq + (e & 1);
+                float p = expf(s[nt][e] - mu[x]);
+                rs[x] += p;
+                if (dr.thr != 0u && p != 0.0f)
+                    p *= nli_dropout_factor(dr, rw[x].base + (unsigned long long)(k0 + j - rw[x].start));
+                s[nt][e] = p;
+            }
+        }
+#pragma unroll
+        for (int x = 0; x < 2; ++x) {
+            rs[x] += __shfl_xor_sync(NLI_FULL_MASK, rs[x], 1);
+            rs[x] += __shfl_xor_sync(NLI_FULL_MASK, rs[x], 2);
+            l[x] = l[x] * corr[x] + rs[x];
+        }
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[nd][e] *= corr[e >> 1];
+        }
+        // O += (f ⊙ P) V.
+#pragma unroll
+        for (int kc = 0; kc < NLI_FA_BN / 16; ++kc) {
+            unsigned pa[4];
+            nli_acc_to_a(pa, s[2 * kc], s[2 * kc + 1]);
+#pragma unroll
+            for (int nd = 0; nd < D / 8; ++nd) {
+                unsigned b[2];
+                nli_frag_b(b, vt_s, NLI_FA_BN + 8, nd * 8, kc * 16, lane);
+                nli_mma_bf16(o[nd], pa, b);
+            }
+        }
+    }
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+        const int r = q0 + warp * 16 + (lane >> 2) + 8 * x;
+        if (r >= t_rows) continue;
+        const float inv = 1.0f / l[x];
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int col = nd * 8 + 2 * tq + e;
+                if (col < hs) out[(long long)r * c + (long long)h * hs + col] = o[nd][2 * x + e] * inv;
+            }
+        }
+        if (tq == 0) lse[(long long)h * t_rows + r] = m[x] + logf(l[x]);
+    }
+}
+
+template <int D>
+__device__ void nli_fa_backward_dkdv(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                     const float* __restrict__ lse, const float* __restrict__ dd,
+                                     const float* __restrict__ qkv, const int* __restrict__ cu,
+                                     const int* __restrict__ att_off, int nb, int t_rows, int nh, int c,
+                                     const nli_dropout& dr) {
+    __shared__ __align__(16) unsigned short k_s[NLI_FA_BN * (D + 8)];
+    __shared__ __align__(16) unsigned short v_s[NLI_FA_BN * (D + 8)];
+    __shared__ __align__(16) unsigned short q_s[NLI_FA_BQ * (D + 8)];
+    __shared__ __align__(16) unsigned short qt_s[D * (NLI_FA_BQ + 8)];
+    __shared__ __align__(16) unsigned short do_s[NLI_FA_BQ * (D + 8)];
+    __shared__ __align__(16) unsigned short dot_s[D * (NLI_FA_BQ + 8)];
+    __shared__ float lse_s[NLI_FA_BQ], dd_s[NLI_FA_BQ];
+    __shared__ int qseq_s[NLI_FA_BQ];
+    const int h = blockIdx.y, k0 = blockIdx.x * NLI_FA_BN;
+    if (k0 >= t_rows) return;
+    const int hs = c / nh;
+    const long long ld = 3LL * c;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tq = lane & 3;
+    const float sq = sqrtf((float)hs);
+    const int qbeg = cu[nli_seq_of(cu, nb, k0)];
+    const int qend = cu[nli_seq_of(cu, nb, min(k0 + NLI_FA_BN, t_rows) - 1) + 1];
+    const float* base = qkv + (long long)h * hs;
+    const float* dobase = dout + (long long)h * hs;
+    nli_fa_load<NLI_FA_BN, D>(k_s, D + 8, false, base + c, ld, k0, t_rows, hs);
+    nli_fa_load<NLI_FA_BN, D>(v_s, D + 8, false, base + 2LL * c, ld, k0, t_rows, hs);
+    // This thread's two keys (rows of Sᵀ); the Philox element of (query i, key) is
+    // base + (i - start)·len, with base here taken at query `start`.
+    nli_fa_row kw[2];
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+        const int key = k0 + warp * 16 + (lane >> 2) + 8 * x;
+        kw[x] = nli_fa_locate(cu, att_off, nb, t_rows, nh, h, key);
+        // locate() gives (key - start)·len; the key is the column here: (key - start).
+        if (kw[x].seq >= 0)
+            kw[x].base = kw[x].base - (unsigned long long)(key - kw[x].start) * kw[x].len +
+                         (unsigned long long)(key - kw[x].start);
+    }
+    int wlo, whi;
+    nli_fa_seq_range(cu, nb, t_rows, k0 + warp * 16, 16, wlo, whi);
+    float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+    for (int nd = 0; nd < D / 8; ++nd)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dk[nd][e] = dv[nd][e] = 0.0f;
+
+    for (int q0 = qbeg; q0 < qend; q0 += NLI_FA_BQ) {
+        __syncthreads();  // k_s/v_s written (first pass) or the previous chunk no longer read
+        nli_fa_load<NLI_FA_BQ, D>(q_s, D + 8, false, base, ld, q0, qend, hs);
+        nli_fa_load<NLI_FA_BQ, D>(qt_s, NLI_FA_BQ + 8, true, base, ld, q0, qend, hs);
+        nli_fa_load<NLI_FA_BQ, D>(do_s, D + 8, false, dobase, c, q0, qend, hs);
+        nli_fa_load<NLI_FA_BQ, D>(dot_s, NLI_FA_BQ + 8, true, dobase, c, q0, qend, hs);
+        for (int i = threadIdx.x; i < NLI_FA_BQ; i += blockDim.x) {
+            const bool in = q0 + i < qend;
+            lse_s[i] = in ? lse[(long long)h * t_rows + q0 + i] : 0.0f;
+            dd_s[i] = in ? dd[(long long)h * t_rows + q0 + i] : 0.0f;
+            qseq_s[i] = in ? nli_seq_of(cu, nb, q0 + i) : -2;
+        }
+        __syncthreads();
+        const int qlast = min(NLI_FA_BQ, qend - q0) - 1;
+        if (wlo > whi || qseq_s[qlast] < wlo || qseq_s[0] > whi) continue;  // uniform in the warp
+
+        // Sᵀ = K Qᵀ (16 keys x 32 queries), then Pᵀ and the dropout factors.
+        float st[NLI_FA_BQ / 8][4], fac[NLI_FA_BQ / 8][4], dpt[NLI_FA_BQ / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < NLI_FA_BQ / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            unsigned ka[4], va[4];
+            nli_frag_a(ka, k_s, D + 8, warp * 16, kk * 16, lane);
+            nli_frag_a(va, v_s, D + 8, warp * 16, kk * 16, lane);
+#pragma unroll
+            for (int nt = 0; nt < NLI_FA_BQ / 8; ++nt) {
+                unsigned bq[2], bo[2];
+                nli_frag_b(bq, q_s, D + 8, nt * 8, kk * 16, lane);
+                nli_mma_bf16(st[nt], ka, bq);
+                nli_frag_b(bo, do_s, D + 8, nt * 8, kk * 16, lane);
+                nli_mma_bf16(dpt[nt], va, bo);  // dPᵀ = V dOᵀ (before the dropout factor)
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < NLI_FA_BQ / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int x = e >> 1, i = nt * 8 + 2 * tq + (e & 1);
+                const bool ok = qseq_s[i] == kw[x].seq;
+                const float p = ok ? expf(st[nt][e] / sq - lse_s[i]) : 0.0f;
+                float f = 1.0f;
+                if (ok && dr.thr != 0u)
+                    f = nli_dropout_factor(dr, kw[x].base + (unsigned long long)(q0 + i - kw[x].start) * kw[x].len);
+                st[nt][e] = p;
+                fac[nt][e] = f;
+            }
+        }
+        // dV += (f ⊙ P)ᵀ dO.
+#pragma unroll
+        for (int kc = 0; kc < NLI_FA_BQ / 16; ++kc) {
+            float p0[4], p1[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                p0[e] = st[2 * kc][e] * fac[2 * kc][e];
+                p1[e] = st[2 * kc + 1][e] * fac[2 * kc + 1][e];
+            }
+            unsigned pa[4];
+            nli_acc_to_a(pa, p0, p1);
+#pragma unroll
+            for (int nd = 0; nd < D / 8; ++nd) {
+                unsigned b[2];
+                nli_frag_b(b, dot_s, NLI_FA_BQ + 8, nd * 8, kc * 16, lane);
+                nli_mma_bf16(dv[nd], pa, b);
+            }
+        }
+        // dSᵀ = Pᵀ ⊙ (f ⊙ dPᵀ − dd)/√hs, then dK += dSᵀ Q.
+#pragma unroll
+        for (int nt = 0; nt < NLI_FA_BQ / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int i = nt * 8 + 2 * tq + (e & 1);
+                st[nt][e] = st[nt][e] * (dpt[nt][e] * fac[nt][e] - dd_s[i]) / sq;
+            }
+        }
+#pragma unroll
+        for (int kc = 0; kc < NLI_FA_BQ / 16; ++kc) {
+            unsigned pa[4];
+            nli_acc_to_a(pa, st[2 * kc], st[2 * kc + 1]);
+#pragma unroll
+            for (int nd = 0; nd < D / 8; ++nd) {
+                unsigned b[2];
+                nli_frag_b(b, qt_s, NLI_FA_BQ + 8, nd * 8, kc * 16, lane);
+                nli_mma_bf16(dk[nd], pa, b);
+            }
+        }
+    }
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+        const int key = k0 + warp * 16 + (lane >> 2) + 8 * x;
+        if (key >= t_rows) continue;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int col = nd * 8 + 2 * tq + e;
+                if (col >= hs) continue;
+                float* row = dqkv + (long long)key * ld + (long long)h * hs + col;
+                row[c] = dk[nd][2 * x + e];
+                row[2LL * c] = dv[nd][2 * x + e];
+            }
+        }
+    }
+}
+
+template <int D>
+__device__ void nli_fa_backward_dq(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                   const float* __restrict__ lse, const float* __restrict__ dd,
+                                   const float* __restrict__ qkv, const int* __restrict__ cu,
+                                   const int* __restrict__ att_off, int nb, int t_rows, int nh, int c,
+                                   const nli_dropout& dr) {
+    __shared__ __align__(16) unsigned short q_s[NLI_FA_BM * (D + 8)];
+    __shared__ __align__(16) unsigned short do_s[NLI_FA_BM * (D + 8)];
+    __shared__ __align__(16) unsigned short k_s[NLI_FA_BK * (D + 8)];
+    __shared__ __align__(16) unsigned short kt_s[D * (NLI_FA_BK + 8)];
+    __shared__ __align__(16) unsigned short v_s[NLI_FA_BK * (D + 8)];
+    __shared__ int kseq_s[NLI_FA_BK];
+    const int h = blockIdx.y, q0 = blockIdx.x * NLI_FA_BM;
+    if (q0 >= t_rows) return;
+    const int hs = c / nh;
+    const long long ld = 3LL * c;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, tq = lane & 3;
+    const float sq = sqrtf((float)hs);
+    const int kbeg = cu[nli_seq_of(cu, nb, q0)];
+    const int kend = cu[nli_seq_of(cu, nb, min(q0 + NLI_FA_BM, t_rows) - 1) + 1];
+    const float* base = qkv + (long long)h * hs;
+    nli_fa_load<NLI_FA_BM, D>(q_s, D + 8, false, base, ld, q0, t_rows, hs);
+    nli_fa_load<NLI_FA_BM, D>(do_s, D + 8, false, dout + (long long)h * hs, c, q0, t_rows, hs);
+    __syncthreads();
+    unsigned qa[D / 16][4], da[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        nli_frag_a(qa[kk], q_s, D + 8, warp * 16, kk * 16, lane);
+        nli_frag_a(da[kk], do_s, D + 8, warp * 16, kk * 16, lane);
+    }
+    nli_fa_row rw[2];
+    float lr[2], dr_i[2];
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+        const int r = q0 + warp * 16 + (lane >> 2) + 8 * x;
+        rw[x] = nli_fa_locate(cu, att_off, nb, t_rows, nh, h, r);
+        lr[x] = r < t_rows ? lse[(long long)h * t_rows + r] : 0.0f;
+        dr_i[x] = r < t_rows ? dd[(long long)h * t_rows + r] : 0.0f;
+    }
+    int wlo, whi;
+    nli_fa_seq_range(cu, nb, t_rows, q0 + warp * 16, 16, wlo, whi);
+    float dq[D / 8][4];
+#pragma unroll
+    for (int nd = 0; nd < D / 8; ++nd) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.0f;
+
+    for (int k0 = kbeg; k0 < kend; k0 += NLI_FA_BK) {
+        __syncthreads();
+        nli_fa_load<NLI_FA_BK, D>(k_s, D + 8, false, base + c, ld, k0, kend, hs);
+        nli_fa_load<NLI_FA_BK, D>(kt_s, NLI_FA_BK + 8, true, base + c, ld, k0, kend, hs);
+        nli_fa_load<NLI_FA_BK, D>(v_s, D + 8, false, base + 2LL * c, ld, k0, kend, hs);
+        for (int j = threadIdx.x; j < NLI_FA_BK; j += blockDim.x)
+            kseq_s[j] = k0 + j < kend ? nli_seq_of(cu, nb, k0 + j) : -2;
+        __syncthreads();
+        const int klast = min(NLI_FA_BK, kend - k0) - 1;
+        if (wlo > whi || kseq_s[klast] < wlo || kseq_s[0] > whi) continue;  // uniform in the warp
+
+        float s[NLI_FA_BK / 8][4], dp[NLI_FA_BK / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < NLI_FA_BK / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+            for (int nt = 0; nt < NLI_FA_BK / 8; ++nt) {
+                unsigned bk[2], bv[2];
+                nli_frag_b(bk, k_s, D + 8, nt * 8, kk * 16, lane);
+                nli_mma_bf16(s[nt], qa[kk], bk);
+                nli_frag_b(bv, v_s, D + 8, nt * 8, kk * 16, lane);
+                nli_mma_bf16(dp[nt], da[kk], bv);  // dP = dO Vᵀ (before the dropout factor)
+            }
+        }
+        // dS = P ⊙ (f ⊙ dP − dd)/√hs with P = exp(S/√hs − lse).
+#pragma unroll
+        for (int nt = 0; nt < NLI_FA_BK / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int x = e >> 1, j = nt * 8 + 2 * tq + (e & 1);
+                const bool ok = kseq_s[j] == rw[x].seq;
+                const float p = ok ? expf(s[nt][e] / sq - lr[x]) : 0.0f;
+                float f = 1.0f;
+                if (ok && dr.thr != 0u)
+                    f = nli_dropout_factor(dr, rw[x].base + (unsigned long long)(k0 + j - rw[x].start));
+                s[nt][e] = p * (dp[nt][e] * f - dr_i[x]) / sq;
+            }
+        }
+        // dQ += dS K.
+#pragma unroll
+        for (int kc = 0; kc < NLI_FA_BK / 16; ++kc) {
+            unsigned pa[4];
+            nli_acc_to_a(pa, s[2 * kc], s[2 * kc + 1]);
+#pragma unroll
+            for (int nd = 0; nd < D / 8; ++nd) {
+                unsigned b[2];
+                nli_frag_b(b, kt_s, NLI_FA_BK + 8, nd * 8, kc * 16, lane);
+                nli_mma_bf16(dq[nd], pa, b);
+            }
+        }
+    }
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+        const int r = q0 + warp * 16 + (lane >> 2) + 8 * x;
+        if (r >= t_rows) continue;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int col = nd * 8 + 2 * tq + e;
+                if (col < hs) dqkv[(long long)r * ld + (long long)h * hs + col] = dq[nd][2 * x + e];
+            }
+        }
+    }
+}
+
+extern "C" __global__ void attention_flash_backward_prep(float* __restrict__ dd, const float* __restrict__ dout,
+                                                         const float* __restrict__ out, int t_rows, int nh, int c) {
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (r >= t_rows) return;
+    const int hs = c / nh;
+    for (int h = 0; h < nh; ++h) {
+        const float* a = dout + (long long)r * c + (long long)h * hs;
+        const float* b = out + (long long)r * c + (long long)h * hs;
+        float acc = 0.0f;
+        for (int d = lane; d < hs; d += 32) acc += a[d] * b[d];
+        acc = nli_warp_sum(acc);
+        if (lane == 0) dd[(long long)h * t_rows + r] = acc;
+    }
+}
+
+// The entry points, written out per D (build.rs finds kernels by their literal declarations).
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_forward_d16(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ qkv,
+                            const int* __restrict__ cu_seqlens, const int* __restrict__ att_offsets, int nb,
+                            int t_rows, int nh, int c, unsigned long long seed, unsigned int step,
+                            unsigned int site, unsigned int thr, float scale) {
+    nli_fa_forward<16>(out, lse, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                        nli_make_dropout(seed, step, site, thr, scale));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_backward_dkdv_d16(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                  const float* __restrict__ lse, const float* __restrict__ dd,
+                                  const float* __restrict__ qkv, const int* __restrict__ cu_seqlens,
+                                  const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
+                                  unsigned long long seed, unsigned int step, unsigned int site,
+                                  unsigned int thr, float scale) {
+    nli_fa_backward_dkdv<16>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                              nli_make_dropout(seed, step, site, thr, scale));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_backward_dq_d16(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                const float* __restrict__ lse, const float* __restrict__ dd,
+                                const float* __restrict__ qkv, const int* __restrict__ cu_seqlens,
+                                const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
+                                unsigned long long seed, unsigned int step, unsigned int site,
+                                unsigned int thr, float scale) {
+    nli_fa_backward_dq<16>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                            nli_make_dropout(seed, step, site, thr, scale));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_forward_d32(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ qkv,
+                            const int* __restrict__ cu_seqlens, const int* __restrict__ att_offsets, int nb,
+                            int t_rows, int nh, int c, unsigned long long seed, unsigned int step,
+                            unsigned int site, unsigned int thr, float scale) {
+    nli_fa_forward<32>(out, lse, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                        nli_make_dropout(seed, step, site, thr, scale));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_backward_dkdv_d32(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                  const float* __restrict__ lse, const float* __restrict__ dd,
+                                  const float* __restrict__ qkv, const int* __restrict__ cu_seqlens,
+                                  const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
+                                  unsigned long long seed, unsigned int step, unsigned int site,
+                                  unsigned int thr, float scale) {
+    nli_fa_backward_dkdv<32>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                              nli_make_dropout(seed, step, site, thr, scale));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_backward_dq_d32(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                const float* __restrict__ lse, const float* __restrict__ dd,
+                                const float* __restrict__ qkv, const int* __restrict__ cu_seqlens,
+                                const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
+                                unsigned long long seed, unsigned int step, unsigned int site,
+                                unsigned int thr, float scale) {
+    nli_fa_backward_dq<32>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                            nli_make_dropout(seed, step, site, thr, scale));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_forward_d64(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ qkv,
+                            const int* __restrict__ cu_seqlens, const int* __restrict__ att_offsets, int nb,
+                            int t_rows, int nh, int c, unsigned long long seed, unsigned int step,
+                            unsigned int site, unsigned int thr, float scale) {
+    nli_fa_forward<64>(out, lse, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                        nli_make_dropout(seed, step, site, thr, scale));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_backward_dkdv_d64(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                  const float* __restrict__ lse, const float* __restrict__ dd,
+                                  const float* __restrict__ qkv, const int* __restrict__ cu_seqlens,
+                                  const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
+                                  unsigned long long seed, unsigned int step, unsigned int site,
+                                  unsigned int thr, float scale) {
+    nli_fa_backward_dkdv<64>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                              nli_make_dropout(seed, step, site, thr, scale));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_backward_dq_d64(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                const float* __restrict__ lse, const float* __restrict__ dd,
+                                const float* __restrict__ qkv, const int* __restrict__ cu_seqlens,
+                                const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
+                                unsigned long long seed, unsigned int step, unsigned int site,
+                                unsigned int thr, float scale) {
+    nli_fa_backward_dq<64>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                            nli_make_dropout(seed, step, site, thr, scale));
+}

@@ -106,4 +106,29 @@ __device__ __forceinline__ unsigned short nli_f32_to_bf16(float f) {
     return (unsigned short)(u >> 16);
 }
 
+// ---- tensor cores ---------------------------------------------------------------------------
+// Two floats as a bf16x2 register (round to nearest even): `lo` in the low half, as the mma
+// fragments hold consecutive elements.
+__device__ __forceinline__ unsigned nli_pack_bf16x2(float lo, float hi) {
+    return (unsigned)nli_f32_to_bf16(lo) | ((unsigned)nli_f32_to_bf16(hi) << 16);
+}
+
+// d += a·b for one warp: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, fragments in the
+// PTX ISA's per-lane layout (g = lane / 4, t = lane % 4): a[r] holds A[g + 8(r&1)][2t + 8(r>>1)
+// + {0,1}] (16x16), b[r] holds B[2t + 8r + {0,1}][g] (16x8), d[e] holds D[g + 8(e>>1)][2t + (e&1)].
+// The emulator runs it as a warp collective (kernels/emu/runtime.cpp); sm_80 and newer only.
+__device__ __forceinline__ void nli_mma_bf16(float d[4], const unsigned a[4], const unsigned b[2]) {
+#if defined(NLI_EMU)
+    nli_emu::mma_m16n8k16_bf16(d, a, b, d);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();  // bf16 tensor cores need sm_80 (the launchers never choose these kernels below it)
+#endif
+}
+
 #endif  // NLI_COMMON_CUH

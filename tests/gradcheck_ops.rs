@@ -239,7 +239,7 @@ fn check_attention_grads(lens: &[usize], nh: usize, c: usize, drop: Dropout) {
     let mut out = vec![0.0; t * c];
     cpu.attention_forward(&mut out, &mut att, &xs[0], &bt, nh, c, drop);
     let mut dqkv = vec![f64::NAN; t * 3 * c];
-    cpu.attention_backward(&mut dqkv, &r, &att, &xs[0], &bt, nh, c, drop);
+    cpu.attention_backward(&mut dqkv, &r, &out, &att, &xs[0], &bt, nh, c, drop);
     fd_check(&format!("attention lens={lens:?} nh={nh} p={}", drop.p), &["qkv"], &xs, &[dqkv], &r, fwd);
 }
 
@@ -652,7 +652,7 @@ fn run_all<F: Float>(inputs: &[Vec<f64>]) -> Vec<(String, Vec<f64>)> {
     put("attention_forward out", &out);
     put("attention_forward att", &att);
     let mut dqkv = z(t * 3 * c);
-    cpu.attention_backward(&mut dqkv, &x[3][..t * c], &att, &x[7][..t * 3 * c], &bt, nh, c, drop);
+    cpu.attention_backward(&mut dqkv, &x[3][..t * c], &out, &att, &x[7][..t * 3 * c], &bt, nh, c, drop);
     put("attention_backward", &dqkv);
 
     // layernorm: res (T,C), sub (T,C), weight/bias (C,)

@@ -229,7 +229,13 @@ pub trait Backend {
     /// Multi-head scaled dot-product attention over each packed sequence, d2l semantics: keys
     /// beyond a sequence never enter its softmax; dropout on the probabilities.
     /// qkv (T,3C) holds [Q | K | V], head h in columns h·hs..(h+1)·hs of each; out (T,C);
-    /// att (nh·Σ len²) receives the pre-dropout probabilities for backward.
+    /// att ([`Backend::attention_saved_len`] elements) receives what backward needs: the
+    /// pre-dropout probabilities (nh·Σ len²), or with flash attention the row log-sum-exps (nh·T).
+    /// Elements of the `att` buffer that [`Backend::attention_forward`] fills for backward.
+    fn attention_saved_len(&self, layout: &BatchLayout, nh: usize, c: usize) -> usize {
+        let _ = c;
+        layout.att_len(nh)
+    }
     #[allow(clippy::too_many_arguments)]
     fn attention_forward(
         &self,
@@ -241,12 +247,13 @@ pub trait Backend {
         c: usize,
         dropout: Dropout,
     );
-    /// dqkv (T,3C) overwritten from dout (T,C), the saved att and qkv.
+    /// dqkv (T,3C) overwritten from dout (T,C), the forward's out (T,C), the saved att and qkv.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
         dqkv: Self::SliceMut<'_>,
         dout: Self::Slice<'_>,
+        out: Self::Slice<'_>,
         att: Self::Slice<'_>,
         qkv: Self::Slice<'_>,
         batch: &DeviceBatch<Self>,

@@ -253,7 +253,7 @@ impl<B: Backend> Model<B> {
             );
             be.attention_forward(
                 be.slice_mut(&mut a.attn, tc.clone()),
-                be.slice_mut(&mut a.att, 0..batch.layout.att_len(nh)),
+                be.slice_mut(&mut a.att, 0..be.attention_saved_len(&batch.layout, nh, c)),
                 be.slice(&a.qkv, 0..t * 3 * c),
                 batch,
                 nh,
@@ -553,7 +553,8 @@ impl<B: Backend> Model<B> {
             be.attention_backward(
                 be.slice_mut(&mut acts.dqkv, 0..t * 3 * c),
                 be.slice(&acts.dattn, tc.clone()),
-                be.slice(&a.att, 0..batch.layout.att_len(nh)),
+                be.slice(&a.attn, tc.clone()),
+                be.slice(&a.att, 0..be.attention_saved_len(&batch.layout, nh, c)),
                 be.slice(&a.qkv, 0..t * 3 * c),
                 batch,
                 nh,
@@ -708,7 +709,7 @@ impl<B: Backend> Acts<B> {
 
     /// Grows the buffers to hold a batch of this layout (never shrinks).
     fn ensure(&mut self, be: &B, cfg: &BertConfig, layout: &BatchLayout) -> Result<()> {
-        let (t, nb, att) = (layout.t(), layout.b(), layout.att_len(cfg.heads));
+        let (t, nb, att) = (layout.t(), layout.b(), be.attention_saved_len(layout, cfg.heads, cfg.hidden));
         let (c, f, k) = (cfg.hidden, cfg.ffn, cfg.num_labels);
         if t > self.t_cap {
             let t = t.next_power_of_two().max(t);

@@ -279,6 +279,7 @@ impl<F: Float> Backend for Cpu<F> {
         &self,
         dqkv: &mut [F],
         dout: &[F],
+        _out: &[F],
         att: &[F],
         qkv: &[F],
         batch: &DeviceBatch<Self>,

@@ -11,7 +11,7 @@
 //!   short sequences of a batch with one long one still keep dS in shared memory.
 
 use super::device::{Device, KArg, LaunchCfg};
-use super::launch::{dropout_args, i, need, p, pi, pm};
+use super::launch::{dropout_args, i, need, p, pi, pm, THREADS};
 use super::memory::{GView, GViewMut};
 use super::Gpu;
 use crate::backend::{BatchLayout, DeviceBatch};
@@ -68,14 +68,14 @@ impl AttentionLaunch {
 }
 
 /// Checks what both kernels rely on: the block shape, `C % NH == 0`, a consistent layout, the
-/// sizes of att and of every `(elements, elements per token row, name)` buffer, and indices that
-/// fit the kernels' `int`s. Returns (B, the longest sequence).
+/// sizes of att (`(have, need)`) and of every `(elements, elements per token row, name)` buffer,
+/// and indices that fit the kernels' `int`s. Returns (B, the longest sequence).
 fn check<D: Device>(
     op: &str,
     cfg: &AttentionLaunch,
     batch: &DeviceBatch<Gpu<D>>,
     (nh, c): (usize, usize),
-    att: usize,
+    (att, att_need): (usize, usize),
     bufs: &[(usize, usize, &str)],
 ) -> (usize, usize) {
     let lay: &BatchLayout = &batch.layout;
@@ -117,7 +117,7 @@ fn check<D: Device>(
         t <= limit && 3 * c <= limit && tot <= limit && nb <= limit && nh <= 65_535,
         "{op}: T = {t}, C = {c}, Σ len² = {tot}, B = {nb} or NH = {nh} exceeds the kernels' 32-bit indices"
     );
-    need(op, "att", att, lay.att_len(nh));
+    need(op, "att", att, att_need);
     for &(have, per_row, what) in bufs {
         need(op, what, have, t * per_row);
     }
@@ -184,8 +184,14 @@ pub fn forward_with<D: Device>(
     dropout: Dropout,
 ) {
     let op = "attention_forward";
-    let (nb, max_len) =
-        check(op, cfg, batch, (nh, c), att.len, &[(out.len, c, "out"), (qkv.len, 3 * c, "qkv")]);
+    let (nb, max_len) = check(
+        op,
+        cfg,
+        batch,
+        (nh, c),
+        (att.len, batch.layout.att_len(nh)),
+        &[(out.len, c, "out"), (qkv.len, 3 * c, "qkv")],
+    );
     let floats = cfg.forward_shared_floats(max_len);
     let [s, st, si, th, sc] = dropout_args(&dropout);
     let args = [
@@ -240,7 +246,7 @@ pub fn backward_with<D: Device>(
 ) {
     let op = "attention_backward";
     let bufs = [(dqkv.len, 3 * c, "dqkv"), (dout.len, c, "dout"), (qkv.len, 3 * c, "qkv")];
-    let (nb, max_len) = check(op, cfg, batch, (nh, c), att.len, &bufs);
+    let (nb, max_len) = check(op, cfg, batch, (nh, c), (att.len, batch.layout.att_len(nh)), &bufs);
     let floats = cfg.backward_shared_floats(max_len);
     let [s, st, si, th, sc] = dropout_args(&dropout);
     let args = [
@@ -260,4 +266,135 @@ pub fn backward_with<D: Device>(
         sc,
     ];
     run(g, op, cfg, nb, nh, floats, &args);
+}
+
+// ---- flash attention (bf16 tensor cores) ---------------------------------------------------
+
+/// The padded head widths the flash kernels are compiled for.
+pub const FLASH_HEAD_DIMS: [usize; 3] = [16, 32, 64];
+/// Rows per block of the flash kernels (queries of the forward and dQ kernels, keys of dK/dV).
+const FLASH_ROWS: usize = 64;
+/// Threads per block of the flash kernels (4 warps of 16 rows).
+const FLASH_THREADS: u32 = 128;
+
+/// The kernel width for head size `hs` (the smallest of [`FLASH_HEAD_DIMS`] that holds it), or
+/// None when the head is too wide for the flash kernels (the classic kernels take it).
+pub fn flash_dim(hs: usize) -> Option<usize> {
+    FLASH_HEAD_DIMS.iter().copied().find(|&d| hs >= 1 && hs <= d)
+}
+
+/// Checks and the launch geometry shared by the flash launchers: (B, T, kernel suffix `dD`).
+fn flash_check<D: Device>(
+    op: &str,
+    batch: &DeviceBatch<Gpu<D>>,
+    (nh, c): (usize, usize),
+    lse: usize,
+    bufs: &[(usize, usize, &str)],
+) -> (usize, usize, usize) {
+    let t = batch.layout.t();
+    let (nb, _) = check(op, &AttentionLaunch::default(), batch, (nh, c), (lse, nh * t), bufs);
+    let hs = c / nh;
+    let d = flash_dim(hs).unwrap_or_else(|| panic!("{op}: head size {hs} is above the flash kernels' 64"));
+    (nb, t, d)
+}
+
+fn flash_cfg(t: usize, nh: usize) -> LaunchCfg {
+    LaunchCfg {
+        grid: [t.div_ceil(FLASH_ROWS) as u32, nh as u32, 1],
+        block: [FLASH_THREADS, 1, 1],
+        shared_bytes: 0,
+    }
+}
+
+/// Flash attention forward: out (T,C) overwritten; lse (nh·T) receives each row's log-sum-exp
+/// of the scaled scores (what backward needs instead of the probabilities); qkv (T,3C).
+#[allow(clippy::too_many_arguments)]
+pub fn flash_forward<D: Device>(
+    g: &Gpu<D>,
+    out: GViewMut<'_>,
+    lse: GViewMut<'_>,
+    qkv: GView<'_>,
+    batch: &DeviceBatch<Gpu<D>>,
+    nh: usize,
+    c: usize,
+    dropout: Dropout,
+) {
+    let op = "attention_flash_forward";
+    let (nb, t, d) =
+        flash_check(op, batch, (nh, c), lse.len, &[(out.len, c, "out"), (qkv.len, 3 * c, "qkv")]);
+    if nb == 0 || t == 0 {
+        return;
+    }
+    let [s, st, si, th, sc] = dropout_args(&dropout);
+    let args = [
+        pm(&out),
+        pm(&lse),
+        p(&qkv),
+        pi(&batch.cu_seqlens),
+        pi(&batch.att_offsets),
+        i(nb),
+        i(t),
+        i(nh),
+        i(c),
+        s,
+        st,
+        si,
+        th,
+        sc,
+    ];
+    g.launch(&format!("attention_flash_forward_d{d}"), flash_cfg(t, nh), &args);
+}
+
+/// Flash attention backward: dqkv (T,3C) overwritten from dout (T,C), the forward's out (T,C)
+/// and lse (nh·T), and qkv (T,3C). Three kernels: `dd = rowsum(dout ⊙ out)` per head into pool
+/// scratch, then dK/dV and dQ (each recomputes the probabilities).
+#[allow(clippy::too_many_arguments)]
+pub fn flash_backward<D: Device>(
+    g: &Gpu<D>,
+    dqkv: GViewMut<'_>,
+    dout: GView<'_>,
+    out: GView<'_>,
+    lse: GView<'_>,
+    qkv: GView<'_>,
+    batch: &DeviceBatch<Gpu<D>>,
+    nh: usize,
+    c: usize,
+    dropout: Dropout,
+) {
+    let op = "attention_flash_backward";
+    let bufs =
+        [(dqkv.len, 3 * c, "dqkv"), (dout.len, c, "dout"), (out.len, c, "out"), (qkv.len, 3 * c, "qkv")];
+    let (nb, t, d) = flash_check(op, batch, (nh, c), lse.len, &bufs);
+    if nb == 0 || t == 0 {
+        return;
+    }
+    let dd = match g.alloc_uninit::<f32>(nh * t) {
+        Ok(b) => b,
+        Err(e) => return g.record(Err(e)),
+    };
+    let ddv = GView::new(dd.ptr(), dd.len());
+    let warps = (THREADS / 32) as usize;
+    let prep = LaunchCfg { grid: [t.div_ceil(warps) as u32, 1, 1], block: [THREADS, 1, 1], shared_bytes: 0 };
+    g.launch("attention_flash_backward_prep", prep, &[p(&ddv), p(&dout), p(&out), i(t), i(nh), i(c)]);
+    let [s, st, si, th, sc] = dropout_args(&dropout);
+    let args = [
+        pm(&dqkv),
+        p(&dout),
+        p(&lse),
+        p(&ddv),
+        p(&qkv),
+        pi(&batch.cu_seqlens),
+        pi(&batch.att_offsets),
+        i(nb),
+        i(t),
+        i(nh),
+        i(c),
+        s,
+        st,
+        si,
+        th,
+        sc,
+    ];
+    g.launch(&format!("attention_flash_backward_dkdv_d{d}"), flash_cfg(t, nh), &args);
+    g.launch(&format!("attention_flash_backward_dq_d{d}"), flash_cfg(t, nh), &args);
 }

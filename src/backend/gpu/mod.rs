@@ -32,7 +32,7 @@ mod memory;
 pub mod nvrtc;
 mod reduce;
 
-use super::{Activation, AdamStep, Backend, DeviceBatch};
+use super::{Activation, AdamStep, Backend, BatchLayout, DeviceBatch};
 use crate::error::Result;
 use crate::rng::Dropout;
 use device::{ArgKind, Device};
@@ -53,6 +53,9 @@ pub struct Gpu<D: Device> {
     rows: Mutex<Option<GBuf<D, i32>>>,
     /// Matrix products on bf16 copies of their operands (fp32 accumulation), see [`Gpu::new_bf16`].
     bf16: bool,
+    /// Attention by the flash kernels on bf16 tensor cores where the head size allows (see
+    /// [`attention::flash_dim`]); on with bf16.
+    flash: bool,
 }
 
 impl<D: Device> Gpu<D> {
@@ -60,14 +63,27 @@ impl<D: Device> Gpu<D> {
     pub fn new(dev: D) -> Self {
         let dev = Arc::new(dev);
         let pool = Arc::new(Pool { dev: dev.clone(), free: Mutex::new(Default::default()) });
-        Gpu { dev, pool, sticky: Mutex::new(None), rows: Mutex::new(None), bf16: false }
+        Gpu { dev, pool, sticky: Mutex::new(None), rows: Mutex::new(None), bf16: false, flash: false }
     }
 
     /// A backend on `dev` whose matrix products read bf16 copies of their operands and
     /// accumulate in fp32 (tensor cores on a GPU); parameters, Adam state, activations, LayerNorm,
     /// softmax and the loss stay f32 (`--precision bf16`).
+    /// Attention runs on the flash kernels (bf16 tensor cores, no T×T matrix in memory) for head
+    /// sizes up to 64, the classic f32 kernels above.
     pub fn new_bf16(dev: D) -> Self {
-        Gpu { bf16: true, ..Self::new(dev) }
+        Gpu { bf16: true, flash: true, ..Self::new(dev) }
+    }
+
+    /// The same backend with flash attention on or off (benchmarks and tests compare the two).
+    pub fn with_flash_attention(mut self, on: bool) -> Self {
+        self.flash = on;
+        self
+    }
+
+    /// Whether attention with `nh` heads over `c` columns runs on the flash kernels.
+    pub fn uses_flash_attention(&self, nh: usize, c: usize) -> bool {
+        self.flash && nh > 0 && c % nh == 0 && attention::flash_dim(c / nh).is_some()
     }
 
     /// Whether the matrix products run in bf16.
@@ -96,7 +112,7 @@ impl<D: Device> Gpu<D> {
     }
 
     /// A buffer of `n` elements with unspecified contents, for scratch a kernel overwrites whole.
-    fn alloc_uninit<T>(&self, n: usize) -> Result<GBuf<D, T>> {
+    pub(super) fn alloc_uninit<T>(&self, n: usize) -> Result<GBuf<D, T>> {
         let ptr = if n == 0 { 0 } else { self.pool.get_uninit(n * ELEM as usize)? };
         Ok(GBuf { pool: self.pool.clone(), ptr, len: n, _t: PhantomData })
     }
@@ -111,7 +127,7 @@ impl<D: Device> Backend for Gpu<D> {
 
     fn name(&self) -> String {
         if self.bf16 {
-            format!("{}, bf16 GEMMs", self.dev.name())
+            format!("{}, bf16 GEMMs{}", self.dev.name(), if self.flash { ", flash attention" } else { "" })
         } else {
             self.dev.name()
         }
@@ -257,13 +273,26 @@ impl<D: Device> Backend for Gpu<D> {
         c: usize,
         dropout: Dropout,
     ) {
-        attention::forward(self, out, att, qkv, batch, nh, c, dropout);
+        if self.uses_flash_attention(nh, c) {
+            attention::flash_forward(self, out, att, qkv, batch, nh, c, dropout);
+        } else {
+            attention::forward(self, out, att, qkv, batch, nh, c, dropout);
+        }
+    }
+
+    fn attention_saved_len(&self, layout: &BatchLayout, nh: usize, c: usize) -> usize {
+        if self.uses_flash_attention(nh, c) {
+            nh * layout.t()
+        } else {
+            layout.att_len(nh)
+        }
     }
 
     fn attention_backward(
         &self,
         dqkv: GViewMut<'_>,
         dout: GView<'_>,
+        out: GView<'_>,
         att: GView<'_>,
         qkv: GView<'_>,
         batch: &DeviceBatch<Self>,
@@ -271,7 +300,11 @@ impl<D: Device> Backend for Gpu<D> {
         c: usize,
         dropout: Dropout,
     ) {
-        attention::backward(self, dqkv, dout, att, qkv, batch, nh, c, dropout);
+        if self.uses_flash_attention(nh, c) {
+            attention::flash_backward(self, dqkv, dout, out, att, qkv, batch, nh, c, dropout);
+        } else {
+            attention::backward(self, dqkv, dout, att, qkv, batch, nh, c, dropout);
+        }
     }
 
     fn layernorm_forward(
