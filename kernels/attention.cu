@@ -263,9 +263,34 @@ __device__ __forceinline__ int nli_seq_of(const int* __restrict__ cu, int nb, in
 
 // Rows r0 .. r0+ROWS-1 (zero from `rend` on) and columns 0..D-1 (zero from `hs` on) of an f32
 // matrix with row stride `lds` into shared memory as bf16: dst[i·ld + d], or transposed dst[d·ld + i].
+// When the rows are 16-byte aligned (hs, lds and the address multiples of 4 floats) each thread
+// moves 4 columns with one 16-byte load; consecutive threads take consecutive column groups of a
+// row, so a warp's loads are coalesced either way.
 template <int ROWS, int D>
 __device__ __forceinline__ void nli_fa_load(unsigned short* dst, int ld, bool trans, const float* __restrict__ src,
                                             long long lds, int r0, int rend, int hs) {
+    const bool vec = ((hs | (int)(lds & 3)) & 3) == 0 && ((unsigned long long)src & 15ull) == 0;
+    if (vec) {
+        for (int idx = threadIdx.x; idx < ROWS * (D / 4); idx += blockDim.x) {
+            const int i = idx / (D / 4), d = (idx - i * (D / 4)) * 4;
+            const int r = r0 + i;
+            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (r < rend && d < hs) v = *reinterpret_cast<const float4*>(src + (long long)r * lds + d);
+            const unsigned short b0 = nli_f32_to_bf16(v.x), b1 = nli_f32_to_bf16(v.y);
+            const unsigned short b2 = nli_f32_to_bf16(v.z), b3 = nli_f32_to_bf16(v.w);
+            if (trans) {
+                dst[d * ld + i] = b0;
+                dst[(d + 1) * ld + i] = b1;
+                dst[(d + 2) * ld + i] = b2;
+                dst[(d + 3) * ld + i] = b3;
+            } else {
+                unsigned* p = reinterpret_cast<unsigned*>(dst + i * ld + d);  // ld and d even
+                p[0] = (unsigned)b0 | ((unsigned)b1 << 16);
+                p[1] = (unsigned)b2 | ((unsigned)b3 << 16);
+            }
+        }
+        return;
+    }
     for (int idx = threadIdx.x; idx < ROWS * D; idx += blockDim.x) {
         const int i = idx / D, d = idx - (idx / D) * D;
         const int r = r0 + i;

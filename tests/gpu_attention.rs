@@ -384,6 +384,7 @@ fn attention_flash_emu_matches_cpu_f64_for_narrow_heads_and_odd_packings() {
         (Case::new(vec![3, 0, 33, 1, 70, 2], 3, 72, 23), dropouts()[1]), // hs 24 padded to 32, empty seq
         (Case::new(vec![5, 1, 2, 66], 3, 36, 24), dropouts()[1]), // hs 12 padded to 16
         (Case::new(vec![1], 1, 64, 25), Dropout::OFF),  // one token
+        (Case::new(vec![9, 20, 3], 2, 26, 27), dropouts()[1]), // hs 13: the scalar loads
     ] {
         compare_flash(&k, d);
     }
