@@ -503,8 +503,9 @@ fn cli_bench_tiny_cpu_prints_the_speed_figures() {
 
 #[test]
 fn cli_bf16_on_emu_learns_like_f32() {
-    // --precision bf16 (bf16 matrix products, f32 elsewhere) through our kernels on the emulator:
-    // the same run as f32 on the CPU ends with nearly the same loss and accuracies.
+    // --precision bf16 (bf16 matrix products and flash attention on tensor cores, f32 elsewhere)
+    // through our kernels on the emulator: the same run as f32 on the CPU ends with nearly the
+    // same loss and accuracies.
     let dir = tempfile::tempdir().unwrap();
     let (f32_out, bf16_out) = (dir.path().join("f32"), dir.path().join("bf16"));
     let o = small_finetune(dir.path(), &f32_out, "f32", &["--device", "cpu"]);
@@ -512,7 +513,7 @@ fn cli_bf16_on_emu_learns_like_f32() {
     let o = small_finetune(dir.path(), &bf16_out, "bf16", &["--device", "emu"]);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stderr}");
-    assert!(stdout.contains("on emu, bf16 GEMMs"), "{stdout}");
+    assert!(stdout.contains("on emu, bf16 GEMMs, flash attention"), "{stdout}");
     let last = |d: &Path| -> serde_json::Value {
         let s = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
         serde_json::from_str(s.lines().last().unwrap()).unwrap()
@@ -528,6 +529,15 @@ fn cli_bf16_on_emu_learns_like_f32() {
     let o = small_finetune(dir.path(), &dir.path().join("x"), "bf16", &["--device", "cpu"]);
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
     assert!(text(&o).1.contains("--precision bf16 needs a GPU"), "{:?}", text(&o));
+    let o = small_finetune(
+        dir.path(),
+        &dir.path().join("y"),
+        "f32",
+        &["--device", "cpu", "--attention", "flash"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    assert!(text(&o).1.contains("--attention flash runs on a GPU"), "{:?}", text(&o));
+    assert!(!dir.path().join("y").exists(), "nothing written after a usage error");
 }
 
 #[test]

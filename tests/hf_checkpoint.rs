@@ -6,7 +6,7 @@
 //! reloading a fine-tuned WordPiece model, and `--model hf:ORG/NAME` against a 127.0.0.1 server.
 
 use nli_bert::backend::Activation;
-use nli_bert::cli::engine::{DeviceSel, Engine};
+use nli_bert::cli::engine::Engine;
 use nli_bert::cli::eval::evaluate;
 use nli_bert::data::batch::{encode_dataset_with, Truncate};
 use nli_bert::data::snli::{Dataset, Example};
@@ -108,9 +108,8 @@ fn tiny_checkpoint_in_both_formats_matches_transformers_with_labels_reordered() 
                 want.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
             assert_eq!(got.ids, want, "{kind}: input ids");
         }
-        let r =
-            evaluate(&m, &enc, 8, &Engine { device: DeviceSel::Cpu, precision: Precision::F64, threads: 1 })
-                .unwrap();
+        let r = evaluate(&m, &enc, 8, &Engine { precision: Precision::F64, threads: 1, ..Engine::cpu(1) })
+            .unwrap();
         for (i, row) in e["logits_f64_checkpoint_order"].as_array().unwrap().iter().enumerate() {
             let theirs: Vec<f64> = row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
             for (k, &p) in perm.iter().enumerate() {

@@ -42,7 +42,19 @@ impl std::str::FromStr for DeviceSel {
     }
 }
 
-/// The engine a command runs on: device, precision and CPU threads.
+/// Which attention kernels a GPU runs (`--attention`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AttentionSel {
+    /// Flash attention on bf16 tensor cores with `--precision bf16`, the f32 kernels with f32.
+    #[default]
+    Auto,
+    /// Flash attention (bf16 tensor cores, head size up to 64), whatever the GEMMs' precision.
+    Flash,
+    /// The f32 attention kernels (exact PyTorch parity), whatever the GEMMs' precision.
+    Classic,
+}
+
+/// The engine a command runs on: device, precision, attention kernels and CPU threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Engine {
     /// Where to compute.
@@ -51,12 +63,14 @@ pub struct Engine {
     pub precision: Precision,
     /// CPU worker threads (0 = all cores).
     pub threads: usize,
+    /// Attention kernels on a GPU.
+    pub attention: AttentionSel,
 }
 
 impl Engine {
     /// The CPU engine in f32 on `threads` threads.
     pub fn cpu(threads: usize) -> Self {
-        Engine { device: DeviceSel::Cpu, precision: Precision::F32, threads }
+        Engine { device: DeviceSel::Cpu, precision: Precision::F32, threads, attention: AttentionSel::Auto }
     }
 }
 
@@ -102,12 +116,17 @@ impl Engine {
             Ok(())
         };
         let bf16 = self.precision == Precision::Bf16;
+        let flash = match self.attention {
+            AttentionSel::Auto => bf16,
+            AttentionSel::Flash => true,
+            AttentionSel::Classic => false,
+        };
         match self.device {
             DeviceSel::Cpu => self.open_cpu(),
             DeviceSel::Auto => {
                 if self.precision != Precision::F64 && cuda::device_count() > 0 {
                     match Cuda::new(0, &hub::cache_dir()) {
-                        Ok(dev) => return Ok(AnyBackend::Cuda(gpu(dev, bf16))),
+                        Ok(dev) => return Ok(AnyBackend::Cuda(gpu(dev, bf16, flash))),
                         Err(e) => {
                             eprintln!("warning: a CUDA device is present but unusable ({e}); using the CPU")
                         }
@@ -117,16 +136,22 @@ impl Engine {
             }
             DeviceSel::Cuda(n) => {
                 gpu_precision("a GPU")?;
-                Ok(AnyBackend::Cuda(gpu(Cuda::new(n, &hub::cache_dir())?, bf16)))
+                Ok(AnyBackend::Cuda(gpu(Cuda::new(n, &hub::cache_dir())?, bf16, flash)))
             }
             DeviceSel::Emu => {
                 gpu_precision("the emulator")?;
-                Ok(AnyBackend::Emu(gpu(Emu::new()?, bf16)))
+                Ok(AnyBackend::Emu(gpu(Emu::new()?, bf16, flash)))
             }
         }
     }
 
     fn open_cpu(&self) -> Result<AnyBackend> {
+        if self.attention == AttentionSel::Flash {
+            return Err(Error::usage(
+                "--attention flash runs on a GPU (bf16 tensor cores): use --device cuda (or emu to check it \
+                 on the CPU), or leave --attention at auto on the CPU",
+            ));
+        }
         Ok(match self.precision {
             Precision::F32 => AnyBackend::CpuF32(Cpu::new(self.threads)?),
             Precision::F64 => AnyBackend::CpuF64(Cpu::new(self.threads)?),
@@ -140,11 +165,8 @@ impl Engine {
     }
 }
 
-/// The GPU backend on `dev`, with bf16 matrix products when asked.
-fn gpu<D: crate::backend::gpu::device::Device>(dev: D, bf16: bool) -> Gpu<D> {
-    if bf16 {
-        Gpu::new_bf16(dev)
-    } else {
-        Gpu::new(dev)
-    }
+/// The GPU backend on `dev`, with bf16 matrix products and flash attention when asked.
+fn gpu<D: crate::backend::gpu::device::Device>(dev: D, bf16: bool, flash: bool) -> Gpu<D> {
+    let g = if bf16 { Gpu::new_bf16(dev) } else { Gpu::new(dev) };
+    g.with_flash_attention(flash)
 }

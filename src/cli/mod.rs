@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::model::config::Precision;
 use crate::model::store::LoadedModel;
 use clap::Args;
-use engine::{DeviceSel, Engine};
+use engine::{AttentionSel, DeviceSel, Engine};
 use std::path::Path;
 
 /// `--device`, `--precision`, `--threads`: where and how a command computes.
@@ -35,12 +35,21 @@ pub struct EngineArgs {
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Attention kernels on a GPU: auto (flash with bf16, the f32 kernels with f32), flash (bf16
+    /// tensor cores, head size up to 64; wider heads keep the f32 kernels) or classic (f32).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub attention: AttentionSel,
 }
 
 impl EngineArgs {
     /// The engine these flags select.
     pub fn engine(&self) -> Engine {
-        Engine { device: self.device, precision: self.precision, threads: self.threads }
+        Engine {
+            device: self.device,
+            precision: self.precision,
+            threads: self.threads,
+            attention: self.attention,
+        }
     }
 }
 

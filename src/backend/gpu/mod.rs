@@ -126,11 +126,14 @@ impl<D: Device> Backend for Gpu<D> {
     type SliceMut<'a> = GViewMut<'a>;
 
     fn name(&self) -> String {
+        let mut name = self.dev.name();
         if self.bf16 {
-            format!("{}, bf16 GEMMs{}", self.dev.name(), if self.flash { ", flash attention" } else { "" })
-        } else {
-            self.dev.name()
+            name.push_str(", bf16 GEMMs");
         }
+        if self.flash {
+            name.push_str(", flash attention");
+        }
+        name
     }
 
     fn alloc(&self, n: usize) -> Result<Self::Buf> {
