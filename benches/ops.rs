@@ -9,6 +9,9 @@
 //!   `cuda::device_count() > 0` (skipped silently otherwise); the device is synchronised inside
 //!   the timing ([`Gpu::check`] waits for it).
 //!
+//! - `attention/flash_{forward,backward}/<dev>`: the flash kernels (bf16 tensor cores) at the same
+//!   shapes, beside the f32 kernels' `attention/{forward,backward}/<dev>`.
+//!
 //! Run: `cargo bench --bench ops` (add `-- <filter>` to pick groups or devices, e.g. `-- layernorm` or `-- /emu`).
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
@@ -416,14 +419,75 @@ fn bench_on<B: Backend<F = f32>>(c: &mut Criterion, be: &B, dev: &str, s: &Shape
     g.finish();
 }
 
+/// Flash attention (bf16 tensor cores) forward and backward through the Backend trait, ids
+/// `attention/flash_forward/<dev>` and `attention/flash_backward/<dev>`; the bytes are those the
+/// kernels must move (qkv, out and the log-sum-exps; backward also dout and dqkv).
+fn bench_flash<D: nli_bert::backend::gpu::device::Device>(
+    c: &mut Criterion,
+    be: &Gpu<D>,
+    dev: &str,
+    s: &Shapes,
+    sync: &dyn Fn(),
+) {
+    let (t, cc, nh) = (s.t(), s.c, s.nh);
+    assert!(be.uses_flash_attention(nh, cc), "the flash kernels take C {cc} with {nh} heads");
+    let bt = batch(be, s);
+    let qkv = be.upload(&rand(t * 3 * cc, 21)).expect("upload");
+    let dout = be.upload(&rand(t * cc, 22)).expect("upload");
+    let (mut out, mut lse, mut dqkv) = (
+        be.alloc(t * cc).expect("alloc"),
+        be.alloc(be.attention_saved_len(&bt.layout, nh, cc)).expect("alloc"),
+        be.alloc(t * 3 * cc).expect("alloc"),
+    );
+    let fwd_bytes = ((t * 3 * cc) + (t * cc) + nh * t) as u64 * B4;
+    let mut g = group(c, "attention", fwd_bytes, s);
+    g.bench_function(format!("flash_forward/{dev}"), |b| {
+        b.iter(|| {
+            be.attention_forward(
+                be.view_mut(&mut out),
+                be.view_mut(&mut lse),
+                be.view(&qkv),
+                &bt,
+                nh,
+                cc,
+                drop(0),
+            );
+            sync();
+        })
+    });
+    g.finish();
+    let mut g = group(c, "attention", fwd_bytes + (t * 4 * cc) as u64 * B4, s);
+    g.bench_function(format!("flash_backward/{dev}"), |b| {
+        b.iter(|| {
+            be.attention_backward(
+                be.view_mut(&mut dqkv),
+                be.view(&dout),
+                be.view(&out),
+                be.view(&lse),
+                be.view(&qkv),
+                &bt,
+                nh,
+                cc,
+                drop(0),
+            );
+            sync();
+        })
+    });
+    g.finish();
+}
+
 fn bench_ops(c: &mut Criterion) {
     let cpu = Cpu::<f32>::new(0).expect("thread pool");
     bench_on(c, &cpu, "cpu", &FULL, &|| {});
     let emu = Gpu::new(Emu::new().expect("emulator"));
     bench_on(c, &emu, "emu", &SMALL, &|| emu.check().expect("emulator"));
+    let emu = emu.with_flash_attention(true);
+    bench_flash(c, &emu, "emu", &SMALL, &|| emu.check().expect("emulator"));
     if cuda::device_count() > 0 {
         let gpu = Gpu::new(cuda::Cuda::new(0, &nli_bert::data::hub::cache_dir()).expect("CUDA device 0"));
         bench_on(c, &gpu, "cuda", &FULL, &|| gpu.check().expect("CUDA device"));
+        let gpu = gpu.with_flash_attention(true);
+        bench_flash(c, &gpu, "cuda", &FULL, &|| gpu.check().expect("CUDA device"));
     }
 }
 
