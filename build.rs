@@ -72,6 +72,10 @@ fn main() {
     out.push_str("/// Every `extern \"C\" __global__` kernel in kernels/*.cu with its parameter kinds.\n");
     out.push_str(&generate::kernel_table("KERNELS", &kernels));
     out.push_str(
+        "/// The op family of every kernel in [`KERNELS`]: its file's stem (`kernels/<family>.cu`).\n",
+    );
+    out.push_str(&generate::family_table("KERNEL_FAMILIES", &kernels));
+    out.push_str(
         "/// Sources of the emulator's test kernels (kernels/emu/tests/*.cu), valid CUDA of their own.\n",
     );
     out.push_str(&format!("pub const EMU_TEST_SOURCES: &[(&str, &str)] = &[\n{}];\n", embed(&test_files)));

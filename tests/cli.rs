@@ -499,6 +499,62 @@ fn cli_bench_tiny_cpu_prints_the_speed_figures() {
     // bad arguments are usage errors
     let o = run(&["bench", "--shape", "tiny", "--steps", "0", "--device", "cpu"]);
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    // --breakdown: the CPU engine says it cannot time single ops
+    let o = run(&[
+        "bench",
+        "--shape",
+        "tiny",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "8",
+        "--breakdown",
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(text(&o).0.contains("breakdown: cpu"), "{:?}", text(&o));
+}
+
+#[test]
+fn cli_bench_breakdown_on_emu_times_every_op_family() {
+    let args = ["bench", "--shape", "tiny", "--steps", "1", "--warmup", "0", "--device", "emu"];
+    let o =
+        run(&[&args[..], &["--batch-size", "8", "--precision", "bf16", "--breakdown", "--json"]].concat());
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let b = &v["step"]["breakdown"];
+    let fams = b["families"].as_array().unwrap_or_else(|| panic!("{v}"));
+    let names: Vec<&str> = fams.iter().map(|f| f["family"].as_str().unwrap()).collect();
+    // every kernel family of a bf16 training step ran and took time; shares add up to 1
+    for f in [
+        "matmul",
+        "attention",
+        "layernorm",
+        "activation",
+        "classifier",
+        "adam",
+        "embedding",
+        "reduce",
+        "convert",
+    ] {
+        let e =
+            fams.iter().find(|x| x["family"] == f).unwrap_or_else(|| panic!("{f} missing from {names:?}"));
+        assert!(e["ms_per_step"].as_f64().unwrap() > 0.0, "{f}: {e}");
+    }
+    assert!(!names.contains(&"other"), "every kernel has a family: {names:?}");
+    let share: f64 = fams.iter().map(|f| f["share"].as_f64().unwrap()).sum();
+    assert!((share - 1.0).abs() < 1e-9, "shares sum to {share}");
+    // the ops' times account for the wall time of the steps (the emulator runs launches in line)
+    let ops: f64 = fams.iter().map(|f| f["ms_per_step"].as_f64().unwrap()).sum();
+    let wall = b["wall_ms_per_step"].as_f64().unwrap();
+    assert!(ops <= wall * 1.001 && ops >= 0.5 * wall, "ops {ops} ms vs wall {wall} ms");
+    assert!(fams.iter().any(|f| f["family"] == "matmul" && f["tflops"].as_f64().unwrap() > 0.0));
+    // the text form prints the table
+    let o = run(&[&args[..], &["--batch-size", "8", "--breakdown"]].concat());
+    let out = text(&o).0;
+    assert!(out.contains("breakdown over 1 more steps") && out.contains("  matmul "), "{out}");
 }
 
 #[test]

@@ -383,6 +383,18 @@ pub trait Backend {
 
     /// Waits for the work issued so far and returns the first error of any earlier op (a GPU's
     /// ops cannot return their device errors). Nothing to wait for on the CPU.
+    /// Starts timing each op family (the GPU backends record an event after every op); Ok(false)
+    /// where the backend cannot time ops.
+    fn breakdown_start(&self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Stops timing and returns the milliseconds spent per op family since
+    /// [`Backend::breakdown_start`] (the stream's time from one op's end to the next op's end, so
+    /// work between ops that records no mark of its own, such as pool zeroing, counts towards the
+    /// next op), in the order the families first ran.
+    fn breakdown_take(&self) -> Result<Vec<(String, f64)>> {
+        Ok(Vec::new())
+    }
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }

@@ -130,6 +130,8 @@ pub struct BenchArgs {
     pub engine: Engine,
     /// Print one JSON object instead of text.
     pub json: bool,
+    /// After the timed steps, time `steps` more with an event after every op: time per op family.
+    pub breakdown: bool,
 }
 
 /// The figures of the timed training steps.
@@ -155,6 +157,65 @@ pub struct StepReport {
     pub params: usize,
     /// Mean loss of the timed steps (a sanity check: about ln 3 with random weights).
     pub mean_loss: f64,
+    /// Time per op family (`--breakdown`), if asked and the backend can time ops.
+    pub breakdown: Option<Breakdown>,
+}
+
+/// Where a step's time goes: per op family, from events recorded after every op over extra
+/// steps run after the timed ones (so the events do not slow the headline figure).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Breakdown {
+    /// Steps timed with events.
+    pub steps: usize,
+    /// Wall time of those steps, ms per step (events included).
+    pub wall_ms_per_step: f64,
+    /// The families, in the order they first ran.
+    pub families: Vec<FamilyTime>,
+}
+
+/// One op family's share of a step.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct FamilyTime {
+    /// Family (a kernels/<family>.cu stem, `matmul` for cuBLAS, `memset`, `upload`).
+    pub family: String,
+    /// Milliseconds per step.
+    pub ms_per_step: f64,
+    /// Share of the summed family times.
+    pub share: f64,
+    /// Achieved TFLOP/s for the compute families (matmul: `6·N_mm` per token; attention:
+    /// `12·C·L` per token pair of a sequence).
+    pub tflops: Option<f64>,
+    /// Achieved GB/s for the memory-bound families whose traffic is estimated (layernorm,
+    /// activation, reduce, adam; f32 activations).
+    pub gbps: Option<f64>,
+}
+
+/// FLOPs and estimated bytes per family of one step over `batch` (see [`FamilyTime`]).
+fn family_work(cfg: &BertConfig, batch: &Batch) -> Vec<(&'static str, f64, f64)> {
+    let (c, f, l) = (cfg.hidden as f64, cfg.ffn as f64, cfg.layers as f64);
+    let t = batch.t() as f64;
+    let att: f64 = batch.lens.iter().map(|&n| (n * n) as f64).sum::<f64>() * 12.0 * c * l;
+    // layernorm: 2 per layer, forward ~4·T·C floats, backward ~6·T·C.
+    let ln = l * 2.0 * 10.0 * t * c * 4.0;
+    // activation.cu: the FFN nonlinearity (2·T·F forward, 3·T·F backward) and the bias adds of
+    // the four Linear outputs (read + write T·(5C + F)).
+    let act = l * (5.0 * t * f + 2.0 * t * (5.0 * c + f)) * 4.0;
+    // reduce.cu: the column sums of the bias gradients read each Linear's dout once.
+    let red = l * t * (5.0 * c + f) * 4.0;
+    let mut rows: Vec<i32> = batch.tokens.clone();
+    rows.sort_unstable();
+    rows.dedup();
+    let params = cfg.param_count().unwrap_or(0) as f64;
+    let untouched = (cfg.vocab_size.saturating_sub(rows.len())) as f64 * c;
+    let adam = 28.0 * (params - untouched).max(0.0);
+    vec![
+        ("matmul", 6.0 * matmul_params(cfg) * t, 0.0),
+        ("attention", att, 0.0),
+        ("layernorm", 0.0, ln),
+        ("activation", 0.0, act),
+        ("reduce", 0.0, red),
+        ("adam", 0.0, adam),
+    ]
 }
 
 impl StepReport {
@@ -284,6 +345,41 @@ pub fn time_steps<B: Backend>(
     sync()?;
     rep.seconds = t0.elapsed().as_secs_f64();
     rep.mean_loss = loss / rep.examples.max(1) as f64;
+    if a.breakdown && be.breakdown_start()? {
+        let mut work: Vec<(&'static str, f64, f64)> = Vec::new();
+        let t0 = Instant::now();
+        for k in 0..a.steps {
+            let step = a.warmup + a.steps + k;
+            let b = &batches[step % batches.len()];
+            let mode = Mode { dropout: a.dropout, seed: a.seed, step: step as u64 };
+            model.train_step(be, &mut opt, &mut acts, b, mode)?;
+            for (fam, flops, bytes) in family_work(cfg, b) {
+                match work.iter_mut().find(|w| w.0 == fam) {
+                    Some(w) => (w.1, w.2) = (w.1 + flops, w.2 + bytes),
+                    None => work.push((fam, flops, bytes)),
+                }
+            }
+        }
+        let times = be.breakdown_take()?;
+        let wall = t0.elapsed().as_secs_f64();
+        let total: f64 = times.iter().map(|(_, ms)| ms).sum();
+        let n = a.steps.max(1) as f64;
+        let families = times
+            .into_iter()
+            .map(|(family, ms)| {
+                let w = work.iter().find(|w| w.0 == family);
+                let secs = ms / 1e3;
+                FamilyTime {
+                    ms_per_step: ms / n,
+                    share: ms / total.max(1e-12),
+                    tflops: w.filter(|w| w.1 > 0.0).map(|w| w.1 / secs.max(1e-12) / 1e12),
+                    gbps: w.filter(|w| w.2 > 0.0).map(|w| w.2 / secs.max(1e-12) / 1e9),
+                    family,
+                }
+            })
+            .collect();
+        rep.breakdown = Some(Breakdown { steps: a.steps, wall_ms_per_step: 1e3 * wall / n, families });
+    }
     Ok(rep)
 }
 
@@ -499,6 +595,54 @@ fn step_lines(a: &BenchArgs, cfg: &BertConfig, s: &StepReport) -> Vec<String> {
             None => format!("no ceilings are known for {} (known: H100, H200, A100)", s.device),
         });
     }
+    if a.breakdown {
+        match &s.breakdown {
+            Some(b) => out.extend(breakdown_lines(b, s)),
+            None => out.push(format!(
+                "breakdown: {} cannot time single ops (a GPU device can: --device cuda, or emu)",
+                s.device
+            )),
+        }
+    }
+    out
+}
+
+/// The `--breakdown` table: ms per step, share, and achieved rates against the card's ceilings
+/// (bf16 tensor-core peak when the device runs bf16 GEMMs or flash attention, else fp32).
+fn breakdown_lines(b: &Breakdown, s: &StepReport) -> Vec<String> {
+    let ceil = if s.cuda { ceilings(&s.device) } else { None };
+    let tensor = s.device.contains("bf16") || s.device.contains("flash");
+    let summed: f64 = b.families.iter().map(|f| f.ms_per_step).sum();
+    let mut out = vec![
+        format!(
+            "breakdown over {} more steps with an event after every op: {:.2} ms/step of ops, {:.2} ms/step wall",
+            b.steps, summed, b.wall_ms_per_step
+        ),
+        format!("  {:<12} {:>10} {:>7}  {}", "family", "ms/step", "share", "achieved"),
+    ];
+    for f in &b.families {
+        let rate = match (f.tflops, f.gbps, ceil) {
+            (Some(t), _, Some(c)) => {
+                let peak = if tensor && (f.family == "matmul" || f.family == "attention") {
+                    c.bf16_flops
+                } else {
+                    c.fp32_flops
+                };
+                format!("{t:.1} TFLOP/s ({:.1}% of {:.0})", 100.0 * t * 1e12 / peak, peak / 1e12)
+            }
+            (Some(t), _, None) => format!("{t:.3} TFLOP/s"),
+            (None, Some(g), Some(c)) => {
+                format!(
+                    "{g:.0} GB/s est. ({:.1}% of {:.1} TB/s)",
+                    100.0 * g * 1e9 / c.bytes_per_s,
+                    c.bytes_per_s / 1e12
+                )
+            }
+            (None, Some(g), None) => format!("{g:.2} GB/s est."),
+            (None, None, _) => String::new(),
+        };
+        out.push(format!("  {:<12} {:>10.3} {:>6.1}%  {}", f.family, f.ms_per_step, 100.0 * f.share, rate));
+    }
     out
 }
 
@@ -586,6 +730,10 @@ pub struct BenchCmd {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Then time as many steps again with an event after every op, and print where the time goes
+    /// per op family (ms per step, share, TFLOP/s or estimated GB/s against the card's ceilings).
+    #[arg(long)]
+    pub breakdown: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -607,6 +755,7 @@ impl BenchCmd {
             repeat: a.repeat,
             engine: a.engine.engine(),
             json: a.json,
+            breakdown: a.breakdown,
         })
     }
 }

@@ -48,6 +48,19 @@ pub fn kernel_table(name: &str, kernels: &[Kernel]) -> String {
     s
 }
 
+/// The op family of every kernel: the stem of its file (`kernels/<family>.cu`), as
+/// `pub const {name}: &[(&str, &str)]` of (kernel, family).
+pub fn family_table(name: &str, kernels: &[Kernel]) -> String {
+    let mut s = format!("pub const {name}: &[(&str, &str)] = &[\n");
+    for k in kernels {
+        let file = k.file.rsplit('/').next().unwrap_or(&k.file);
+        let family = file.strip_suffix(".cu").unwrap_or(file);
+        s.push_str(&format!("    ({:?}, {:?}),\n", k.name, family));
+    }
+    s.push_str("];\n");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +94,17 @@ mod tests {
         assert_eq!(
             kernel_table("KERNELS", &ks),
             "pub const KERNELS: &[(&str, &[ArgKind])] = &[\n    (\"a\", &[ArgKind::Ptr, ArgKind::I64, ArgKind::U32, ArgKind::F64]),\n];\n"
+        );
+    }
+
+    #[test]
+    fn the_family_table_names_each_kernel_by_its_file() {
+        let a = Unit::new("kernels/layernorm.cu", "extern \"C\" __global__ void ln_f(float* p) {}");
+        let b = Unit::new("kernels/adam.cu", "extern \"C\" __global__ void step(float* p) {}");
+        let ks = parse_all([&a, &b]).unwrap();
+        assert_eq!(
+            family_table("KERNEL_FAMILIES", &ks),
+            "pub const KERNEL_FAMILIES: &[(&str, &str)] = &[\n    (\"ln_f\", \"layernorm\"),\n    (\"step\", \"adam\"),\n];\n"
         );
     }
 }

@@ -529,6 +529,39 @@ impl Device for Cuda {
         unsafe { drv::stream::synchronize(self.stream) }
             .map_err(drv_err(format_args!("synchronizing {}", self.name())))
     }
+
+    type Mark = CudaMark;
+
+    fn mark(&self) -> Result<CudaMark> {
+        bind(self.ctx)?;
+        let e = drv::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(drv_err("cuEventCreate"))?;
+        let m = CudaMark(e);
+        // SAFETY: `e` is a fresh event and the stream a live stream of this context.
+        unsafe { drv::event::record(m.0, self.stream) }.map_err(drv_err("cuEventRecord"))?;
+        Ok(m)
+    }
+
+    fn elapsed_ms(&self, a: &CudaMark, b: &CudaMark) -> Result<f64> {
+        bind(self.ctx)?;
+        // SAFETY: both events were created and recorded on this device's stream and are alive.
+        let ms = unsafe { drv::event::elapsed(a.0, b.0) }.map_err(drv_err("cuEventElapsedTime"))?;
+        Ok(ms as f64)
+    }
+}
+
+/// A CUDA event recorded on the device's stream (timing enabled); destroyed on drop.
+pub struct CudaMark(sys::CUevent);
+
+// SAFETY: an event handle may be used from any thread of the process (the context is bound by
+// each method that uses it).
+unsafe impl Send for CudaMark {}
+
+impl Drop for CudaMark {
+    fn drop(&mut self) {
+        // SAFETY: the event came from cuEventCreate and is destroyed once; destroying an event
+        // whose work is pending is allowed (the driver releases it when done).
+        let _ = unsafe { drv::event::destroy(self.0) };
+    }
 }
 
 #[cfg(test)]

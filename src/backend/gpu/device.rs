@@ -192,6 +192,14 @@ pub trait Device: Send + Sync + 'static {
     unsafe fn gemm_bf16(&self, g: &Gemm) -> Result<()>;
     /// Waits until all issued work is done and reports any asynchronous error.
     fn synchronize(&self) -> Result<()>;
+    /// A point in the stream's work (CUDA: an event; the emulator, whose launches finish before
+    /// they return: the host clock) whose time [`Device::elapsed_ms`] reads once it is done.
+    type Mark: Send;
+    /// Records a mark after all work issued so far.
+    fn mark(&self) -> Result<Self::Mark>;
+    /// Milliseconds from mark `a` to the later mark `b`; both must be done (call after
+    /// [`Device::synchronize`]).
+    fn elapsed_ms(&self, a: &Self::Mark, b: &Self::Mark) -> Result<f64>;
 }
 
 /// The parameter kinds of kernel `name`, from the signatures build.rs parsed out of kernels/*.cu.

@@ -318,6 +318,16 @@ impl Device for Emu {
             None => Ok(()),
         }
     }
+
+    type Mark = std::time::Instant;
+
+    fn mark(&self) -> Result<std::time::Instant> {
+        Ok(std::time::Instant::now())
+    }
+
+    fn elapsed_ms(&self, a: &std::time::Instant, b: &std::time::Instant) -> Result<f64> {
+        Ok(b.saturating_duration_since(*a).as_secs_f64() * 1e3)
+    }
 }
 
 /// Elements spanned by a (rows, cols) row-major matrix with row stride `ld`.

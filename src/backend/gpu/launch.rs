@@ -52,6 +52,7 @@ impl<D: Device> Gpu<D> {
             unsafe { self.dev.launch(name, &cfg, args) }
         });
         self.record(r);
+        self.profile_kernel(name);
     }
 
     /// Launches an element-wise kernel over `n` items (one thread each).

@@ -19,6 +19,7 @@ impl<D: Device> Gpu<D> {
         // SAFETY: the launcher checked the matrices against the views.
         let r = unsafe { self.dev.sgemm(&g) };
         self.record(r);
+        self.profile_mark("matmul");
     }
 
     /// [`Gpu::sgemm`] on bf16 copies of A and B (pooled scratch, converted on the device).
@@ -38,6 +39,7 @@ impl<D: Device> Gpu<D> {
         // the launcher.
         let r = unsafe { self.dev.gemm_bf16(&Gemm { a: a16.ptr, b: b16.ptr, ..g }) };
         self.record(r);
+        self.profile_mark("matmul");
     }
 }
 

@@ -39,6 +39,7 @@ use device::{ArgKind, Device};
 use memory::{Pool, ELEM};
 use std::marker::PhantomData;
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use memory::{GBuf, GView, GViewMut};
@@ -56,6 +57,10 @@ pub struct Gpu<D: Device> {
     /// Attention by the flash kernels on bf16 tensor cores where the head size allows (see
     /// [`attention::flash_dim`]); on with bf16.
     flash: bool,
+    /// Whether ops are being timed ([`Backend::breakdown_start`]).
+    profiling: AtomicBool,
+    /// The marks recorded after each op while timing, with the op's family.
+    marks: Mutex<Vec<(&'static str, D::Mark)>>,
 }
 
 impl<D: Device> Gpu<D> {
@@ -63,7 +68,16 @@ impl<D: Device> Gpu<D> {
     pub fn new(dev: D) -> Self {
         let dev = Arc::new(dev);
         let pool = Arc::new(Pool { dev: dev.clone(), free: Mutex::new(Default::default()) });
-        Gpu { dev, pool, sticky: Mutex::new(None), rows: Mutex::new(None), bf16: false, flash: false }
+        Gpu {
+            dev,
+            pool,
+            sticky: Mutex::new(None),
+            rows: Mutex::new(None),
+            bf16: false,
+            flash: false,
+            profiling: AtomicBool::new(false),
+            marks: Mutex::new(Vec::new()),
+        }
     }
 
     /// A backend on `dev` whose matrix products read bf16 copies of their operands and
@@ -79,6 +93,25 @@ impl<D: Device> Gpu<D> {
     pub fn with_flash_attention(mut self, on: bool) -> Self {
         self.flash = on;
         self
+    }
+
+    /// While timing ops, records a mark after the op just issued, labelled with its family.
+    pub(crate) fn profile_mark(&self, family: &'static str) {
+        if !self.profiling.load(Ordering::Relaxed) || self.failed() {
+            return;
+        }
+        match self.dev.mark() {
+            Ok(m) => self.marks.lock().unwrap_or_else(|p| p.into_inner()).push((family, m)),
+            Err(e) => self.record(Err(e)),
+        }
+    }
+
+    /// [`Gpu::profile_mark`] for kernel `name`: its family is its file's stem.
+    pub(crate) fn profile_kernel(&self, name: &str) {
+        if self.profiling.load(Ordering::Relaxed) {
+            let family = KERNEL_FAMILIES.iter().find(|(k, _)| *k == name).map_or("other", |(_, f)| *f);
+            self.profile_mark(family);
+        }
     }
 
     /// Whether attention with `nh` heads over `c` columns runs on the flash kernels.
@@ -103,6 +136,7 @@ impl<D: Device> Gpu<D> {
         // SAFETY: callers pass a view's address and length.
         let r = unsafe { self.dev.memset_zero(ptr, n * ELEM as usize) };
         self.record(r);
+        self.profile_mark("memset");
     }
 
     /// A buffer of `n` zeroed elements.
@@ -145,6 +179,7 @@ impl<D: Device> Backend for Gpu<D> {
         if !host.is_empty() {
             // SAFETY: the buffer was just allocated with host.len() elements.
             unsafe { self.dev.copy_htod(b.ptr, bytemuck::cast_slice(host))? };
+            self.profile_mark("upload");
         }
         Ok(b)
     }
@@ -154,6 +189,7 @@ impl<D: Device> Backend for Gpu<D> {
         if !host.is_empty() {
             // SAFETY: the buffer was just allocated with host.len() elements.
             unsafe { self.dev.copy_htod(b.ptr, bytemuck::cast_slice(host))? };
+            self.profile_mark("upload");
         }
         Ok(b)
     }
@@ -207,6 +243,31 @@ impl<D: Device> Backend for Gpu<D> {
 
     fn synchronize(&self) -> Result<()> {
         self.check()
+    }
+
+    fn breakdown_start(&self) -> Result<bool> {
+        self.check()?;
+        let first = self.dev.mark()?;
+        let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
+        marks.clear();
+        marks.push(("", first));
+        self.profiling.store(true, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn breakdown_take(&self) -> Result<Vec<(String, f64)>> {
+        self.profiling.store(false, Ordering::Relaxed);
+        let marks = std::mem::take(&mut *self.marks.lock().unwrap_or_else(|p| p.into_inner()));
+        self.check()?;
+        let mut out: Vec<(String, f64)> = Vec::new();
+        for w in marks.windows(2) {
+            let ms = self.dev.elapsed_ms(&w[0].1, &w[1].1)?;
+            match out.iter_mut().find(|(f, _)| f == w[1].0) {
+                Some((_, t)) => *t += ms,
+                None => out.push((w[1].0.to_string(), ms)),
+            }
+        }
+        Ok(out)
     }
 
     fn zero(&self, s: GViewMut<'_>) {
