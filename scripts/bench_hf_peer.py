@@ -123,6 +123,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     ap.add_argument("--save-model", metavar="DIR", help="write the initial model as an HF directory")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the model (dynamic shapes: batches are padded per batch)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -175,6 +177,7 @@ def main():
 
     model.to(device)
     model.train()
+    step_model = torch.compile(model, dynamic=True) if args.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, fused=cuda or None)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
@@ -200,7 +203,7 @@ def main():
         tik = time.perf_counter()
         ids, types, mask, labels = (t.to(device, non_blocking=True) for t in (ids, types, mask, labels))
         with autocast:
-            out = model(input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels)
+            out = step_model(input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -222,6 +225,7 @@ def main():
         "shape": args.shape,
         "params": n_params,
         "precision": args.precision,
+        "compiled": bool(args.compile),
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
         "optimizer": "AdamW(fused)" if cuda else "AdamW",
         "device": str(device),

@@ -36,6 +36,18 @@
 #         learn      `nli-bert finetune --model scratch` on SICK, 10 epochs, batch 32, lr 3e-4:
 #                    learning on the card (the CPU run of the same command: test acc 0.639)
 #         criterion  the criterion benches filtered to BENCH_FILTER (default `cuda`), what is left
+#       Steps run only when STEPS names them (issue 12's proof: STEPS="tests bench e2e sanitizer
+#       ncu hf hfc d2l"):
+#         e2e        examples/gen_snli writes 550,152 SNLI-format pairs, then `nli-bert finetune`
+#                    (bench model, bf16, batch 512) 5 epochs on them, tested on snli_dev.tsv;
+#                    wall time from process start (target < 15 s)
+#         ncu        ncu --clock-control none --metrics gpu__time_duration.sum --print-summary
+#                    per-kernel around 3 bench steps (bf16), both shapes; the summary in the logs
+#         sanitizer  compute-sanitizer memcheck, racecheck, synccheck, initcheck on one tiny
+#                    training step, f32 and bf16 (a reported error fails the run)
+#         hfc        the HF peer with torch.compile (dynamic shapes), a second bert.base peer
+#       The bench step also runs bf16 with `--attention classic` (the engine before flash
+#       attention) and every bench with --breakdown (time per op family, in the summary).
 #       Output in $OUT (default ./gpu-out), at most 8 files as the device tool returns:
 #         summary.txt (card, date, tests, our figures, the peers', ratios; also printed at the
 #         end), env.txt (nvidia-smi, libraries, bundle), tests.log, steps.log (every other
@@ -116,8 +128,8 @@ build() {
         grep -E '^(test|bench) ' "$bundle/manifest.txt" >"$stage/manifest.files" || true
         grep -E '^(build_root|git|date|rustc) ' "$bundle/manifest.txt" >"$stage/manifest.head"
     else
-        echo "== cargo build --release --bin nli-bert"
-        cargo build --release --bin nli-bert
+        echo "== cargo build --release --bin nli-bert --example gen_snli"
+        cargo build --release --bin nli-bert --example gen_snli
         echo "== cargo test --release --no-run"
         cargo test --release --no-run --message-format=json-render-diagnostics >"$stage/tests.json"
         echo "== cargo bench --no-run"
@@ -157,6 +169,7 @@ PY
             echo "$kind $kind-$name${n:+ $n}" >>"$stage/manifest.files"
         done <"$stage/exes.tsv"
         strip --strip-debug -o "$stage/bin/nli-bert" "$root/target/release/nli-bert"
+        strip --strip-debug -o "$stage/bin/gen_snli" "$root/target/release/examples/gen_snli"
         {
             echo "build_root $root"
             echo "git $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')"
@@ -282,6 +295,18 @@ if isinstance(v, float):
     v = "%.1f" % v if abs(v) >= 100 else "%.4g" % v
 print("" if v is None else json.dumps(v) if isinstance(v, (dict, list)) else v)' "$2" 2>/dev/null || true
 }
+# "family ms (share%), ..." of the last JSON line's step.breakdown (nli-bert bench --breakdown).
+breakdown_of() {
+    grep '^{' "$1" 2>/dev/null | tail -1 | python3 -c 'import json, sys
+try:
+    b = (json.load(sys.stdin).get("step") or {}).get("breakdown") or {}
+except ValueError:
+    b = {}
+fams = b.get("families") or []
+print("; ".join("%s %.2f ms (%.0f%%%s)" % (f["family"], f["ms_per_step"], 100 * f["share"],
+      ", %.1f TFLOP/s" % f["tflops"] if f.get("tflops") else (", %.0f GB/s" % f["gbps"] if f.get("gbps") else ""))
+      for f in sorted(fams, key=lambda f: -f["ms_per_step"])))' 2>/dev/null || true
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else printf "-" }'; }
 
 run() {
@@ -314,6 +339,7 @@ run() {
 
     local dry="${DRY_RUN:-0}" dev batch epochs psteps pwarm hf_shape small_steps
     steps="${STEPS:-tests finetune bench d2l hf learn criterion}"
+    # also available: e2e ncu sanitizer hfc (see the header)
     if [ "$dry" = 1 ]; then
         dev="${DEVICE:-cpu}" batch="${BATCH:-16}" epochs="${EPOCHS:-1}" psteps="${PEER_STEPS:-2}"
         pwarm=1 hf_shape="${HF_SHAPE:-tiny}" small_steps="--max-steps 3"
@@ -487,9 +513,16 @@ run() {
                 bsteps=3
                 [ "$shape" = bert.base ] && shape=tiny
             fi
-            for prec in f32 $ft_prec; do
-                sub "bench-$shape-$prec" 60 "$bin" bench --shape "$shape" --device "$dev" --precision "$prec" \
-                    --batch-size "$batch" --steps "$bsteps" "${b_args[@]}"
+            local variant v_args
+            for variant in f32 $ft_prec $ft_prec-classic; do
+                prec="$variant"
+                # bf16-classic: bf16 GEMMs with the f32 attention kernels (the engine before flash attention)
+                v_args=(--precision "${variant%-classic}")
+                [ "$variant" = "${variant%-classic}" ] || v_args+=(--attention classic)
+                [ "$dry" = 1 ] && [ "$variant" != f32 ] && continue # bf16 needs a GPU
+                sub "bench-$shape-$prec" 60 "$bin" bench --shape "$shape" --device "$dev" "${v_args[@]}" \
+                    --batch-size "$batch" --steps "$bsteps" --breakdown "${b_args[@]}"
+                note "ours_bench_${shape}_${prec}_breakdown" "$(breakdown_of "$logs/bench-$shape-$prec.log")"
                 v="$(json_key "$logs/bench-$shape-$prec.log" examples_per_s)"
                 [ -n "$v" ] || v="$(sed -nE 's/.* ([0-9]+(\.[0-9]+)?) examples\/s(ec)?.*/\1/p' "$logs/bench-$shape-$prec.log" | tail -1)"
                 note "ours_bench_${shape}_$prec" "$v"
@@ -550,6 +583,70 @@ run() {
             $([ "$dry" = 1 ] && echo --max-steps 20) --out "$work/ft-learn"
         note learn "exit $status; $(epoch_line "$logs/learn.log"); $(epoch_speed "$logs/learn.log") examples/s (CPU, same command: test acc 0.639)"
         say "learn: $(epoch_line "$logs/learn.log")"
+    fi
+
+    # ---- e2e: 5 epochs over a 550k-pair SNLI-format file, tested on snli_dev (~10k pairs), wall
+    # time from process start to exit
+    if want e2e && [ -f "$data/snli_dev.tsv" ]; then
+        local rows=550152 e2e_epochs=5 t_start t_end
+        [ "$dry" = 1 ] && rows=2000 e2e_epochs=1
+        sub gen 60 "$work/gen_snli" "$work/snli_train.txt" "$rows" 0
+        if [ -f "$work/snli_train.txt" ]; then
+            local e_args=(--model "$model_small" --heads 4)
+            [ $have_small = 1 ] || e_args=(--model scratch --hidden 256 --ffn 512 --heads 4 --layers 2)
+            t_start=$(date +%s.%N)
+            sub e2e 150 "$bin" finetune "${e_args[@]}" --data "$work/snli_train.txt" --test-data "$data/snli_dev.tsv" \
+                --device "$dev" --precision "$([ "$dry" = 1 ] && echo f32 || echo "$ft_prec")" --batch-size "$batch" \
+                --epochs "$e2e_epochs"
+            t_end=$(date +%s.%N)
+            note e2e_wall_s "$(python3 -c "print(round($t_end - $t_start, 2))")"
+            note e2e "exit $status; $rows pairs x $e2e_epochs epochs; last epoch $(epoch_speed "$logs/e2e.log") examples/s; $(epoch_line "$logs/e2e.log") (target < 15 s wall)"
+            say "e2e: exit $status, $(awk -F'\t' '$1 == "e2e_wall_s" { print $2 }' "$out/results.tsv") s wall"
+        fi
+    fi
+
+    # ---- ncu: per-kernel time of a few bench steps, both shapes (the log holds the summary)
+    if want ncu; then
+        if command -v ncu >/dev/null 2>&1; then
+            local nshape
+            for nshape in bert.small bert.base; do
+                [ "$dry" = 1 ] && nshape=tiny
+                sub "ncu-$nshape" 120 ncu --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel \
+                    "$bin" bench --shape "$nshape" --device "$dev" --precision "$ft_prec" --batch-size "$batch" --steps 2 --warmup 1
+                note "ncu_$nshape" "exit $status; per-kernel summary in logs/ncu-$nshape.log"
+                [ "$dry" = 1 ] && break
+            done
+        else
+            note ncu "skipped: no ncu on PATH"
+        fi
+    fi
+
+    # ---- sanitizer: compute-sanitizer's four tools on one tiny training step, both precisions
+    if want sanitizer; then
+        if command -v compute-sanitizer >/dev/null 2>&1; then
+            local tool sprec errs
+            for tool in memcheck racecheck synccheck initcheck; do
+                for sprec in f32 bf16; do
+                    sub "sanitizer-$tool-$sprec" 60 compute-sanitizer --tool "$tool" --error-exitcode 9 \
+                        "$bin" bench --shape tiny --device "$dev" --precision "$sprec" --batch-size 16 --steps 1 --warmup 0
+                    errs="$(grep -hoE 'ERROR SUMMARY: [0-9]+ error' "$logs/sanitizer-$tool-$sprec.log" | tail -1)"
+                    note "sanitizer_${tool}_$sprec" "exit $status; ${errs:-no summary line}"
+                    [ $status -eq 0 ] || failed=1
+                done
+            done
+        else
+            note sanitizer "skipped: no compute-sanitizer on PATH"
+        fi
+    fi
+
+    # ---- hfc: the HF peer again with torch.compile (the stronger bert.base peer)
+    if want hfc && [ -n "$hf_path" ] && [ -f "$data/snli_dev.tsv" ]; then
+        sub hfc 240 env PYTHONPATH="$hf_path" python3 scripts/bench_hf_peer.py --vocab tests/fixtures/hf/vocab.txt \
+            --data "$data/snli_dev.tsv" --shape "$hf_shape" --device "$dev" --precision bf16 \
+            --batch-size "$batch" --steps "$psteps" --warmup $((pwarm + 5)) --compile --json
+        note "hfc_$hf_shape" "$(json_key "$logs/hfc.log" examples_per_sec)"
+        note "hfc_${hf_shape}_peer" "exit $status; $(json_key "$logs/hfc.log" peer); torch.compile $(json_key "$logs/hfc.log" compiled)"
+        say "hf peer with torch.compile ($hf_shape): exit $status, $(json_key "$logs/hfc.log" examples_per_sec) examples/s"
     fi
 
     # ---- criterion benches, with what is left
@@ -614,8 +711,8 @@ summarize() {
             [ -n "$s$(get "ours_small_finetune_${prec}_result")" ] || continue
             row "nli-bert finetune --precision $prec (packed), last epoch" "$s"
         done
-        for prec in f32 bf16; do
-            [ -z "$(get "ours_bench_bert.small_${prec}_info")" ] || row "nli-bert bench --shape bert.small --precision $prec" "$(get "ours_bench_bert.small_$prec")"
+        for prec in f32 bf16 bf16-classic; do
+            [ -z "$(get "ours_bench_bert.small_${prec}_info")" ] || row "nli-bert bench --shape bert.small --precision ${prec/-classic/ --attention classic}" "$(get "ours_bench_bert.small_$prec")"
         done
         ours="$(first ours_bench_bert.small_bf16 ours_bench_bert.small_f32 ours_small_finetune_bf16 ours_small_finetune_f32)"
         d2l_f="$(get d2l_fixed)"
@@ -638,14 +735,18 @@ summarize() {
             [ -n "$s$(get "ours_${base}_finetune_${prec}_result")" ] || continue
             row "nli-bert finetune --precision $prec ($base), last epoch" "$s"
         done
-        for prec in f32 bf16; do
-            [ -z "$(get "ours_bench_bert.base_${prec}_info")" ] || row "nli-bert bench --shape bert.base --precision $prec (d2l's block)" "$(get "ours_bench_bert.base_$prec")"
+        for prec in f32 bf16 bf16-classic; do
+            [ -z "$(get "ours_bench_bert.base_${prec}_info")" ] || row "nli-bert bench --shape bert.base --precision ${prec/-classic/ --attention classic} (d2l's block)" "$(get "ours_bench_bert.base_$prec")"
         done
         # The same model as the peer's first: our finetune of its saved initial weights.
         ours="$(first "ours_${base}_finetune_bf16" "ours_${base}_finetune_f32" ours_bench_bert.base_bf16 ours_bench_bert.base_f32)"
         hf="$(get "hf_$base")"
         row "HF transformers, bf16 autocast, dynamic padding ($base)" "$hf" "ours/peer $(ratio "$ours" "$hf")  (target >= 3x)"
         echo "  peer: $(get "hf_${base}_peer")"
+        if [ -n "$(get "hfc_${base}")$(get "hfc_${base}_peer")" ]; then
+            row "HF transformers + torch.compile ($base)" "$(get "hfc_$base")" "ours/peer $(ratio "$ours" "$(get "hfc_$base")")  (target >= 2x)"
+            echo "  peer: $(get "hfc_${base}_peer")"
+        fi
     elif [[ " $(get steps) " == *" hf "* ]]; then
         echo "  (hf step not run: $(get python_hf))"
     else
@@ -660,7 +761,18 @@ summarize() {
     [ -z "$(get eval_saved_model)" ] || echo "  eval of the saved f32 model on sick_test: $(get eval_saved_model)"
     [ -z "$(get learn)" ] || echo "  scratch on SICK (batch 32, lr 3e-4): $(get learn)"
     [ -z "$(get ours_bench)" ] || echo "  $(get ours_bench)"
+    [ -z "$(get e2e)" ] || echo "  end to end (bf16): $(get e2e_wall_s) s wall; $(get e2e)"
     echo
+    if [ -n "$(awk -F'\t' '$1 ~ /_breakdown$/ && $2 != ""' "$r")" ]; then
+        echo "where a step's time goes (nli-bert bench --breakdown, ms per step, largest first):"
+        awk -F'\t' '$1 ~ /^ours_bench_.*_breakdown$/ && $2 != "" { k = $1; sub(/^ours_bench_/, "", k); sub(/_breakdown$/, "", k); printf "  %s: %s\n", k, $2 }' "$r"
+        echo
+    fi
+    if [ -n "$(awk -F'\t' '$1 ~ /^(sanitizer|ncu)/' "$r")" ]; then
+        echo "checks:"
+        awk -F'\t' '$1 ~ /^(sanitizer|ncu)/ { printf "  %s: %s\n", $1, $2 }' "$r"
+        echo
+    fi
     echo "ratios: bert.small uses nli-bert bench when present (bf16, else f32), else finetune's last epoch;"
     echo "the HF row uses our finetune of the peer's own initial model (bf16, else f32), else nli-bert bench."
     echo "finetune figures are the last epoch's (d2l's formula, train steps only); bench's and the peers' are"
