@@ -46,8 +46,9 @@
 #         sanitizer  compute-sanitizer memcheck, racecheck, synccheck, initcheck on one tiny
 #                    training step, f32 and bf16 (a reported error fails the run)
 #         hfc        the HF peer with torch.compile (dynamic shapes), a second bert.base peer
-#       The bench step also runs bf16 with `--attention classic` (the engine before flash
-#       attention) and every bench with --breakdown (time per op family, in the summary).
+#       The bench step also runs bf16 as first measured (NLI_BERT_BF16_GEMM=copies: conversion
+#       kernels before each GEMM; --attention classic) and every bench with --breakdown (time per
+#       op family, in the summary): the before and after of issue 12.
 #       Output in $OUT (default ./gpu-out), at most 8 files as the device tool returns:
 #         summary.txt (card, date, tests, our figures, the peers', ratios; also printed at the
 #         end), env.txt (nvidia-smi, libraries, bundle), tests.log, steps.log (every other
@@ -514,13 +515,18 @@ run() {
                 [ "$shape" = bert.base ] && shape=tiny
             fi
             local variant v_args
-            for variant in f32 $ft_prec $ft_prec-classic; do
+            local v_env
+            for variant in f32 $ft_prec $ft_prec-before; do
                 prec="$variant"
-                # bf16-classic: bf16 GEMMs with the f32 attention kernels (the engine before flash attention)
-                v_args=(--precision "${variant%-classic}")
-                [ "$variant" = "${variant%-classic}" ] || v_args+=(--attention classic)
+                # bf16-before: the bf16 engine as first measured (conversion kernels into bf16
+                # copies before each GEMM, the f32 attention kernels)
+                v_args=(--precision "${variant%-before}") v_env=()
+                if [ "$variant" != "${variant%-before}" ]; then
+                    v_args+=(--attention classic)
+                    v_env=(NLI_BERT_BF16_GEMM=copies)
+                fi
                 [ "$dry" = 1 ] && [ "$variant" != f32 ] && continue # bf16 needs a GPU
-                sub "bench-$shape-$prec" 60 "$bin" bench --shape "$shape" --device "$dev" "${v_args[@]}" \
+                sub "bench-$shape-$prec" 60 env "${v_env[@]}" "$bin" bench --shape "$shape" --device "$dev" "${v_args[@]}" \
                     --batch-size "$batch" --steps "$bsteps" --breakdown "${b_args[@]}"
                 note "ours_bench_${shape}_${prec}_breakdown" "$(breakdown_of "$logs/bench-$shape-$prec.log")"
                 v="$(json_key "$logs/bench-$shape-$prec.log" examples_per_s)"
@@ -711,8 +717,8 @@ summarize() {
             [ -n "$s$(get "ours_small_finetune_${prec}_result")" ] || continue
             row "nli-bert finetune --precision $prec (packed), last epoch" "$s"
         done
-        for prec in f32 bf16 bf16-classic; do
-            [ -z "$(get "ours_bench_bert.small_${prec}_info")" ] || row "nli-bert bench --shape bert.small --precision ${prec/-classic/ --attention classic}" "$(get "ours_bench_bert.small_$prec")"
+        for prec in f32 bf16 bf16-before; do
+            [ -z "$(get "ours_bench_bert.small_${prec}_info")" ] || row "nli-bert bench --shape bert.small --precision ${prec/-before/ (before: copies, classic attention)}" "$(get "ours_bench_bert.small_$prec")"
         done
         ours="$(first ours_bench_bert.small_bf16 ours_bench_bert.small_f32 ours_small_finetune_bf16 ours_small_finetune_f32)"
         d2l_f="$(get d2l_fixed)"
@@ -735,8 +741,8 @@ summarize() {
             [ -n "$s$(get "ours_${base}_finetune_${prec}_result")" ] || continue
             row "nli-bert finetune --precision $prec ($base), last epoch" "$s"
         done
-        for prec in f32 bf16 bf16-classic; do
-            [ -z "$(get "ours_bench_bert.base_${prec}_info")" ] || row "nli-bert bench --shape bert.base --precision ${prec/-classic/ --attention classic} (d2l's block)" "$(get "ours_bench_bert.base_$prec")"
+        for prec in f32 bf16 bf16-before; do
+            [ -z "$(get "ours_bench_bert.base_${prec}_info")" ] || row "nli-bert bench --shape bert.base --precision ${prec/-before/ (before: copies, classic attention)} (d2l's block)" "$(get "ours_bench_bert.base_$prec")"
         done
         # The same model as the peer's first: our finetune of its saved initial weights.
         ours="$(first "ours_${base}_finetune_bf16" "ours_${base}_finetune_f32" ours_bench_bert.base_bf16 ours_bench_bert.base_f32)"

@@ -523,6 +523,50 @@ impl Device for Cuda {
         })
     }
 
+    unsafe fn gemm_fast_bf16(&self, g: &Gemm) -> Result<()> {
+        let (t1, t2, m, n, k, first, ld1, second, ld2) = sgemm_colmajor(g)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let ldc = i32::try_from(g.ldc)
+            .map_err(|_| Error::msg(format!("gemm_fast_bf16: ldc = {} exceeds i32", g.ldc)))?;
+        let h = self.blas.lock().unwrap_or_else(|p| p.into_inner());
+        bind(self.ctx)?;
+        let f32t = blas_sys::cudaDataType::CUDA_R_32F;
+        // SAFETY: `*h` is a live handle on our stream; the caller guarantees the matrices lie in
+        // live allocations (A, B, C f32); alpha/beta are host f32 values, as the 32F compute types
+        // require.
+        unsafe {
+            blas::gemm_ex(
+                *h,
+                op(t1),
+                op(t2),
+                m,
+                n,
+                k,
+                (&g.alpha as *const f32).cast::<c_void>(),
+                first as *const c_void,
+                f32t,
+                ld1,
+                second as *const c_void,
+                f32t,
+                ld2,
+                (&g.beta as *const f32).cast::<c_void>(),
+                g.c as *mut c_void,
+                f32t,
+                ldc,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| {
+            Error::msg(format!(
+                "cuBLAS GemmEx f32 with bf16 compute (row-major m={} n={} k={}, trans_a={}, trans_b={}): {e}",
+                g.m, g.n, g.k, g.trans_a, g.trans_b
+            ))
+        })
+    }
+
     fn synchronize(&self) -> Result<()> {
         bind(self.ctx)?;
         // SAFETY: live stream of this context.

@@ -190,6 +190,13 @@ pub trait Device: Send + Sync + 'static {
     /// # Safety
     /// The matrices described by `g` lie inside live allocations (A, B: 2 bytes per element).
     unsafe fn gemm_bf16(&self, g: &Gemm) -> Result<()>;
+    /// The product of f32 matrices on bf16 tensor cores without separate copies: the library
+    /// rounds A and B to bf16 inside the GEMM (cuBLAS `GemmEx`, f32 A/B/C,
+    /// `CUBLAS_COMPUTE_32F_FAST_16BF`), fp32 accumulation.
+    ///
+    /// # Safety
+    /// The matrices described by `g` lie inside live allocations.
+    unsafe fn gemm_fast_bf16(&self, g: &Gemm) -> Result<()>;
     /// Waits until all issued work is done and reports any asynchronous error.
     fn synchronize(&self) -> Result<()>;
     /// A point in the stream's work (CUDA: an event; the emulator, whose launches finish before

@@ -312,6 +312,25 @@ impl Device for Emu {
         unsafe { self.gemm_host(g, &a, &b) }
     }
 
+    unsafe fn gemm_fast_bf16(&self, g: &Gemm) -> Result<()> {
+        let _stream = lock(&self.stream);
+        if g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
+        let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+        let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+        // The library's down-conversion, modelled as round to nearest even (what cvt.rn does).
+        let round = |v: Vec<f32>| -> Vec<f32> {
+            v.into_iter()
+                .map(|x| f32::from_bits((crate::backend::cpu::convert::f32_to_bf16(x) as u32) << 16))
+                .collect()
+        };
+        let a = round(self.read_matrix(g.a, ar, ac, g.lda, "A")?);
+        let b = round(self.read_matrix(g.b, br, bc, g.ldb, "B")?);
+        // SAFETY: forwarded from the caller's guarantee on C.
+        unsafe { self.gemm_host(g, &a, &b) }
+    }
+
     fn synchronize(&self) -> Result<()> {
         match lock(&self.sticky).as_ref() {
             Some(msg) => Err(Error::msg(msg.clone())),

@@ -14,7 +14,14 @@ impl<D: Device> Gpu<D> {
             return;
         }
         if self.bf16 && g.k > 0 {
-            return self.gemm_bf16(g);
+            if self.bf16_copies {
+                return self.gemm_bf16(g);
+            }
+            // SAFETY: the launcher checked the matrices against the views.
+            let r = unsafe { self.dev.gemm_fast_bf16(&g) };
+            self.record(r);
+            self.profile_mark("matmul");
+            return;
         }
         // SAFETY: the launcher checked the matrices against the views.
         let r = unsafe { self.dev.sgemm(&g) };
@@ -22,7 +29,9 @@ impl<D: Device> Gpu<D> {
         self.profile_mark("matmul");
     }
 
-    /// [`Gpu::sgemm`] on bf16 copies of A and B (pooled scratch, converted on the device).
+    /// [`Gpu::sgemm`] on bf16 copies of A and B (pooled scratch, converted on the device): the
+    /// engine before cuBLAS converted inside the GEMM, kept for comparison
+    /// (`NLI_BERT_BF16_GEMM=copies`).
     fn gemm_bf16(&self, g: Gemm) {
         let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
         let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };

@@ -54,6 +54,9 @@ pub struct Gpu<D: Device> {
     rows: Mutex<Option<GBuf<D, i32>>>,
     /// Matrix products on bf16 copies of their operands (fp32 accumulation), see [`Gpu::new_bf16`].
     bf16: bool,
+    /// In bf16 mode, convert both operands of each product into bf16 scratch first and multiply
+    /// those (the engine's first bf16 path) instead of letting cuBLAS round inside the GEMM.
+    bf16_copies: bool,
     /// Attention by the flash kernels on bf16 tensor cores where the head size allows (see
     /// [`attention::flash_dim`]); on with bf16.
     flash: bool,
@@ -74,6 +77,7 @@ impl<D: Device> Gpu<D> {
             sticky: Mutex::new(None),
             rows: Mutex::new(None),
             bf16: false,
+            bf16_copies: false,
             flash: false,
             profiling: AtomicBool::new(false),
             marks: Mutex::new(Vec::new()),
@@ -85,8 +89,21 @@ impl<D: Device> Gpu<D> {
     /// softmax and the loss stay f32 (`--precision bf16`).
     /// Attention runs on the flash kernels (bf16 tensor cores, no T×T matrix in memory) for head
     /// sizes up to 64, the classic f32 kernels above.
+    ///
+    /// The products take f32 operands and cuBLAS rounds them to bf16 inside the GEMM
+    /// (`CUBLAS_COMPUTE_32F_FAST_16BF`: no conversion kernels, no bf16 scratch);
+    /// `NLI_BERT_BF16_GEMM=copies` brings back the first bf16 path (a conversion kernel per
+    /// operand into pooled scratch, then a bf16 `GemmEx`) for comparison.
     pub fn new_bf16(dev: D) -> Self {
-        Gpu { bf16: true, flash: true, ..Self::new(dev) }
+        let copies = std::env::var("NLI_BERT_BF16_GEMM").is_ok_and(|v| v == "copies");
+        Gpu { bf16: true, flash: true, ..Self::new(dev) }.with_bf16_copies(copies)
+    }
+
+    /// The same backend with the bf16 products on converted copies (true) or converted inside
+    /// the GEMM (false, the default); no effect in f32 mode.
+    pub fn with_bf16_copies(mut self, on: bool) -> Self {
+        self.bf16_copies = on;
+        self
     }
 
     /// The same backend with flash attention on or off (benchmarks and tests compare the two).
@@ -162,7 +179,7 @@ impl<D: Device> Backend for Gpu<D> {
     fn name(&self) -> String {
         let mut name = self.dev.name();
         if self.bf16 {
-            name.push_str(", bf16 GEMMs");
+            name.push_str(if self.bf16_copies { ", bf16 GEMMs on copies" } else { ", bf16 GEMMs" });
         }
         if self.flash {
             name.push_str(", flash attention");
