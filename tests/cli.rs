@@ -49,6 +49,10 @@ fn small_finetune(dir: &Path, out: &Path, precision: &str, extra: &[&str]) -> Ou
         "--out",
         out.to_str().unwrap(),
     ];
+    if extra.contains(&"--epochs") {
+        let at = args.iter().position(|a| *a == "--epochs").unwrap();
+        args.drain(at..at + 2);
+    }
     args.extend_from_slice(extra);
     run(&args)
 }
@@ -343,6 +347,53 @@ fn cli_resume_after_interruption_is_bit_identical() {
     // Resuming a directory without a checkpoint is a usage error.
     let o = run(&["finetune", "--resume", tmp.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
+}
+
+#[test]
+fn cli_resume_with_more_epochs_continues_and_max_steps_says_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (full, short) = (tmp.path().join("full"), tmp.path().join("short"));
+    let o = small_finetune(tmp.path(), &full, "f32", &["--dropout", "0.3"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    // A 1-epoch run resumed with --epochs 2 continues to 2 epochs: the same run as 2 at once.
+    let o = small_finetune(tmp.path(), &short, "f32", &["--dropout", "0.3", "--epochs", "1"]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = run(&["finetune", "--resume", short.to_str().unwrap(), "--threads", "1", "--epochs", "2"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("continuing the run to 2 epochs (it was started for 1)"), "{stderr}");
+    assert!(stdout.contains("epoch 2/2: "), "{stdout}");
+    assert_eq!(metrics_no_timing(&full), metrics_no_timing(&short));
+    assert_eq!(
+        std::fs::read(full.join("model.safetensors")).unwrap(),
+        std::fs::read(short.join("model.safetensors")).unwrap(),
+        "1 + 1 epochs must give the weights of 2"
+    );
+    // Asking for no more epochs than are done is a usage error that says why; nothing changes.
+    let before = std::fs::read(short.join("model.safetensors")).unwrap();
+    let o = run(&["finetune", "--resume", short.to_str().unwrap(), "--epochs", "2"]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    assert!(text(&o).1.contains("already completed 2 epoch(s)"), "{}", text(&o).1);
+    assert_eq!(std::fs::read(short.join("model.safetensors")).unwrap(), before);
+
+    // --max-steps: the partial epoch's line and stderr say the run was stopped, and where.
+    let cut = tmp.path().join("cut");
+    let o = small_finetune(tmp.path(), &cut, "f32", &["--max-steps", "3"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("epoch 1/2 (stopped by --max-steps after batch 3/6): loss"), "{stdout}");
+    assert!(
+        stderr.contains("stopped by --max-steps 3 at step 3 (epoch 1/2, batch 3/6); continue with `nli-bert finetune --resume"),
+        "{stderr}"
+    );
+    // Without a terminal, no progress line repeats an epoch's last batch (the epoch line does).
+    assert!(!stderr.lines().any(|l| l.starts_with("epoch ") && l.contains(" 6/6 loss")), "{stderr}");
+    let o = small_finetune(tmp.path(), &tmp.path().join("plain"), "f32", &[]);
+    assert!(
+        !text(&o).1.lines().any(|l| l.starts_with("epoch ") && l.contains(" 6/6 loss")),
+        "{}",
+        text(&o).1
+    );
 }
 
 #[test]

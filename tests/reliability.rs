@@ -452,6 +452,7 @@ fn helper_append_metrics_under_a_size_limit() {
         seconds: 1.5,
         examples: 120,
         steps: 15,
+        partial: None,
     };
     // fill the file to 40 bytes below the limit with whole lines, then append one more epoch
     let line = serde_json::to_string(&m).unwrap() + "\n";
@@ -509,6 +510,7 @@ fn a_write_to_a_full_device_is_an_error_naming_the_file() {
         seconds: 1.0,
         examples: 1,
         steps: 1,
+        partial: None,
     };
     let e = nli_bert::train::report::append_metrics(full, &m).unwrap_err().to_string();
     assert!(e.contains("/dev/full") && e.contains("No space left on device"), "{e}");

@@ -17,6 +17,9 @@ use crate::train::trainer::{self, EpochMetrics, TrainOptions, TrainState};
 use clap::Args;
 use std::path::PathBuf;
 
+/// Epochs of a run when --epochs is not given (d2l's `num_epochs = 5`).
+pub const DEFAULT_EPOCHS: usize = 5;
+
 /// `nli-bert finetune`.
 #[derive(Args)]
 pub struct FinetuneCmd {
@@ -30,9 +33,10 @@ pub struct FinetuneCmd {
     /// Test set evaluated after each epoch (default: SNLI test with --data snli, else none).
     #[arg(long)]
     pub test_data: Option<PathBuf>,
-    /// Passes over the training data.
-    #[arg(long, default_value_t = 5)]
-    pub epochs: usize,
+    /// Passes over the training data [default: 5]. With --resume: continue the run to this many
+    /// epochs (more than it has completed) instead of its own number.
+    #[arg(long)]
+    pub epochs: Option<usize>,
     /// Pairs per optimizer step.
     #[arg(long, default_value_t = 512)]
     pub batch_size: usize,
@@ -71,7 +75,8 @@ pub struct FinetuneCmd {
     #[arg(long, requires = "out")]
     pub save_every: Option<u64>,
     /// Continue the run saved in DIR (its --out directory): model, optimizer, data position and
-    /// settings all come from DIR/checkpoint; only --max-steps, --threads and --quiet apply.
+    /// settings all come from DIR/checkpoint; only --epochs (to continue to more epochs),
+    /// --max-steps, --device, --threads and --quiet apply.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["model", "data", "out"])]
     pub resume: Option<PathBuf>,
     /// Attention heads of d2l weights (not stored in them: bert.small and bert.base shapes get 4 and
@@ -133,7 +138,7 @@ impl FinetuneCmd {
         RunSettings {
             data: self.data.clone(),
             test_data: self.test_data.clone(),
-            epochs: self.epochs,
+            epochs: self.epochs(),
             batch_size: self.batch_size,
             lr: self.lr,
             adamw: self.adamw,
@@ -158,7 +163,7 @@ impl FinetuneCmd {
         if let Some(wd) = self.adamw.filter(|wd| !(wd.is_finite() && *wd >= 0.0)) {
             return bad("--adamw", &wd, "the weight decay must be 0 or more");
         }
-        if self.epochs == 0 {
+        if self.epochs == Some(0) {
             return bad("--epochs", &0, "at least one epoch (use --max-steps for a shorter run)");
         }
         if self.batch_size == 0 {
@@ -173,11 +178,16 @@ impl FinetuneCmd {
         Ok(())
     }
 
-    /// Takes the settings of the run being resumed.
+    /// The number of epochs to train (5 unless given).
+    fn epochs(&self) -> usize {
+        self.epochs.unwrap_or(DEFAULT_EPOCHS)
+    }
+
+    /// Takes the settings of the run being resumed (its epochs unless --epochs was given).
     fn apply_run_settings(&mut self, r: RunSettings) {
         self.data = r.data;
         self.test_data = r.test_data;
-        self.epochs = r.epochs;
+        self.epochs = Some(self.epochs.unwrap_or(r.epochs));
         self.batch_size = r.batch_size;
         self.lr = r.lr;
         self.adamw = r.adamw;
@@ -203,7 +213,19 @@ pub fn run(mut a: FinetuneCmd) -> Result<()> {
                 dir.display()
             ))
         })?;
+        let own_epochs = settings.epochs;
+        if let Some(e) = a.epochs.filter(|&e| e <= r.state.epoch) {
+            return Err(Error::usage(format!(
+                "--epochs {e}: the run in {} has already completed {} epoch(s); ask for more to continue it, \
+                 or leave --epochs out to finish its own {own_epochs}",
+                dir.display(),
+                r.state.epoch
+            )));
+        }
         a.apply_run_settings(settings);
+        if a.epochs() != own_epochs && !a.quiet {
+            eprintln!("continuing the run to {} epochs (it was started for {own_epochs})", a.epochs());
+        }
         let out = if dir.join("state.json").is_file() {
             dir.parent().map(PathBuf::from)
         } else {
@@ -268,7 +290,7 @@ pub fn run(mut a: FinetuneCmd) -> Result<()> {
     };
     let args = FinetuneArgs {
         train: TrainOptions {
-            epochs: a.epochs,
+            epochs: a.epochs(),
             batch_size: a.batch_size,
             dropout: a.dropout,
             seed: a.seed,
@@ -373,6 +395,24 @@ impl OnBackend for Finetune<'_> {
         let end = trainer::train(be, &mut model, &mut opt, train, test, &a.train, start, &mut hooks)?;
         hooks.clear_progress();
         let history = end.history;
+        if let Some((done, of)) = history.last().and_then(|m| m.partial) {
+            if !a.quiet {
+                eprintln!(
+                    "stopped by --max-steps {} at step {} (epoch {}/{}, batch {done}/{of}){}",
+                    a.train.max_steps.unwrap_or(end.step),
+                    end.step,
+                    end.epoch + 1,
+                    a.train.epochs,
+                    match &a.out {
+                        Some(dir) => format!(
+                            "; continue with `nli-bert finetune --resume {}` (add --epochs N for more)",
+                            dir.display()
+                        ),
+                        None => String::new(),
+                    }
+                );
+            }
+        }
         if let Some((l1, l2)) = report::final_lines(&history, &device) {
             println!("{l1}");
             println!("{l2}");

@@ -50,6 +50,11 @@ impl<B: Backend> trainer::Hooks<B> for RunHooks<'_, B> {
         if self.last_print.elapsed().as_secs_f64() < every && p.batch < p.batches {
             return Ok(());
         }
+        // The epoch line (stdout) follows the last batch: a plain progress line for it would
+        // only repeat it in another format where stdout and stderr share a log.
+        if !self.tty && p.batch == p.batches {
+            return Ok(());
+        }
         self.last_print = std::time::Instant::now();
         let eta = if p.examples_per_sec > 0.0 {
             let secs = (p.batches - p.batch) as f64 * self.a.train.batch_size as f64 / p.examples_per_sec;

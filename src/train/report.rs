@@ -11,8 +11,12 @@ pub fn epoch_line(m: &EpochMetrics, epochs: usize, device: &str) -> String {
         Some(a) => format!("{a:.3}"),
         None => "n/a".to_string(),
     };
+    let part = match m.partial {
+        Some((done, of)) => format!(" (stopped by --max-steps after batch {done}/{of})"),
+        None => String::new(),
+    };
     format!(
-        "epoch {}/{}: loss {:.3}, train acc {:.3}, test acc {}, {:.1} examples/sec on {}",
+        "epoch {}/{}{part}: loss {:.3}, train acc {:.3}, test acc {}, {:.1} examples/sec on {}",
         m.epoch, epochs, m.loss, m.train_acc, test, m.examples_per_sec, device
     )
 }

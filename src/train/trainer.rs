@@ -50,6 +50,10 @@ pub struct EpochMetrics {
     pub examples: usize,
     /// Optimizer steps taken so far in total.
     pub steps: u64,
+    /// `(batches done, batches)` when `--max-steps` stopped the run inside this epoch; absent
+    /// for a whole epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<(usize, usize)>,
 }
 
 /// Result of evaluating a model on a dataset.
@@ -221,7 +225,10 @@ pub fn train<B: Backend>(
                 // saved history: a resumed run completes that epoch).
                 hooks.on_checkpoint(&st, model, opt)?;
                 if st.n > 0 {
-                    let m = epoch_metrics(be, model, &mut acts, test, opts, &st)?;
+                    let m = EpochMetrics {
+                        partial: Some((st.batch, batches)),
+                        ..epoch_metrics(be, model, &mut acts, test, opts, &st)?
+                    };
                     hooks.on_epoch(&m)?;
                     st.history.push(m);
                 }
@@ -310,5 +317,6 @@ fn epoch_metrics<B: Backend>(
         seconds: st.secs,
         examples: st.n,
         steps: st.step,
+        partial: None,
     })
 }
