@@ -416,6 +416,8 @@ fn cli_curves_svg_parses_and_holds_three_curves() {
     for label in ["train loss", "train acc", "test acc", "epoch"] {
         assert!(doc.descendants().any(|n| n.text() == Some(label)), "legend/axis label {label:?} missing");
     }
+    let title = doc.descendants().find(|n| n.attribute("id") == Some("title")).and_then(|n| n.text());
+    assert!(title.is_some_and(|t| t.contains("on train.tsv (test: test.tsv)")), "{title:?}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use crate::train::optim::{Adam, AdamConfig};
 use crate::train::report;
 use crate::train::trainer::{self, EpochMetrics, TrainOptions, TrainState};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Epochs of a run when --epochs is not given (d2l's `num_epochs = 5`).
 pub const DEFAULT_EPOCHS: usize = 5;
@@ -363,7 +363,11 @@ impl OnBackend for Finetune<'_> {
             a,
             vocab: &m.vocab,
             be,
-            curves: report::Curves { epochs: a.train.epochs, ..Default::default() },
+            curves: report::Curves {
+                title: curves_title(&m.origin, a.run.as_ref()),
+                epochs: a.train.epochs,
+                ..Default::default()
+            },
             tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             last_print: std::time::Instant::now(),
             progress_shown: false,
@@ -427,5 +431,19 @@ impl OnBackend for Finetune<'_> {
             eprintln!("nothing was saved (no --out DIR)");
         }
         Ok(FinetuneResult { history, device })
+    }
+}
+
+/// The title of curves.svg: the model and, for a finetune run, its data.
+fn curves_title(model: &str, run: Option<&RunSettings>) -> String {
+    let name = |p: &str| {
+        Path::new(p).file_name().map_or_else(|| p.to_string(), |n| n.to_string_lossy().into_owned())
+    };
+    match run {
+        Some(r) => match &r.test_data {
+            Some(t) => format!("{model} on {} (test: {})", name(&r.data), name(&t.to_string_lossy())),
+            None => format!("{model} on {}", name(&r.data)),
+        },
+        None => model.to_string(),
     }
 }

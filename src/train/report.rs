@@ -74,10 +74,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 type Series<'a> = (&'a str, &'a str, &'a str, Vec<(f64, f64)>);
 
 /// d2l's animator as an SVG file: train loss and train accuracy at five points per epoch, test
-/// accuracy per epoch; epoch on x (0 to `epochs`), [0, 1] on y (values outside are clipped, as
-/// d2l's `ylim`), a legend. Plain SVG text, no font libraries.
+/// accuracy per epoch; epoch on x (0 to `epochs`), [0, 1] on y as d2l's `ylim` unless a value
+/// is above 1 (a loss above 1 early in training), then [0, that value rounded up to a tick];
+/// a legend of the curves that have points; a title. Plain SVG text, no font libraries.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Curves {
+    /// Title (model and data); none when empty.
+    pub title: String,
     /// Total epochs (the x range).
     pub epochs: usize,
     /// (x, train loss, train acc) points.
@@ -90,18 +93,34 @@ impl Curves {
     /// The SVG document.
     pub fn svg(&self) -> String {
         let (w, h) = (640.0, 420.0);
-        let (l, r, t, b) = (60.0, 20.0, 20.0, 50.0);
+        let (l, r, t, b) = (60.0, 20.0, 36.0, 50.0);
         let (pw, ph) = (w - l - r, h - t - b);
         let xmax = self.epochs.max(1) as f64;
+        // y: [0, 1], or up to the largest finite value rounded up to a multiple of 0.2.
+        let top = self
+            .train
+            .iter()
+            .flat_map(|&(_, lo, a)| [lo, a])
+            .chain(self.test.iter().map(|&(_, a)| a))
+            .filter(|v| v.is_finite())
+            .fold(1.0f64, f64::max);
+        let ymax = if top > 1.0 { (top * 5.0 - 1e-9).ceil() / 5.0 } else { 1.0 };
         let px = |x: f64| l + pw * (x / xmax).clamp(0.0, 1.0);
-        let py = |y: f64| t + ph * (1.0 - y.clamp(0.0, 1.0));
+        let py = |y: f64| t + ph * (1.0 - (y / ymax).clamp(0.0, 1.0));
         let mut s = format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" \
              font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n"
         );
+        if !self.title.is_empty() {
+            s += &format!(
+                "<text id=\"title\" x=\"{0:.1}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">{1}</text>\n",
+                l + pw / 2.0,
+                xml_escape(&self.title)
+            );
+        }
         // Grid, ticks and labels.
         for i in 0..=5 {
-            let y = i as f64 / 5.0;
+            let y = ymax * i as f64 / 5.0;
             s += &format!(
                 "<line x1=\"{l}\" y1=\"{0:.1}\" x2=\"{1:.1}\" y2=\"{0:.1}\" stroke=\"#ddd\"/>\
                  <text x=\"{2:.1}\" y=\"{3:.1}\" text-anchor=\"end\">{y:.1}</text>\n",
@@ -139,9 +158,11 @@ impl Curves {
             ("train acc", "#bf00bf", "8,4", self.train.iter().map(|&(x, _, a)| (x, a)).collect()),
             ("test acc", "#008000", "8,3,2,3", self.test.clone()),
         ];
-        for (i, (name, color, dash, pts)) in series.into_iter().enumerate() {
+        let shown: Vec<Series> = series.into_iter().filter(|(.., pts)| !pts.is_empty()).collect();
+        let n = shown.len();
+        for (i, (name, color, dash, pts)) in shown.into_iter().enumerate() {
             s += &poly(pts, color, dash, &name.replace(' ', "-"));
-            let ly = t + ph - 60.0 + 18.0 * i as f64;
+            let ly = t + ph - 6.0 - 18.0 * (n - i) as f64 + 12.0;
             let lx = l + pw - 110.0;
             s += &format!(
                 "<line x1=\"{lx:.1}\" y1=\"{ly:.1}\" x2=\"{0:.1}\" y2=\"{ly:.1}\" stroke=\"{color}\" stroke-width=\"2\" \
@@ -154,6 +175,11 @@ impl Curves {
         s += "</svg>\n";
         s
     }
+}
+
+/// `&`, `<`, `>` and `"` as XML entities.
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// Per-class precision, recall and F1 from `confusion[gold][pred]`.
@@ -190,12 +216,28 @@ mod tests {
 
     #[test]
     fn svg_has_three_series_in_range() {
-        let c = Curves { epochs: 2, train: vec![(0.5, 1.2, 0.4), (1.0, 0.9, 0.6)], test: vec![(1.0, 0.55)] };
+        let c = Curves {
+            title: "bert.small on <snli> & co".into(),
+            epochs: 2,
+            train: vec![(0.5, 1.2, 0.4), (1.0, 0.9, 0.6)],
+            test: vec![(1.0, 0.55)],
+        };
         let s = c.svg();
         for id in ["train-loss", "train-acc", "test-acc"] {
             assert!(s.contains(&format!("id=\"{id}\"")), "{id}");
         }
-        // loss 1.2 at x = 0.5 of 2 epochs is clipped to the top of the plot: (60 + 560·0.25, 20).
-        assert!(s.contains("200.0,20.0"), "{s}");
+        // A loss of 1.2 extends the y axis to 1.2: the point at x = 0.5 of 2 epochs is at the top
+        // of the plot (60 + 560·0.25, 36), 0.6 halfway down (36 + 334/2 = 203), and 1.2 is a tick.
+        assert!(s.contains("200.0,36.0") && s.contains("340.0,203.0"), "{s}");
+        assert!(s.contains(">1.2</text>") && s.contains(">0.0</text>"), "{s}");
+        assert!(s.contains(">bert.small on &lt;snli&gt; &amp; co</text>"), "{s}");
+        // Within [0, 1] the axis stays d2l's.
+        let c = Curves { train: vec![(0.5, 0.8, 0.4)], ..c };
+        let s = c.svg();
+        assert!(s.contains(">1.0</text>") && !s.contains(">1.2</text>"), "{s}");
+        // No test set: no test curve and no legend entry for it.
+        let c = Curves { test: vec![], ..c };
+        let s = c.svg();
+        assert!(!s.contains("test acc") && !s.contains("test-acc") && s.contains(">train acc</text>"), "{s}");
     }
 }
