@@ -34,14 +34,29 @@ enum Cmd {
     /// Example: nli-bert predict --model out/ --premise "a man plays a guitar" --hypothesis "a person plays music"
     Predict(cli::predict::PredictCmd),
     /// Download and unpack a catalog entry (bert.small, bert.base, SNLI) into the cache
-    /// ($NLI_BERT_HOME, default ~/.cache/nli-bert); `--list` shows the catalog (name, SHA-1, URL).
+    /// ($NLI_BERT_HOME, default ~/.cache/nli-bert); `--from FILE` imports an archive fetched
+    /// elsewhere (checked by SHA-1, unpacked as a download would be); `--list` shows the catalog.
+    ///
+    /// Catalog (name, size, SHA-1, URL):
+    ///   bert.small  about 130 MB  c72329e68a732bef0452e4b96a1c341c8910f81f
+    ///               http://d2l-data.s3-accelerate.amazonaws.com/bert.small.torch.zip
+    ///   bert.base   about 700 MB  225d66f04cae318b841a13d32af3acc165f253ac
+    ///               http://d2l-data.s3-accelerate.amazonaws.com/bert.base.torch.zip
+    ///   SNLI        about 95 MB   9fcde07509c7e87ec61c640c1b2753d9041758e4
+    ///               https://nlp.stanford.edu/projects/snli/snli_1.0.zip
+    ///
+    /// Example (offline): nli-bert download bert.small --from ~/Downloads/bert.small.torch.zip
+    #[command(verbatim_doc_comment)]
     Download {
         /// Catalog name (see --list).
         #[arg(required_unless_present = "list")]
         name: Option<String>,
-        /// Print the catalog: name, SHA-1, URL and the folder it unpacks to.
+        /// Print the catalog: name, size, SHA-1, URL and the folder it unpacks to.
         #[arg(long)]
         list: bool,
+        /// Import this archive (fetched elsewhere) instead of downloading it.
+        #[arg(long, value_name = "FILE", conflicts_with = "list")]
+        from: Option<std::path::PathBuf>,
     },
     /// Generate a small NLI set, train a small BERT from scratch on it, evaluate on held-out pairs.
     Demo(cli::demo::DemoCmd),
@@ -68,7 +83,7 @@ fn main() {
         Cmd::Finetune(a) => cli::finetune::run(a),
         Cmd::Eval(a) => cli::eval::run(a),
         Cmd::Predict(a) => cli::predict::run(a),
-        Cmd::Download { name, list } => cli::download::run(name.as_deref(), list),
+        Cmd::Download { name, list, from } => cli::download::run(name.as_deref(), list, from.as_deref()),
         Cmd::Demo(a) => cli::demo::run(a),
         Cmd::Bench(a) => a.run(),
     };

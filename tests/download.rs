@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use nli_bert::data::hub::{
-    cache_dir, catalog, download, download_extract_with, download_with, entry, extract_zip, sha1_file,
-    HubEntry, EXTRACTED_MARKER,
+    cache_dir, catalog, download, download_extract_with, download_with, entry, extract_zip,
+    import_extract_with, sha1_file, HubEntry, EXTRACTED_MARKER,
 };
 use sha1::{Digest, Sha1};
 use zip::write::SimpleFileOptions;
@@ -180,7 +180,13 @@ fn bert_zip() -> Vec<u8> {
 }
 
 fn hub_entry(server: &Server, path: &str, sha1: &str, folder: &str) -> HubEntry {
-    HubEntry { name: "bert.small".into(), url: server.url(path), sha1: sha1.into(), folder: folder.into() }
+    HubEntry {
+        name: "bert.small".into(),
+        url: server.url(path),
+        sha1: sha1.into(),
+        folder: folder.into(),
+        size: "about 1 MB",
+    }
 }
 
 fn listing(dir: &Path) -> Vec<String> {
@@ -394,4 +400,64 @@ fn env_wrappers_use_env_overrides() {
         "http://d2l-data.s3-accelerate.amazonaws.com/bert.small.torch.zip"
     );
     std::env::remove_var("NLI_BERT_HOME");
+}
+
+#[test]
+fn import_from_a_file_unpacks_like_a_download_and_checks_the_sha1() {
+    let zip = bert_zip();
+    let server = Server::start(vec![("/bert.small.torch.zip", Route::Ok(zip.clone()))]);
+    let e = hub_entry(&server, "/bert.small.torch.zip", &sha1_hex(&zip), "bert.small.torch");
+    // What a download leaves in the cache...
+    let downloaded = tempfile::tempdir().unwrap();
+    download_extract_with(&e, downloaded.path()).unwrap();
+    // ...and what importing the same archive from elsewhere leaves, without any request.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let file = elsewhere.path().join("fetched-by-hand.zip");
+    std::fs::write(&file, &zip).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let folder = import_extract_with(&e, cache.path(), &file).unwrap();
+    assert_eq!(folder, cache.path().join("bert.small.torch"));
+    assert_eq!(listing(cache.path()), listing(downloaded.path()));
+    assert_eq!(listing(&folder), listing(&downloaded.path().join("bert.small.torch")));
+    assert_eq!(std::fs::read(folder.join("pretrained.params")).unwrap(), noise(300_000));
+    assert_eq!(server.requests().len(), 1, "only the download made a request");
+    // Importing the cached file itself is a no-op copy.
+    let cached = cache.path().join("bert.small.torch.zip");
+    assert_eq!(import_extract_with(&e, cache.path(), &cached).unwrap(), folder);
+
+    // The wrong file: both hashes named, nothing imported.
+    let wrong = elsewhere.path().join("other.zip");
+    std::fs::write(&wrong, b"not the archive").unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let err = import_extract_with(&e, empty.path(), &wrong).unwrap_err().to_string();
+    assert!(err.contains(&sha1_hex(b"not the archive")) && err.contains(&sha1_hex(&zip)), "{err}");
+    assert!(listing(empty.path()).is_empty(), "{:?}", listing(empty.path()));
+    // A missing file is a usage error.
+    let err = import_extract_with(&e, empty.path(), &elsewhere.path().join("nope.zip")).unwrap_err();
+    assert!(matches!(err, nli_bert::Error::Usage(_)), "{err}");
+}
+
+#[test]
+fn a_failed_download_says_what_to_fetch_and_how_to_import_it() {
+    let server = Server::start(vec![("/e500.zip", Route::Status(500))]);
+    let cache = tempfile::tempdir().unwrap();
+    let e = hub_entry(&server, "/e500.zip", "00ff", "x");
+    let msg = download_with(&e, cache.path()).unwrap_err().to_string();
+    assert!(msg.contains(&server.url("/e500.zip")) && msg.contains("SHA-1 00ff"), "{msg}");
+    assert!(msg.contains("nli-bert download bert.small --from FILE"), "{msg}");
+}
+
+#[test]
+fn the_download_help_lists_the_catalog() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_nli-bert"))
+        .args(["download", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&o.stdout);
+    for e in nli_bert::data::hub::catalog_with(nli_bert::data::hub::DATA_URL, nli_bert::data::hub::SNLI_URL) {
+        for field in [e.name.as_str(), e.size, e.sha1.as_str(), e.url.as_str()] {
+            assert!(help.contains(field), "`download --help` lacks {field:?} of {}:\n{help}", e.name);
+        }
+    }
+    assert!(help.contains("--from <FILE>"), "{help}");
 }

@@ -45,6 +45,8 @@ pub struct HubEntry {
     pub sha1: String,
     /// The top-level folder the archive extracts to (d2l: the file name without extension).
     pub folder: String,
+    /// About how large the archive is, for people fetching it by hand (not checked).
+    pub size: &'static str,
 }
 
 impl HubEntry {
@@ -64,6 +66,12 @@ pub fn catalog_with(d2l_base: &str, snli_url: &str) -> Vec<HubEntry> {
         url,
         sha1: sha1.into(),
         folder: folder.into(),
+        size: match name {
+            // 4 bytes per parameter of d2l's pretraining model (encoder, MLM and NSP heads)
+            "bert.small" => "about 130 MB",
+            "bert.base" => "about 700 MB",
+            _ => "about 95 MB",
+        },
     };
     vec![
         e(
@@ -156,7 +164,7 @@ pub fn download_with(entry: &HubEntry, cache: &Path) -> Result<PathBuf> {
         eprintln!("{}: SHA-1 {have} is not the expected {}; downloading again", dest.display(), entry.sha1);
     }
     let tmp = cache.join(format!("{}.part-{}", entry.file_name(), std::process::id()));
-    let result = fetch(entry, &tmp, &dest).and_then(|got| {
+    let result = fetch(entry, &tmp, &dest).map_err(|e| offline_hint(e, entry)).and_then(|got| {
         if got.eq_ignore_ascii_case(&entry.sha1) {
             std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e))?;
             sync_dir(cache);
@@ -176,6 +184,65 @@ pub fn download_with(entry: &HubEntry, cache: &Path) -> Result<PathBuf> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// A failed fetch, with how to get the file without this machine downloading it.
+fn offline_hint(e: Error, entry: &HubEntry) -> Error {
+    match e {
+        Error::Download { what, msg } => Error::Download {
+            what,
+            msg: format!(
+                "{msg}. Without internet here, fetch {} elsewhere ({}, SHA-1 {}) and import it with \
+                 `nli-bert download {} --from FILE`",
+                entry.url, entry.size, entry.sha1, entry.name
+            ),
+        },
+        e => e,
+    }
+}
+
+/// Imports an archive fetched elsewhere as `entry`: checks its SHA-1, copies it into `cache`
+/// under the name a download would have (through a temporary file and a rename, so nothing
+/// half-written is left), then extracts it exactly as [`download_extract_with`] does. Returns
+/// `cache/<entry.folder>`.
+pub fn import_extract_with(entry: &HubEntry, cache: &Path, file: &Path) -> Result<PathBuf> {
+    if !file.is_file() {
+        return Err(Error::usage(format!("--from {}: no such file", file.display())));
+    }
+    let have = sha1_file(file)?;
+    if !have.eq_ignore_ascii_case(&entry.sha1) {
+        return Err(Error::Download {
+            what: entry.name.clone(),
+            msg: format!(
+                "{} has SHA-1 {have}, not the {} of {} ({}); nothing was imported",
+                file.display(),
+                entry.sha1,
+                entry.name,
+                entry.url
+            ),
+        });
+    }
+    std::fs::create_dir_all(cache).map_err(|e| Error::io(cache, e))?;
+    let dest = cache.join(entry.file_name());
+    let same = dest.canonicalize().ok().is_some_and(|d| file.canonicalize().is_ok_and(|f| f == d));
+    if !same {
+        let tmp = cache.join(format!("{}.part-{}", entry.file_name(), std::process::id()));
+        let copied = std::fs::copy(file, &tmp)
+            .map_err(|e| Error::io(&tmp, e))
+            .and_then(|_| File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| Error::io(&tmp, e)))
+            .and_then(|_| std::fs::rename(&tmp, &dest).map_err(|e| Error::io(&dest, e)));
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        sync_dir(cache);
+    }
+    download_extract_with(entry, cache)
+}
+
+/// [`import_extract_with`] into [`cache_dir`].
+pub fn import_extract(name: &str, file: &Path) -> Result<PathBuf> {
+    import_extract_with(&entry(name)?, &cache_dir(), file)
 }
 
 fn agent() -> ureq::Agent {
@@ -338,7 +405,8 @@ pub fn download_file(url: &str, dest: &Path, what: &str) -> Result<bool> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!("{name}.part-{}", std::process::id()));
-    let entry = HubEntry { name: what.into(), url: url.into(), sha1: String::new(), folder: String::new() };
+    let entry =
+        HubEntry { name: what.into(), url: url.into(), sha1: String::new(), folder: String::new(), size: "" };
     let result = match fetch(&entry, &tmp, dest) {
         Ok(_) => std::fs::rename(&tmp, dest).map(|_| true).map_err(|e| Error::io(dest, e)),
         // `fetch` reports HTTP statuses as "HTTP <code> from <url>…"
