@@ -804,3 +804,82 @@ fn cli_download_list_shows_the_catalog() {
     let o = run(&["download"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o).1);
 }
+
+#[test]
+fn cli_readme_commands_run_on_the_shipped_sample() {
+    // The README's fine-tune / eval / predict commands on examples/data (a fresh clone has
+    // nothing else), shortened with --epochs 1 --max-steps 3.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (train, test) =
+        (root.join("examples/data/snli_sample_train.tsv"), root.join("examples/data/snli_sample_test.tsv"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sample");
+    let (tr, te, o) = (train.to_str().unwrap(), test.to_str().unwrap(), out.to_str().unwrap());
+    let args = ["finetune", "--model", "scratch", "--data", tr, "--test-data", te, "--out", o];
+    let r = run(&[
+        &args[..],
+        &[
+            "--epochs",
+            "1",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "64",
+            "--hidden",
+            "32",
+            "--ffn",
+            "64",
+            "--threads",
+            "1",
+        ],
+    ]
+    .concat());
+    assert!(r.status.success(), "{}", text(&r).1);
+    assert!(
+        text(&r).1.contains("read 2002 examples") || text(&r).0.contains("read 2002 examples"),
+        "{:?}",
+        text(&r)
+    );
+    let r = run(&["eval", "--model", o, "--data", te, "--json"]);
+    assert!(r.status.success(), "{}", text(&r).1);
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["n"].as_u64(), Some(501), "{v}");
+    let r = run(&["predict", "--model", o, "--input", te]);
+    assert!(r.status.success(), "{}", text(&r).1);
+    assert_eq!(text(&r).0.lines().count(), 501);
+    // `cut -f2,3 test.tsv | nli-bert predict --input - --format csv --output preds.csv`
+    let unlabelled: String = std::fs::read_to_string(&test)
+        .unwrap()
+        .lines()
+        .map(|l| l.splitn(3, '\t').skip(1).collect::<Vec<_>>().join("\t") + "\n")
+        .collect();
+    let csv = dir.path().join("preds.csv");
+    let mut child = bin()
+        .args(["predict", "--model", o, "--input", "-", "--format", "csv", "--output", csv.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child.stdin.take().unwrap().write_all(unlabelled.as_bytes()).unwrap();
+    let r = child.wait_with_output().unwrap();
+    assert!(r.status.success(), "{}", text(&r).1);
+    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 502, "a header and 501 rows");
+}
+
+#[test]
+fn the_shipped_sample_is_real_snli_dev_data() {
+    // Every pair of examples/data is a line of SNLI's dev split as ../shared/data has it.
+    let Some(shared) = common::shared_data("the_shipped_sample_is_real_snli_dev_data") else { return };
+    let dev: std::collections::HashSet<String> =
+        std::fs::read_to_string(shared.join("snli_dev.tsv")).unwrap().lines().map(String::from).collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (f, n) in [("snli_sample_train.tsv", 2002), ("snli_sample_test.tsv", 501)] {
+        let text = std::fs::read_to_string(root.join("examples/data").join(f)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "label\tpremise\thypothesis");
+        assert_eq!(lines.len() - 1, n, "{f}");
+        assert!(lines.iter().all(|l| dev.contains(*l)), "{f} has a line that is not in snli_dev.tsv");
+    }
+}
