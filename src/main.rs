@@ -58,6 +58,12 @@ enum Cmd {
         #[arg(long, value_name = "FILE", conflicts_with = "list")]
         from: Option<std::path::PathBuf>,
     },
+    /// Write a model in Hugging Face's layout (transformers loads it as it is).
+    ///
+    /// For models of the Hugging Face architecture (loaded from a Hugging Face directory or
+    /// hf:ORG/NAME, then fine-tuned); d2l's BERT has no Hugging Face equivalent. Example:
+    ///   nli-bert export --model runs/minilm --to hf --out runs/minilm-hf
+    Export(cli::export::ExportCmd),
     /// Generate a small NLI set, train a small BERT from scratch on it, evaluate on held-out pairs.
     Demo(cli::demo::DemoCmd),
     /// Time training steps of a model shape (random weights) and, with --data, the data pipeline.
@@ -84,6 +90,7 @@ fn main() {
         Cmd::Eval(a) => cli::eval::run(a),
         Cmd::Predict(a) => cli::predict::run(a),
         Cmd::Download { name, list, from } => cli::download::run(name.as_deref(), list, from.as_deref()),
+        Cmd::Export(a) => a.run(),
         Cmd::Demo(a) => cli::demo::run(a),
         Cmd::Bench(a) => a.run(),
     };

@@ -426,6 +426,14 @@ impl OnBackend for Finetune<'_> {
             save_model(dir, &model.cfg, &m.vocab, &host, a.max_len, a.truncate)?;
             if !a.quiet {
                 eprintln!("saved the fine-tuned model, metrics.jsonl and curves.svg to {}", dir.display());
+                if model.cfg.embedding_layernorm
+                    && model.cfg.tokenizer == crate::model::config::TokenizerKind::WordPiece
+                {
+                    eprintln!(
+                        "for transformers: nli-bert export --model {0} --to hf --out {0}-hf",
+                        dir.display()
+                    );
+                }
             }
         } else if !a.quiet {
             eprintln!("nothing was saved (no --out DIR)");

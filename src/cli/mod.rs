@@ -8,6 +8,7 @@ pub mod demo;
 pub mod download;
 pub mod engine;
 pub mod eval;
+pub mod export;
 pub mod finetune;
 pub mod predict;
 pub mod progress;
