@@ -501,6 +501,85 @@ def make_parity(mdir, data_dir, tok):
     print(f"parity: {n_params} parameters, loss {loss.item():.6f}, {meta['truncated']} of 64 pairs truncated")
 
 
+MULTI_STEPS, MULTI_BATCH = 20, 8
+MULTI_LR, MULTI_WD = 1e-3, 0.01
+
+
+def make_multistep(mdir, data_dir, tok):
+    """20 AdamW steps in float64, dropout off, on 20 fixed batches of 8 real SNLI dev pairs: the
+    summed loss of every step and every parameter after the last (sampled + probe sums of the
+    total update), for tests/hf_parity.rs's multi-step test."""
+    import numpy as np
+    import torch
+    from safetensors.numpy import save_file
+    from transformers import BertForSequenceClassification
+
+    rows = read_tsv_labelled(Path(data_dir) / "snli_dev.tsv")
+    n = MULTI_STEPS * MULTI_BATCH
+    step = len(rows) // n
+    pairs = [rows[i * step + 1] for i in range(n)]
+    labels_map = {"entailment": 0, "contradiction": 1, "neutral": 2}
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(
+        str(mdir),
+        num_labels=3,
+        id2label={0: "entailment", 1: "contradiction", 2: "neutral"},
+        label2id=labels_map,
+        attn_implementation="eager",
+    )
+    model.eval()  # dropout off; gradients still flow
+    out = {
+        "output.weight": model.classifier.weight.detach().double().numpy().copy(),
+        "output.bias": model.classifier.bias.detach().double().numpy().copy(),
+    }
+    model = model.double()
+    params0 = {d2l_name(hf): p.detach().numpy().reshape(-1).copy() for hf, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=MULTI_LR, weight_decay=MULTI_WD)
+    losses, input_ids, used = [], [], set()
+    for k in range(MULTI_STEPS):
+        batch = pairs[k * MULTI_BATCH : (k + 1) * MULTI_BATCH]
+        enc = tok([p for _, p, _ in batch], [h for _, _, h in batch], truncation="longest_first",
+                  max_length=PARITY_MAX_LEN, padding=True, return_tensors="pt")
+        lens = enc["attention_mask"].sum(1).tolist()
+        input_ids.append([enc["input_ids"][i, : lens[i]].tolist() for i in range(len(batch))])
+        used |= set(enc["input_ids"][enc["attention_mask"].bool()].tolist())
+        labels = torch.tensor([labels_map[l] for l, _, _ in batch])
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(**enc).logits, labels, reduction="sum")
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    used_rows = sorted(used)
+    for hf, p in model.named_parameters():
+        name = d2l_name(hf)
+        x = p.detach().numpy().reshape(-1)
+        idx = sample_indices(name, x.size, p.shape[-1], used_rows)
+        out[f"param_sample.{name}"] = x[idx]
+        out[f"update_stats.{name}"] = stats(x - params0[name], probe_vector(x.size))
+    out["losses"] = np.array(losses)
+    mdir_out = OUT / "multistep"
+    mdir_out.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in out.items()},
+              str(mdir_out / "expected.safetensors"))
+    meta = {
+        "made_with": f"transformers {transformers.__version__}, torch {torch.__version__}; "
+        "BertForSequenceClassification.from_pretrained(all-MiniLM-L6-v2, num_labels=3) after "
+        "torch.manual_seed(0), eager attention, eval mode (dropout off), float64, summed cross-entropy, "
+        f"torch.optim.AdamW(lr={MULTI_LR}, weight_decay={MULTI_WD}) over all parameters",
+        "max_len": PARITY_MAX_LEN,
+        "steps": MULTI_STEPS,
+        "premises": [p for _, p, _ in pairs],
+        "hypotheses": [h for _, _, h in pairs],
+        "labels": [labels_map[l] for l, _, _ in pairs],
+        "input_ids": input_ids,
+        "used_rows": used_rows,
+        "adamw": {"lr": MULTI_LR, "weight_decay": MULTI_WD, "betas": [0.9, 0.999], "eps": 1e-8},
+        "samples": SAMPLES,
+    }
+    (mdir_out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"multistep: {MULTI_STEPS} steps, losses {losses[0]:.4f} -> {losses[-1]:.4f}")
+
+
 # ---------------------------------------------------------------------------------------------
 # A tiny BertForSequenceClassification saved by transformers itself, in both weight formats.
 # ---------------------------------------------------------------------------------------------
@@ -599,7 +678,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir")
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--only", choices=["tokenizer", "parity", "tiny"], help="make only one part")
+    ap.add_argument("--only", choices=["tokenizer", "parity", "multistep", "tiny"], help="make only one part")
     args = ap.parse_args()
     mdir = minilm_dir(args.model_dir)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -608,6 +687,9 @@ def main():
         return
     if args.only == "parity":
         make_parity(mdir, args.data_dir, transformers.AutoTokenizer.from_pretrained(str(mdir)))
+        return
+    if args.only == "multistep":
+        make_multistep(mdir, args.data_dir, transformers.AutoTokenizer.from_pretrained(str(mdir)))
         return
     shutil.copy(mdir / "vocab.txt", OUT / "vocab.txt")
     shutil.copy(mdir / "tokenizer_config.json", OUT / "tokenizer_config.json")
@@ -623,6 +705,7 @@ def main():
     make_pairs(tok, args.data_dir)
     if args.only is None:
         make_parity(mdir, args.data_dir, tok)
+        make_multistep(mdir, args.data_dir, tok)
         make_tiny()
 
 
