@@ -580,6 +580,76 @@ def make_multistep(mdir, data_dir, tok):
     print(f"multistep: {MULTI_STEPS} steps, losses {losses[0]:.4f} -> {losses[-1]:.4f}")
 
 
+CURVE_STEPS, CURVE_BATCH, CURVE_SEEDS = 300, 8, 5
+CURVE_LR, CURVE_WD, CURVE_MAX_LEN = 5e-5, 0.01, 48
+
+
+def make_curve(mdir, data_dir, tok):
+    """The training-loss curve with dropout on: all-MiniLM-L6-v2 fine-tuned for 300 AdamW steps
+    (lr 5e-5, weight decay 0.01, the checkpoint's dropout 0.1, summed loss as nli-bert, float32)
+    on 300 fixed batches of 8 SNLI dev pairs in file order, the same starting weights (transformers'
+    classifier from torch.manual_seed(0)) and five different dropout seeds: the spread between
+    seeds is how far two correct implementations with different dropout masks may drift apart."""
+    import numpy as np
+    import torch
+    from safetensors.numpy import save_file
+    from transformers import BertForSequenceClassification
+
+    rows = read_tsv_labelled(Path(data_dir) / "snli_dev.tsv")
+    pairs = rows[: CURVE_STEPS * CURVE_BATCH]
+    labels_map = {"entailment": 0, "contradiction": 1, "neutral": 2}
+    batches = []
+    for k in range(CURVE_STEPS):
+        b = pairs[k * CURVE_BATCH : (k + 1) * CURVE_BATCH]
+        enc = tok([p for _, p, _ in b], [h for _, _, h in b], truncation="longest_first",
+                  max_length=CURVE_MAX_LEN, padding=True, return_tensors="pt")
+        batches.append((enc, torch.tensor([labels_map[l] for l, _, _ in b])))
+    curves = []
+    classifier = None
+    for seed in range(CURVE_SEEDS):
+        torch.manual_seed(0)
+        model = BertForSequenceClassification.from_pretrained(
+            str(mdir), num_labels=3, id2label={0: "entailment", 1: "contradiction", 2: "neutral"},
+            label2id=labels_map, attn_implementation="eager")
+        if classifier is None:
+            classifier = {
+                "output.weight": model.classifier.weight.detach().double().numpy().copy(),
+                "output.bias": model.classifier.bias.detach().double().numpy().copy(),
+            }
+        model.train()
+        torch.manual_seed(1000 + seed)  # the dropout masks
+        opt = torch.optim.AdamW(model.parameters(), lr=CURVE_LR, weight_decay=CURVE_WD)
+        losses = []
+        for enc, labels in batches:
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(**enc).logits, labels, reduction="sum")
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        curves.append(losses)
+        print(f"curve seed {seed}: mean loss per pair, first 50 steps {np.mean(losses[:50]) / CURVE_BATCH:.4f}, "
+              f"last 50 {np.mean(losses[-50:]) / CURVE_BATCH:.4f}", flush=True)
+    cdir = OUT / "curve"
+    cdir.mkdir(parents=True, exist_ok=True)
+    out = dict(classifier)
+    out["losses"] = np.array(curves, dtype=np.float64)
+    save_file({k: np.ascontiguousarray(v, dtype=np.float64) for k, v in out.items()}, str(cdir / "expected.safetensors"))
+    meta = {
+        "made_with": f"transformers {transformers.__version__}, torch {torch.__version__}; "
+        "BertForSequenceClassification.from_pretrained(all-MiniLM-L6-v2, num_labels=3) after torch.manual_seed(0), "
+        "eager attention, train mode (dropout 0.1), float32, summed cross-entropy, "
+        f"torch.optim.AdamW(lr={CURVE_LR}, weight_decay={CURVE_WD}); dropout seeds 1000..{1000 + CURVE_SEEDS - 1}",
+        "steps": CURVE_STEPS,
+        "batch": CURVE_BATCH,
+        "max_len": CURVE_MAX_LEN,
+        "seeds": CURVE_SEEDS,
+        "pairs": "the first steps x batch pairs of snli_dev.tsv, in file order",
+        "adamw": {"lr": CURVE_LR, "weight_decay": CURVE_WD, "betas": [0.9, 0.999], "eps": 1e-8},
+        "dropout": 0.1,
+    }
+    (cdir / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
 # ---------------------------------------------------------------------------------------------
 # A tiny BertForSequenceClassification saved by transformers itself, in both weight formats.
 # ---------------------------------------------------------------------------------------------
@@ -678,7 +748,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model-dir")
     ap.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--only", choices=["tokenizer", "parity", "multistep", "tiny"], help="make only one part")
+    ap.add_argument("--only", choices=["tokenizer", "parity", "multistep", "curve", "tiny"], help="make only one part")
     args = ap.parse_args()
     mdir = minilm_dir(args.model_dir)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -690,6 +760,9 @@ def main():
         return
     if args.only == "multistep":
         make_multistep(mdir, args.data_dir, transformers.AutoTokenizer.from_pretrained(str(mdir)))
+        return
+    if args.only == "curve":
+        make_curve(mdir, args.data_dir, transformers.AutoTokenizer.from_pretrained(str(mdir)))
         return
     shutil.copy(mdir / "vocab.txt", OUT / "vocab.txt")
     shutil.copy(mdir / "tokenizer_config.json", OUT / "tokenizer_config.json")
@@ -706,6 +779,7 @@ def main():
     if args.only is None:
         make_parity(mdir, args.data_dir, tok)
         make_multistep(mdir, args.data_dir, tok)
+        make_curve(mdir, args.data_dir, tok)
         make_tiny()
 
 

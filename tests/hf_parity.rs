@@ -330,3 +330,78 @@ fn minilm_twenty_adamw_steps_f64_match_transformers() {
     }
     println!("f64: {steps} AdamW steps match transformers: losses to 1e-10, parameters to {worst:.1e} (bound 1e-9)");
 }
+
+/// The training-loss curve with dropout on, over 300 AdamW steps (lr 5e-5, weight decay 0.01,
+/// dropout 0.1, batches of 8 SNLI dev pairs in file order, f32), against transformers' curves for
+/// five dropout seeds (`tests/fixtures/hf/curve/`, `make_hf_fixtures.py --only curve`). The two
+/// engines cannot draw the same dropout masks, so the curves are compared by their means over
+/// windows of 50 steps: ours must lie within 5 standard deviations of transformers' five runs
+/// (scaled by √(1 + 1/5), as for one more draw; 5 is about the 99.5% two-sided point of Student's
+/// t with 4 degrees of freedom), or within 1% of their mean, whichever is wider. A systematic
+/// difference, such as a missing dropout site, a wrong dropout scale or an optimizer that
+/// drifts, moves whole windows by more than that.
+#[test]
+fn minilm_loss_curve_with_dropout_tracks_transformers_over_300_steps() {
+    let Some(dir) = common::minilm_dir("minilm_loss_curve_with_dropout_tracks_transformers_over_300_steps")
+    else {
+        return;
+    };
+    let Some(data) = common::shared_data("minilm_loss_curve_with_dropout_tracks_transformers_over_300_steps")
+    else {
+        return;
+    };
+    let f = fixture_at(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/curve"));
+    let m = load(&dir, &f);
+    let (steps, per) =
+        (f.meta["steps"].as_u64().unwrap() as usize, f.meta["batch"].as_u64().unwrap() as usize);
+    let max_len = f.meta["max_len"].as_u64().unwrap() as usize;
+    let mut ds = nli_bert::data::snli::read_dataset(data.join("snli_dev.tsv")).unwrap();
+    ds.examples.truncate(steps * per);
+    let (enc, _) = encode_dataset_with(&ds, &m.text_encoder().unwrap(), max_len, Truncate::Longest).unwrap();
+    let be = Cpu::<f32>::new(0).unwrap();
+    let mut model = Model::from_host(&be, m.cfg.clone(), &cast_params::<f32>(&m.params)).unwrap();
+    let (lr, wd) =
+        (f.meta["adamw"]["lr"].as_f64().unwrap(), f.meta["adamw"]["weight_decay"].as_f64().unwrap());
+    let p = f.meta["dropout"].as_f64().unwrap();
+    let mut opt = Adam::new(&be, &model, AdamConfig::adamw(lr, wd)).unwrap();
+    let mut acts = Acts::new(&be, &model.cfg).unwrap();
+    let mut ours = Vec::with_capacity(steps);
+    for k in 0..steps {
+        let items: Vec<&Encoded> = enc[k * per..(k + 1) * per].iter().collect();
+        let batch = Batch::from_encoded(&items);
+        let out = model
+            .train_step(&be, &mut opt, &mut acts, &batch, Mode { dropout: p, seed: 0, step: k as u64 })
+            .unwrap();
+        ours.push(out.loss_sum);
+    }
+    let seeds = f.meta["seeds"].as_u64().unwrap() as usize;
+    let theirs: Vec<&[f64]> = f.expected["losses"].chunks(steps).collect();
+    assert_eq!(theirs.len(), seeds);
+    let window = 50;
+    let mut lines = Vec::new();
+    for w in 0..steps / window {
+        let r = w * window..(w + 1) * window;
+        let mean = |x: &[f64]| x[r.clone()].iter().sum::<f64>() / window as f64;
+        let (o, t): (f64, Vec<f64>) = (mean(&ours), theirs.iter().map(|c| mean(c)).collect());
+        let tm = t.iter().sum::<f64>() / seeds as f64;
+        let sd = (t.iter().map(|x| (x - tm).powi(2)).sum::<f64>() / (seeds - 1) as f64).sqrt();
+        let bound = (5.0 * sd * (1.0 + 1.0 / seeds as f64).sqrt()).max(0.01 * tm);
+        lines.push(format!(
+            "steps {:>3}-{:>3}: ours {:.4}, transformers {:.4} ± {:.4} (sd of 5 seeds), |Δ| {:.4} <= {:.4}",
+            r.start + 1,
+            r.end,
+            o / per as f64,
+            tm / per as f64,
+            sd / per as f64,
+            (o - tm).abs() / per as f64,
+            bound / per as f64
+        ));
+        assert!(
+            (o - tm).abs() <= bound,
+            "mean loss per pair over {}:\n{}",
+            lines.last().unwrap(),
+            lines.join("\n")
+        );
+    }
+    println!("loss per pair, windows of {window} steps:\n{}", lines.join("\n"));
+}
