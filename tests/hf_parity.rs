@@ -337,9 +337,12 @@ fn minilm_twenty_adamw_steps_f64_match_transformers() {
 /// engines cannot draw the same dropout masks, so the curves are compared by their means over
 /// windows of 50 steps: ours must lie within 5 standard deviations of transformers' five runs
 /// (scaled by √(1 + 1/5), as for one more draw; 5 is about the 99.5% two-sided point of Student's
-/// t with 4 degrees of freedom), or within 1% of their mean, whichever is wider. A systematic
-/// difference, such as a missing dropout site, a wrong dropout scale or an optimizer that
-/// drifts, moves whole windows by more than that.
+/// t with 4 degrees of freedom), or within 1% of their mean, whichever is wider. Early windows,
+/// where the seeds agree to 2e-4, hold the engines together tightly; later ones only to the
+/// seed-to-seed spread (0.02-0.035 per pair), which is what a different dropout draw can do. The
+/// exact arithmetic is the twenty-step f64 test's job; this one shows the dynamics with dropout on
+/// (sites, scale, inverted dropout at evaluation) are transformers' (seen 2026-12-04: |Δ| 0.0002
+/// to 0.04 per pair over the six windows, 0 to 2.1 standard deviations).
 #[test]
 fn minilm_loss_curve_with_dropout_tracks_transformers_over_300_steps() {
     let Some(dir) = common::minilm_dir("minilm_loss_curve_with_dropout_tracks_transformers_over_300_steps")
