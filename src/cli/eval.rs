@@ -40,7 +40,7 @@ pub struct EvalCmd {
 pub fn run(a: EvalCmd) -> Result<()> {
     let m = load_model(&a.model, None, false, 0)?;
     let ds = read_dataset(&a.data)?;
-    let max_len = check_max_len(a.max_len.or(m.max_len).unwrap_or(128), &m)?;
+    let max_len = check_max_len(a.max_len.or(m.max_len).unwrap_or(128.min(m.cfg.max_positions)), &m)?;
     let enc = encode(&ds, m.text_encoder()?, max_len, m.truncate.unwrap_or(Truncate::Longest), a.json)?;
     let r = evaluate(&m, &enc, a.batch_size, &a.engine.engine())?;
     if a.json {

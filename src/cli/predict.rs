@@ -79,7 +79,7 @@ pub fn run(a: PredictCmd) -> Result<()> {
     let source = a.input.as_ref().map_or("command line".to_string(), |p| p.display().to_string());
     let ds =
         pairs_dataset(pairs.iter().map(|p| (p.premise.clone(), p.hypothesis.clone())).collect(), &source);
-    let max_len = check_max_len(a.max_len.or(m.max_len).unwrap_or(128), &m)?;
+    let max_len = check_max_len(a.max_len.or(m.max_len).unwrap_or(128.min(m.cfg.max_positions)), &m)?;
     let enc = encode(&ds, m.text_encoder()?, max_len, m.truncate.unwrap_or(Truncate::Longest), true)?;
     let r = evaluate(&m, &enc, a.batch_size, &a.engine.engine())?;
     let k = m.cfg.num_labels;
