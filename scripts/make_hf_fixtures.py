@@ -414,11 +414,24 @@ def stats(x, r):
     return np.array([xr.sum(), np.abs(xr).sum(), (x * x).sum()], dtype=np.float64)
 
 
+def minilm_classifier(mdir):
+    """all-MiniLM-L6-v2 as BertForSequenceClassification with a fresh 3-way head in our label
+    order (its initial weights come from torch's generator: seed it first), eager attention."""
+    from transformers import BertForSequenceClassification
+
+    return BertForSequenceClassification.from_pretrained(
+        str(mdir),
+        num_labels=3,
+        id2label={0: "entailment", 1: "contradiction", 2: "neutral"},
+        label2id={"entailment": 0, "contradiction": 1, "neutral": 2},
+        attn_implementation="eager",
+    )
+
+
 def make_parity(mdir, data_dir, tok):
     import numpy as np
     import torch
     from safetensors.numpy import save_file
-    from transformers import BertForSequenceClassification
 
     rows = read_tsv_labelled(Path(data_dir) / "snli_dev.tsv")
     step = len(rows) // PARITY_PAIRS
@@ -433,13 +446,7 @@ def make_parity(mdir, data_dir, tok):
     unpadded = [len(x) for x in tok(prem, hyp)["input_ids"]]
 
     torch.manual_seed(0)
-    model = BertForSequenceClassification.from_pretrained(
-        str(mdir),
-        num_labels=3,
-        id2label={0: "entailment", 1: "contradiction", 2: "neutral"},
-        label2id=labels_map,
-        attn_implementation="eager",
-    )
+    model = minilm_classifier(mdir)
     model.eval()  # dropout off; gradients still flow
     with torch.no_grad():
         logits32 = model(**enc).logits.double().numpy()
@@ -512,7 +519,6 @@ def make_multistep(mdir, data_dir, tok):
     import numpy as np
     import torch
     from safetensors.numpy import save_file
-    from transformers import BertForSequenceClassification
 
     rows = read_tsv_labelled(Path(data_dir) / "snli_dev.tsv")
     n = MULTI_STEPS * MULTI_BATCH
@@ -520,13 +526,7 @@ def make_multistep(mdir, data_dir, tok):
     pairs = [rows[i * step + 1] for i in range(n)]
     labels_map = {"entailment": 0, "contradiction": 1, "neutral": 2}
     torch.manual_seed(0)
-    model = BertForSequenceClassification.from_pretrained(
-        str(mdir),
-        num_labels=3,
-        id2label={0: "entailment", 1: "contradiction", 2: "neutral"},
-        label2id=labels_map,
-        attn_implementation="eager",
-    )
+    model = minilm_classifier(mdir)
     model.eval()  # dropout off; gradients still flow
     out = {
         "output.weight": model.classifier.weight.detach().double().numpy().copy(),
@@ -593,7 +593,6 @@ def make_curve(mdir, data_dir, tok):
     import numpy as np
     import torch
     from safetensors.numpy import save_file
-    from transformers import BertForSequenceClassification
 
     rows = read_tsv_labelled(Path(data_dir) / "snli_dev.tsv")
     pairs = rows[: CURVE_STEPS * CURVE_BATCH]
@@ -608,9 +607,7 @@ def make_curve(mdir, data_dir, tok):
     classifier = None
     for seed in range(CURVE_SEEDS):
         torch.manual_seed(0)
-        model = BertForSequenceClassification.from_pretrained(
-            str(mdir), num_labels=3, id2label={0: "entailment", 1: "contradiction", 2: "neutral"},
-            label2id=labels_map, attn_implementation="eager")
+        model = minilm_classifier(mdir)
         if classifier is None:
             classifier = {
                 "output.weight": model.classifier.weight.detach().double().numpy().copy(),

@@ -72,10 +72,11 @@ fn load(dir: &std::path::Path, f: &Fixture) -> LoadedModel {
     m
 }
 
-fn encoded(m: &LoadedModel, f: &Fixture) -> Vec<Encoded> {
+/// The fixture's pairs (`premises`, `hypotheses`, `labels` of its meta.json) as a dataset.
+fn fixture_dataset(f: &Fixture, source: &str) -> Dataset {
     let labels: Vec<u8> =
         f.meta["labels"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
-    let ds = Dataset {
+    Dataset {
         examples: strings(&f.meta["premises"])
             .into_iter()
             .zip(strings(&f.meta["hypotheses"]))
@@ -83,8 +84,12 @@ fn encoded(m: &LoadedModel, f: &Fixture) -> Vec<Encoded> {
             .map(|((premise, hypothesis), label)| Example { premise, hypothesis, label })
             .collect(),
         skipped: 0,
-        source: "parity fixture".into(),
-    };
+        source: source.into(),
+    }
+}
+
+fn encoded(m: &LoadedModel, f: &Fixture) -> Vec<Encoded> {
+    let ds = fixture_dataset(f, "parity fixture");
     let max_len = f.meta["max_len"].as_u64().unwrap() as usize;
     let (enc, stats) =
         encode_dataset_with(&ds, &m.text_encoder().unwrap(), max_len, Truncate::Longest).unwrap();
@@ -251,18 +256,7 @@ fn minilm_twenty_adamw_steps_f64_match_transformers() {
     let Some(dir) = common::minilm_dir("minilm_twenty_adamw_steps_f64_match_transformers") else { return };
     let f = fixture_at(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf/multistep"));
     let m = load(&dir, &f);
-    let labels: Vec<u8> =
-        f.meta["labels"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
-    let ds = Dataset {
-        examples: strings(&f.meta["premises"])
-            .into_iter()
-            .zip(strings(&f.meta["hypotheses"]))
-            .zip(labels)
-            .map(|((premise, hypothesis), label)| Example { premise, hypothesis, label })
-            .collect(),
-        skipped: 0,
-        source: "multistep fixture".into(),
-    };
+    let ds = fixture_dataset(&f, "multistep fixture");
     let max_len = f.meta["max_len"].as_u64().unwrap() as usize;
     let (enc, _) = encode_dataset_with(&ds, &m.text_encoder().unwrap(), max_len, Truncate::Longest).unwrap();
     let want_ids: Vec<Vec<u32>> = f.meta["input_ids"]

@@ -4,7 +4,8 @@
 //!
 //! - `model.safetensors`: every parameter under transformers' `BertForSequenceClassification` name
 //!   (`bert.embeddings.*`, `bert.encoder.layer.N.*`, `bert.pooler.dense.*`, `classifier.*`), f32,
-//!   the positional table as `(P, C)`; the inverse of [`hf_to_d2l`](super::checkpoint::names::hf_to_d2l).
+//!   the positional table as `(P, C)`; names from [`d2l_to_hf`](super::hf::d2l_to_hf), the inverse
+//!   of the loader's table.
 //! - `config.json`: `architectures`, `model_type`, the sizes, `hidden_act`, `layer_norm_eps`, and
 //!   `id2label` / `label2id` in our label order ([`LABELS`]), which is the classifier's row order.
 //! - `vocab.txt` and `tokenizer_config.json` (`BertTokenizer`, `do_lower_case`).
@@ -20,46 +21,11 @@ use crate::backend::Activation;
 use crate::data::snli::LABELS;
 use crate::data::wordpiece;
 use crate::error::{Error, Result};
-use crate::model::checkpoint::names::hf_to_d2l;
 use crate::model::config::{BertConfig, TokenizerKind};
-use crate::model::params::{ParamLayout, EMB_LN_BIAS, EMB_LN_WEIGHT};
+use crate::model::hf::d2l_to_hf;
+use crate::model::params::ParamLayout;
 use crate::model::store::LoadedModel;
 use crate::train::report::write_atomic;
-
-/// The transformers name of one of our parameters (`None`: it has none).
-pub fn d2l_to_hf(name: &str) -> Option<String> {
-    let hf = match name {
-        "encoder.token_embedding.weight" => "bert.embeddings.word_embeddings.weight".to_string(),
-        "encoder.segment_embedding.weight" => "bert.embeddings.token_type_embeddings.weight".to_string(),
-        "encoder.pos_embedding" => "bert.embeddings.position_embeddings.weight".to_string(),
-        n if n == EMB_LN_WEIGHT => "bert.embeddings.LayerNorm.weight".to_string(),
-        n if n == EMB_LN_BIAS => "bert.embeddings.LayerNorm.bias".to_string(),
-        "hidden.0.weight" => "bert.pooler.dense.weight".to_string(),
-        "hidden.0.bias" => "bert.pooler.dense.bias".to_string(),
-        "output.weight" => "classifier.weight".to_string(),
-        "output.bias" => "classifier.bias".to_string(),
-        n => {
-            let rest = n.strip_prefix("encoder.blks.")?;
-            let (layer, sub) = rest.split_once('.')?;
-            let layer: usize = layer.parse().ok()?;
-            let (module, param) = sub.rsplit_once('.')?;
-            let theirs = match module {
-                "attention.W_q" => "attention.self.query",
-                "attention.W_k" => "attention.self.key",
-                "attention.W_v" => "attention.self.value",
-                "attention.W_o" => "attention.output.dense",
-                "addnorm1.ln" => "attention.output.LayerNorm",
-                "ffn.dense1" => "intermediate.dense",
-                "ffn.dense2" => "output.dense",
-                "addnorm2.ln" => "output.LayerNorm",
-                _ => return None,
-            };
-            format!("bert.encoder.layer.{layer}.{theirs}.{param}")
-        }
-    };
-    // Every name written must read back as the same parameter.
-    (hf_to_d2l(&hf).as_deref() == Some(name)).then_some(hf)
-}
 
 /// Why `cfg` cannot be written as a transformers BERT, if it cannot.
 fn not_exportable(cfg: &BertConfig) -> Option<&'static str> {
@@ -186,7 +152,7 @@ pub fn export_hf(m: &LoadedModel, dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::BertConfig;
+    use crate::model::checkpoint::names::hf_to_d2l;
 
     #[test]
     fn every_parameter_has_a_transformers_name_that_reads_back() {

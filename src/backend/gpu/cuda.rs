@@ -115,6 +115,60 @@ unsafe impl Send for Cuda {}
 unsafe impl Sync for Cuda {}
 
 impl Cuda {
+    /// cuBLAS `GemmEx` for a row-major [`Gemm`]: A and B of type `ab`, C f32, fp32 scalars.
+    ///
+    /// # Safety
+    /// The matrices described by `g` lie in live allocations with those element types.
+    unsafe fn gemm_ex(
+        &self,
+        g: &Gemm,
+        ab: blas_sys::cudaDataType,
+        compute: blas_sys::cublasComputeType_t,
+        what: &str,
+    ) -> Result<()> {
+        let (t1, t2, m, n, k, first, ld1, second, ld2) = sgemm_colmajor(g)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let ldc =
+            i32::try_from(g.ldc).map_err(|_| Error::msg(format!("{what}: ldc = {} exceeds i32", g.ldc)))?;
+        let h = self.blas.lock().unwrap_or_else(|p| p.into_inner());
+        bind(self.ctx)?;
+        // SAFETY: `*h` is a live handle on our stream; the caller guarantees the matrices; alpha
+        // and beta are host f32 values, as the 32F compute types require.
+        unsafe {
+            blas::gemm_ex(
+                *h,
+                op(t1),
+                op(t2),
+                m,
+                n,
+                k,
+                (&g.alpha as *const f32).cast::<c_void>(),
+                first as *const c_void,
+                ab,
+                ld1,
+                second as *const c_void,
+                ab,
+                ld2,
+                (&g.beta as *const f32).cast::<c_void>(),
+                g.c as *mut c_void,
+                blas_sys::cudaDataType::CUDA_R_32F,
+                ldc,
+                compute,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| {
+            Error::msg(format!(
+                "cuBLAS {what} (row-major m={} n={} k={}, trans_a={}, trans_b={}): {e}",
+                g.m, g.n, g.k, g.trans_a, g.trans_b
+            ))
+        })
+    }
+}
+
+impl Cuda {
     /// Opens device `ordinal`: context, stream, cuBLAS, and the kernels (PTX, or an NVRTC cubin
     /// cached in `cache_dir`).
     pub fn new(ordinal: usize, cache_dir: &Path) -> Result<Cuda> {
@@ -480,91 +534,16 @@ impl Device for Cuda {
     }
 
     unsafe fn gemm_bf16(&self, g: &Gemm) -> Result<()> {
-        let (t1, t2, m, n, k, first, ld1, second, ld2) = sgemm_colmajor(g)?;
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        let ldc = i32::try_from(g.ldc)
-            .map_err(|_| Error::msg(format!("gemm_bf16: ldc = {} exceeds i32", g.ldc)))?;
-        let h = self.blas.lock().unwrap_or_else(|p| p.into_inner());
-        bind(self.ctx)?;
         let bf16 = blas_sys::cudaDataType::CUDA_R_16BF;
-        // SAFETY: `*h` is a live handle on our stream; the caller guarantees the matrices lie in
-        // live allocations (A, B bf16, C f32); alpha/beta are host f32 values, as
-        // CUBLAS_COMPUTE_32F requires.
-        unsafe {
-            blas::gemm_ex(
-                *h,
-                op(t1),
-                op(t2),
-                m,
-                n,
-                k,
-                (&g.alpha as *const f32).cast::<c_void>(),
-                first as *const c_void,
-                bf16,
-                ld1,
-                second as *const c_void,
-                bf16,
-                ld2,
-                (&g.beta as *const f32).cast::<c_void>(),
-                g.c as *mut c_void,
-                blas_sys::cudaDataType::CUDA_R_32F,
-                ldc,
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(|e| {
-            Error::msg(format!(
-                "cuBLAS GemmEx bf16 (row-major m={} n={} k={}, trans_a={}, trans_b={}): {e}",
-                g.m, g.n, g.k, g.trans_a, g.trans_b
-            ))
-        })
+        // SAFETY: forwarded from the caller (A, B bf16; C f32).
+        unsafe { self.gemm_ex(g, bf16, blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, "GemmEx bf16") }
     }
 
     unsafe fn gemm_fast_bf16(&self, g: &Gemm) -> Result<()> {
-        let (t1, t2, m, n, k, first, ld1, second, ld2) = sgemm_colmajor(g)?;
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        let ldc = i32::try_from(g.ldc)
-            .map_err(|_| Error::msg(format!("gemm_fast_bf16: ldc = {} exceeds i32", g.ldc)))?;
-        let h = self.blas.lock().unwrap_or_else(|p| p.into_inner());
-        bind(self.ctx)?;
         let f32t = blas_sys::cudaDataType::CUDA_R_32F;
-        // SAFETY: `*h` is a live handle on our stream; the caller guarantees the matrices lie in
-        // live allocations (A, B, C f32); alpha/beta are host f32 values, as the 32F compute types
-        // require.
-        unsafe {
-            blas::gemm_ex(
-                *h,
-                op(t1),
-                op(t2),
-                m,
-                n,
-                k,
-                (&g.alpha as *const f32).cast::<c_void>(),
-                first as *const c_void,
-                f32t,
-                ld1,
-                second as *const c_void,
-                f32t,
-                ld2,
-                (&g.beta as *const f32).cast::<c_void>(),
-                g.c as *mut c_void,
-                f32t,
-                ldc,
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(|e| {
-            Error::msg(format!(
-                "cuBLAS GemmEx f32 with bf16 compute (row-major m={} n={} k={}, trans_a={}, trans_b={}): {e}",
-                g.m, g.n, g.k, g.trans_a, g.trans_b
-            ))
-        })
+        let compute = blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF;
+        // SAFETY: forwarded from the caller (A, B, C f32).
+        unsafe { self.gemm_ex(g, f32t, compute, "GemmEx f32 with bf16 compute") }
     }
 
     fn synchronize(&self) -> Result<()> {
