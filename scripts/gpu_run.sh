@@ -401,8 +401,9 @@ run() {
         echo "--- nvcc"
         nvcc --version 2>&1 || echo "(no nvcc)"
         echo "--- libraries"
-        for d in /usr/local/cuda/lib64/lib{cublas,cublasLt,nvrtc}.so*; do [ -e "$d" ] && echo "$d"; done
-        echo "$NLI_BERT_CUDA_LIB_DIR" | tr ':' '\n' | while read -r d; do [ -n "$d" ] && ls "$d"; done
+        # (`|| true`: a missing last file must not end the run under `set -e`)
+        for d in /usr/local/cuda/lib64/lib{cublas,cublasLt,nvrtc}.so*; do [ -e "$d" ] && echo "$d" || true; done
+        echo "$NLI_BERT_CUDA_LIB_DIR" | tr ':' '\n' | while read -r d; do [ -n "$d" ] && ls "$d" || true; done
         echo "--- python"
         command -v python3 && python3 --version
         python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())' 2>&1 || true
@@ -606,7 +607,7 @@ run() {
                 --epochs "$e2e_epochs"
             t_end=$(date +%s.%N)
             note e2e_wall_s "$(python3 -c "print(round($t_end - $t_start, 2))")"
-            note e2e "exit $status; $rows pairs x $e2e_epochs epochs; last epoch $(epoch_speed "$logs/e2e.log") examples/s; $(epoch_line "$logs/e2e.log") (target < 15 s wall)"
+            note e2e "exit $status; $(grep -m1 -oE 'on (cpu|emu|cuda)[^)]*\)?' "$logs/e2e.log" | tail -1); $rows pairs x $e2e_epochs epochs; last epoch $(epoch_speed "$logs/e2e.log") examples/s; $(epoch_line "$logs/e2e.log") (target < 15 s wall)"
             say "e2e: exit $status, $(awk -F'\t' '$1 == "e2e_wall_s" { print $2 }' "$out/results.tsv") s wall"
         fi
     fi
@@ -767,7 +768,7 @@ summarize() {
     [ -z "$(get eval_saved_model)" ] || echo "  eval of the saved f32 model on sick_test: $(get eval_saved_model)"
     [ -z "$(get learn)" ] || echo "  scratch on SICK (batch 32, lr 3e-4): $(get learn)"
     [ -z "$(get ours_bench)" ] || echo "  $(get ours_bench)"
-    [ -z "$(get e2e)" ] || echo "  end to end (bf16): $(get e2e_wall_s) s wall; $(get e2e)"
+    [ -z "$(get e2e)" ] || echo "  end to end: $(get e2e_wall_s) s wall; $(get e2e)"
     echo
     if [ -n "$(awk -F'\t' '$1 ~ /_breakdown$/ && $2 != ""' "$r")" ]; then
         echo "where a step's time goes (nli-bert bench --breakdown, ms per step, largest first):"
