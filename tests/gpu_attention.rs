@@ -314,7 +314,11 @@ fn rel_max_err(got: &[f64], want: &[f64]) -> f64 {
 /// over these cases: out 1.6e-3, dqkv 4.4e-3); the f32 classic
 /// kernels meet 1e-4 (above). Also checks that every element is written and lse.
 fn compare_flash(k: &Case, dropout: Dropout) -> [f64; 3] {
-    let be = Gpu::new_bf16(nli_bert::backend::gpu::emu::Emu::new().expect("emulator"));
+    compare_flash_on(&Gpu::new_bf16(nli_bert::backend::gpu::emu::Emu::new().expect("emulator")), k, dropout)
+}
+
+/// [`compare_flash`] on any device.
+fn compare_flash_on<D: Device>(be: &Gpu<D>, k: &Case, dropout: Dropout) -> [f64; 3] {
     assert!(
         be.uses_flash_attention(k.nh, k.c),
         "{}: the flash kernels must take this shape",
@@ -327,11 +331,11 @@ fn compare_flash(k: &Case, dropout: Dropout) -> [f64; 3] {
         qkv: k.qkv.iter().map(|&x| bf16(x)).collect(),
         dout: k.dout.iter().map(|&x| bf16(x)).collect(),
     };
-    let b = batch(&be, &k.lens);
+    let b = batch(be, &k.lens);
     let t = b.layout.t();
     assert_eq!(be.attention_saved_len(&b.layout, k.nh, k.c), k.nh * t, "flash saves nh·T log-sum-exps");
-    let (qkv, dout) = (up(&be, &rounded.qkv), up(&be, &rounded.dout));
-    let nan = |n: usize| up(&be, &vec![f64::NAN; n]);
+    let (qkv, dout) = (up(be, &rounded.qkv), up(be, &rounded.dout));
+    let nan = |n: usize| up(be, &vec![f64::NAN; n]);
     let (mut out, mut lse, mut dqkv) = (nan(t * k.c), nan(k.nh * t), nan(t * 3 * k.c));
     be.attention_forward(be.view_mut(&mut out), be.view_mut(&mut lse), be.view(&qkv), &b, k.nh, k.c, dropout);
     be.attention_backward(
@@ -349,9 +353,9 @@ fn compare_flash(k: &Case, dropout: Dropout) -> [f64; 3] {
     let want = run_cpu(&rounded, dropout);
     let name = k.name(&dropout);
     let errs = [
-        rel_max_err(&down(&be, &out), &want[0]),
-        rel_max_err(&down(&be, &lse), &lse_f64(&rounded, &rounded.qkv)),
-        rel_max_err(&down(&be, &dqkv), &want[2]),
+        rel_max_err(&down(be, &out), &want[0]),
+        rel_max_err(&down(be, &lse), &lse_f64(&rounded, &rounded.qkv)),
+        rel_max_err(&down(be, &dqkv), &want[2]),
     ];
     println!(
         "flash vs cpu f64 ({name}): max error / max |ref|: out {:.2e}, lse {:.2e}, dqkv {:.2e}",
@@ -414,4 +418,26 @@ fn attention_flash_emu_is_deterministic_and_a_real_error_is_caught() {
     // checked against a reference with the dropout mask of another step fail it.
     let want = run_cpu(&k, Dropout { step: d.step + 1, ..d });
     assert!(rel_max_err(&a.0, &want[0]) > 5e-2, "another dropout mask must not pass the bound");
+}
+
+#[test]
+fn attention_flash_cuda_matches_cpu_f64() {
+    // The flash kernels on a real GPU's tensor cores, with the emulator tests' bound and cases.
+    if !common::have_cuda("attention_flash_cuda_matches_cpu_f64") {
+        return;
+    }
+    let dev =
+        nli_bert::backend::gpu::cuda::Cuda::new(0, &nli_bert::data::hub::cache_dir()).expect("Cuda::new(0)");
+    let be = Gpu::new_bf16(dev);
+    let mut rng = HostRng::new(8, 9);
+    let random: Vec<usize> = (0..40).map(|_| 1 + rng.below(30) as usize).collect();
+    for (k, d) in [
+        (Case::new(vec![1, 7, 16, 17, 64, 128, 300, 512], 2, 128, 21), dropouts()[1]),
+        (Case::new(random, 4, 128, 22), dropouts()[2]),
+        (Case::new(vec![3, 0, 33, 1, 70, 2], 3, 72, 23), dropouts()[1]),
+        (Case::new(vec![9, 20, 3], 2, 26, 27), Dropout::OFF),
+        (Case::new(vec![200, 5, 77], 12, 768, 28), dropouts()[1]), // bert.base heads
+    ] {
+        compare_flash_on(&be, &k, d);
+    }
 }
