@@ -109,6 +109,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dropout", type=float, help="hidden and attention dropout (default: the checkpoint's)")
     ap.add_argument("--max-steps", type=int, help="stop after this many steps (speed estimates)")
+    ap.add_argument("--loss-reduction", choices=["mean", "sum"], default="mean",
+                    help="mean: transformers' convention (default); sum: nli-bert's and d2l's (the gradient "
+                         "is batch-size times larger, which only AdamW's epsilon sees)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -137,7 +140,7 @@ def main():
             t0 = time.perf_counter()
             out = model(input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels)
             opt.zero_grad()
-            out.loss.backward()
+            (out.loss * len(labels) if args.loss_reduction == "sum" else out.loss).backward()
             opt.step()
             t_train += time.perf_counter() - t0
             step += 1
@@ -172,6 +175,7 @@ def main():
                 "model": str(mdir),
                 "train": args.train,
                 "test": args.test,
+                "loss_reduction": args.loss_reduction,
                 "history": history,
             }
         )
