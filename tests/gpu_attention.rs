@@ -264,9 +264,7 @@ fn attention_emu_rejects_a_short_att_buffer() {
 
 /// x rounded to bf16 (nearest even), as the flash kernels round Q, K, V and dO on loading.
 fn bf16(x: f64) -> f64 {
-    let u = (x as f32).to_bits();
-    let r = u.wrapping_add(0x7fff + ((u >> 16) & 1)) & 0xffff_0000;
-    f32::from_bits(r) as f64
+    f32::from_bits((nli_bert::backend::cpu::convert::f32_to_bf16(x as f32) as u32) << 16) as f64
 }
 
 /// Row log-sum-exps of the scaled scores, (nh, T), in f64 from qkv.

@@ -298,6 +298,16 @@ fn flash_check<D: Device>(
     (nb, t, d)
 }
 
+/// The arguments every flash kernel ends with: the layout, the sizes and the dropout.
+fn flash_tail<D: Device>(
+    batch: &DeviceBatch<Gpu<D>>,
+    (nb, t, nh, c): (usize, usize, usize, usize),
+    dropout: &Dropout,
+) -> [KArg; 11] {
+    let [s, st, si, th, sc] = dropout_args(dropout);
+    [pi(&batch.cu_seqlens), pi(&batch.att_offsets), i(nb), i(t), i(nh), i(c), s, st, si, th, sc]
+}
+
 fn flash_cfg(t: usize, nh: usize) -> LaunchCfg {
     LaunchCfg {
         grid: [t.div_ceil(FLASH_ROWS) as u32, nh as u32, 1],
@@ -325,23 +335,7 @@ pub fn flash_forward<D: Device>(
     if nb == 0 || t == 0 {
         return;
     }
-    let [s, st, si, th, sc] = dropout_args(&dropout);
-    let args = [
-        pm(&out),
-        pm(&lse),
-        p(&qkv),
-        pi(&batch.cu_seqlens),
-        pi(&batch.att_offsets),
-        i(nb),
-        i(t),
-        i(nh),
-        i(c),
-        s,
-        st,
-        si,
-        th,
-        sc,
-    ];
+    let args = [&[pm(&out), pm(&lse), p(&qkv)][..], &flash_tail(batch, (nb, t, nh, c), &dropout)].concat();
     g.launch(&format!("attention_flash_forward_d{d}"), flash_cfg(t, nh), &args);
 }
 
@@ -376,25 +370,8 @@ pub fn flash_backward<D: Device>(
     let warps = (THREADS / 32) as usize;
     let prep = LaunchCfg { grid: [t.div_ceil(warps) as u32, 1, 1], block: [THREADS, 1, 1], shared_bytes: 0 };
     g.launch("attention_flash_backward_prep", prep, &[p(&ddv), p(&dout), p(&out), i(t), i(nh), i(c)]);
-    let [s, st, si, th, sc] = dropout_args(&dropout);
-    let args = [
-        pm(&dqkv),
-        p(&dout),
-        p(&lse),
-        p(&ddv),
-        p(&qkv),
-        pi(&batch.cu_seqlens),
-        pi(&batch.att_offsets),
-        i(nb),
-        i(t),
-        i(nh),
-        i(c),
-        s,
-        st,
-        si,
-        th,
-        sc,
-    ];
+    let head = [pm(&dqkv), p(&dout), p(&lse), p(&ddv), p(&qkv)];
+    let args = [&head[..], &flash_tail(batch, (nb, t, nh, c), &dropout)].concat();
     g.launch(&format!("attention_flash_backward_dkdv_d{d}"), flash_cfg(t, nh), &args);
     g.launch(&format!("attention_flash_backward_dq_d{d}"), flash_cfg(t, nh), &args);
 }
