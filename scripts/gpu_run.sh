@@ -47,8 +47,9 @@
 #                    training step, f32 and bf16 (a reported error fails the run)
 #         hfc        the HF peer with torch.compile (dynamic shapes), a second bert.base peer
 #       The bench step also runs bf16 as first measured (NLI_BERT_BF16_GEMM=copies: conversion
-#       kernels before each GEMM; --attention classic) and every bench with --breakdown (time per
-#       op family, in the summary): the before and after of issue 12.
+#       kernels before each GEMM; --attention classic), bf16 without cuBLASLt's fused epilogues
+#       (NLI_BERT_CUBLASLT=0), and every bench with --breakdown (time per op family, in the
+#       summary): the before and after of issue 12.
 #       Output in $OUT (default ./gpu-out), at most 8 files as the device tool returns:
 #         summary.txt (card, date, tests, our figures, the peers', ratios; also printed at the
 #         end), env.txt (nvidia-smi, libraries, bundle), tests.log, steps.log (every other
@@ -296,6 +297,15 @@ if isinstance(v, float):
     v = "%.1f" % v if abs(v) >= 100 else "%.4g" % v
 print("" if v is None else json.dumps(v) if isinstance(v, (dict, list)) else v)' "$2" 2>/dev/null || true
 }
+# "bf16", "bf16 (NLI_BERT_CUBLASLT=0: no fused epilogues)", ... for a bench variant.
+variant_label() {
+    case "$1" in
+    *-before) echo "${1%-before} (before: copies, classic attention)" ;;
+    *-unfused) echo "${1%-unfused} (NLI_BERT_CUBLASLT=0: no fused epilogues)" ;;
+    *) echo "$1" ;;
+    esac
+}
+
 # "family ms (share%), ..." of the last JSON line's step.breakdown (nli-bert bench --breakdown).
 breakdown_of() {
     grep '^{' "$1" 2>/dev/null | tail -1 | python3 -c 'import json, sys
@@ -517,15 +527,20 @@ run() {
             fi
             local variant v_args
             local v_env
-            for variant in f32 $ft_prec $ft_prec-before; do
+            for variant in f32 $ft_prec $ft_prec-unfused $ft_prec-before; do
                 prec="$variant"
                 # bf16-before: the bf16 engine as first measured (conversion kernels into bf16
-                # copies before each GEMM, the f32 attention kernels)
-                v_args=(--precision "${variant%-before}") v_env=()
-                if [ "$variant" != "${variant%-before}" ]; then
+                # copies before each GEMM, the f32 attention kernels); bf16-unfused: today's
+                # engine without cuBLASLt (plain cuBLAS GEMMs, separate bias / ReLU / bias-gradient
+                # kernels)
+                v_args=(--precision "${variant%-*}") v_env=()
+                case "$variant" in
+                *-before)
                     v_args+=(--attention classic)
                     v_env=(NLI_BERT_BF16_GEMM=copies)
-                fi
+                    ;;
+                *-unfused) v_env=(NLI_BERT_CUBLASLT=0) ;;
+                esac
                 [ "$dry" = 1 ] && [ "$variant" != f32 ] && continue # bf16 needs a GPU
                 sub "bench-$shape-$prec" 60 env "${v_env[@]}" "$bin" bench --shape "$shape" --device "$dev" "${v_args[@]}" \
                     --batch-size "$batch" --steps "$bsteps" --breakdown "${b_args[@]}"
@@ -718,8 +733,8 @@ summarize() {
             [ -n "$s$(get "ours_small_finetune_${prec}_result")" ] || continue
             row "nli-bert finetune --precision $prec (packed), last epoch" "$s"
         done
-        for prec in f32 bf16 bf16-before; do
-            [ -z "$(get "ours_bench_bert.small_${prec}_info")" ] || row "nli-bert bench --shape bert.small --precision ${prec/-before/ (before: copies, classic attention)}" "$(get "ours_bench_bert.small_$prec")"
+        for prec in f32 bf16 bf16-unfused bf16-before; do
+            [ -z "$(get "ours_bench_bert.small_${prec}_info")" ] || row "nli-bert bench --shape bert.small --precision $(variant_label "$prec")" "$(get "ours_bench_bert.small_$prec")"
         done
         ours="$(first ours_bench_bert.small_bf16 ours_bench_bert.small_f32 ours_small_finetune_bf16 ours_small_finetune_f32)"
         d2l_f="$(get d2l_fixed)"
@@ -742,8 +757,8 @@ summarize() {
             [ -n "$s$(get "ours_${base}_finetune_${prec}_result")" ] || continue
             row "nli-bert finetune --precision $prec ($base), last epoch" "$s"
         done
-        for prec in f32 bf16 bf16-before; do
-            [ -z "$(get "ours_bench_bert.base_${prec}_info")" ] || row "nli-bert bench --shape bert.base --precision ${prec/-before/ (before: copies, classic attention)} (d2l's block)" "$(get "ours_bench_bert.base_$prec")"
+        for prec in f32 bf16 bf16-unfused bf16-before; do
+            [ -z "$(get "ours_bench_bert.base_${prec}_info")" ] || row "nli-bert bench --shape bert.base --precision $(variant_label "$prec") (d2l's block)" "$(get "ours_bench_bert.base_$prec")"
         done
         # The same model as the peer's first: our finetune of its saved initial weights.
         ours="$(first "ours_${base}_finetune_bf16" "ours_${base}_finetune_f32" ours_bench_bert.base_bf16 ours_bench_bert.base_f32)"

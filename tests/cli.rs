@@ -503,7 +503,10 @@ fn cli_finetune_on_emu_device_matches_cpu() {
     let o = small_finetune(dir.path(), &emu_out, "f32", &["--device", "emu"]);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stderr}");
-    assert!(stdout.lines().filter(|l| l.starts_with("epoch ")).all(|l| l.ends_with("on emu")), "{stdout}");
+    assert!(
+        stdout.lines().filter(|l| l.starts_with("epoch ")).all(|l| l.ends_with("on emu, fused epilogues")),
+        "{stdout}"
+    );
     let read = |d: &Path| -> Vec<serde_json::Value> {
         std::fs::read_to_string(d.join("metrics.jsonl"))
             .unwrap()
@@ -625,7 +628,7 @@ fn cli_bf16_on_emu_learns_like_f32() {
     let o = small_finetune(dir.path(), &bf16_out, "bf16", &["--device", "emu"]);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stderr}");
-    assert!(stdout.contains("on emu, bf16 GEMMs, flash attention"), "{stdout}");
+    assert!(stdout.contains("on emu, bf16 GEMMs, fused epilogues, flash attention"), "{stdout}");
     let last = |d: &Path| -> serde_json::Value {
         let s = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
         serde_json::from_str(s.lines().last().unwrap()).unwrap()

@@ -64,13 +64,20 @@ fn run<B: Backend>(be: &B, cfg: &BertConfig, host: &[f64], dropout: f64) -> Trac
 }
 
 fn check(d2l: bool, dev: Dev) {
+    check_fused(d2l, dev, true)
+}
+
+/// [`check`], with the matrix products fused with their epilogues (cuBLASLt's bias, bias + ReLU,
+/// bias gradient) or, on the emulator, declined as on a GPU without cuBLASLt.
+fn check_fused(d2l: bool, dev: Dev, fused: bool) {
     let cfg = tiny(d2l);
     let layout = ParamLayout::new(&cfg);
     let host = init_params(&layout, 5);
     let want = run(&Cpu::<f64>::new(1).unwrap(), &cfg, &host, 0.3);
     let got = match dev {
         Dev::Emu => {
-            let be = common::emu();
+            let emu = nli_bert::backend::gpu::emu::Emu::new().unwrap().with_fused_gemms(fused);
+            let be = nli_bert::backend::gpu::Gpu::new(emu);
             let r = run(&be, &cfg, &host, 0.3);
             be.check().expect("no device error");
             r
@@ -119,6 +126,12 @@ fn model_emu_matches_cpu_f64_d2l() {
 #[test]
 fn model_emu_matches_cpu_f64_hf() {
     check(false, Dev::Emu);
+}
+
+#[test]
+fn model_emu_without_fused_products_matches_cpu_f64() {
+    check_fused(true, Dev::Emu, false);
+    check_fused(false, Dev::Emu, false);
 }
 
 #[test]
@@ -185,9 +198,11 @@ fn check_bf16(dev: Dev) {
     // for bit; gradients and updated parameters differ only by the order of the embedding's
     // scatter-add atomics (the extra conversion launches shift the emulator's schedule seeds),
     // far inside bf16's tolerance. (On a GPU the two GEMM kernels may also sum differently.)
+    // Both without the fused products: the bias-gradient epilogue reduces the operand as the
+    // product reads it (modelled rounded to bf16), the column-sum kernels the f32 values.
     if dev == Dev::Emu {
         let on = |copies: bool| {
-            let emu = nli_bert::backend::gpu::emu::Emu::new().unwrap();
+            let emu = nli_bert::backend::gpu::emu::Emu::new().unwrap().with_fused_gemms(false);
             let be = nli_bert::backend::gpu::Gpu::new_bf16(emu).with_bf16_copies(copies);
             let r = run(&be, &cfg, &host, 0.3);
             be.check().expect("no device error");

@@ -166,6 +166,10 @@ pub trait Backend {
     fn view_mut<'a>(&self, b: &'a mut Self::Buf) -> Self::SliceMut<'a>;
     /// A mutable view of `r` of a buffer.
     fn slice_mut<'a>(&self, b: &'a mut Self::Buf, r: Range<usize>) -> Self::SliceMut<'a>;
+    /// A shorter-lived mutable view of the same elements.
+    fn reborrow_mut<'a>(&self, s: &'a mut Self::SliceMut<'_>) -> Self::SliceMut<'a>;
+    /// A shared view of a mutable view's elements, while it is borrowed.
+    fn as_slice<'a>(&self, s: &'a Self::SliceMut<'_>) -> Self::Slice<'a>;
     /// Disjoint mutable views of a buffer; `ranges` must be sorted and non-overlapping.
     fn split_mut<'a>(&self, b: &'a mut Self::Buf, ranges: &[Range<usize>]) -> Vec<Self::SliceMut<'a>>;
     /// Sets a view to zero.
@@ -208,6 +212,28 @@ pub trait Backend {
         ic: usize,
         oc: usize,
     );
+    /// out (N,OC) = act(inp (N,IC) · weight (OC,IC)ᵀ + bias (OC)): a Linear layer and its
+    /// activation. `pre` (N,OC) receives the pre-activation for [`Backend::activation_backward`]
+    /// when `act` needs it there; for ReLU, whose backward reads only `out`, a backend may fuse
+    /// the two (the GPU: one cuBLASLt product with the bias and ReLU in its epilogue) and leave
+    /// `pre` unwritten.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_act_forward(
+        &self,
+        pre: Self::SliceMut<'_>,
+        out: Self::SliceMut<'_>,
+        inp: Self::Slice<'_>,
+        weight: Self::Slice<'_>,
+        bias: Option<Self::Slice<'_>>,
+        n: usize,
+        ic: usize,
+        oc: usize,
+        act: Activation,
+    ) {
+        let mut pre = pre;
+        self.matmul_forward(self.reborrow_mut(&mut pre), inp, weight, bias, n, ic, oc);
+        self.activation_forward(out, self.as_slice(&pre), act);
+    }
     /// dinp (N,IC) = dout·weight (overwritten, or added when `accumulate_dinp`);
     /// dweight (OC,IC) += doutᵀ·inp; dbias (OC) += Σ_rows dout.
     #[allow(clippy::too_many_arguments)]

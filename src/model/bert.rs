@@ -51,7 +51,8 @@ pub struct BlockActs<B: Backend> {
     rstd1: B::Buf,
     /// (T, C) AddNorm 1 output.
     y: B::Buf,
-    /// (T, F) FFN pre-activation and activation.
+    /// (T, F) FFN pre-activation (unwritten where a backend fuses ReLU into the product, see
+    /// [`Backend::matmul_act_forward`]) and activation.
     h_pre: B::Buf,
     h: B::Buf,
     /// (T, C) FFN output.
@@ -283,18 +284,15 @@ impl<B: Backend> Model<B> {
                 t,
                 c,
             );
-            be.matmul_forward(
+            be.matmul_act_forward(
                 be.slice_mut(&mut a.h_pre, tf.clone()),
+                be.slice_mut(&mut a.h, tf.clone()),
                 be.slice(&a.y, tc.clone()),
                 be.slice(p, br.fc1_weight.clone()),
                 Some(be.slice(p, br.fc1_bias.clone())),
                 t,
                 c,
                 f,
-            );
-            be.activation_forward(
-                be.slice_mut(&mut a.h, tf.clone()),
-                be.slice(&a.h_pre, tf.clone()),
                 cfg.activation,
             );
             be.matmul_forward(

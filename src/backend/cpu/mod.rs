@@ -173,6 +173,12 @@ impl<F: Float> Backend for Cpu<F> {
     fn slice_mut<'a>(&self, b: &'a mut Vec<F>, r: Range<usize>) -> &'a mut [F] {
         &mut b[r]
     }
+    fn reborrow_mut<'a>(&self, s: &'a mut &mut [F]) -> &'a mut [F] {
+        s
+    }
+    fn as_slice<'a>(&self, s: &'a &mut [F]) -> &'a [F] {
+        s
+    }
     /// Disjoint mutable views. Panics (in every build: overlapping `&mut` would be unsound) if
     /// the ranges are unsorted, overlapping or out of bounds; that is a programming error.
     fn split_mut<'a>(&self, b: &'a mut Vec<F>, ranges: &[Range<usize>]) -> Vec<&'a mut [F]> {

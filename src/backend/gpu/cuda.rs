@@ -13,6 +13,7 @@
 //! image; `auto`: the precompiled PTX if usable, else NVRTC), `NLI_BERT_HOME` (cubin cache).
 
 mod libs;
+mod lt;
 mod module;
 mod ptx;
 
@@ -27,7 +28,7 @@ use cudarc::driver::sys;
 pub use libs::{missing_library_error, preload_libraries, LibraryReport};
 pub use module::Module;
 
-use super::device::{check_args, DevPtr, Device, Gemm, KArg, LaunchCfg};
+use super::device::{check_args, DevPtr, Device, Epilogue, Gemm, GemmMath, KArg, LaunchCfg};
 use super::nvrtc;
 use crate::error::{Error, Result};
 use ptx::ptx_fits;
@@ -102,6 +103,8 @@ pub struct Cuda {
     ctx: sys::CUcontext,
     stream: sys::CUstream,
     blas: Mutex<blas_sys::cublasHandle_t>,
+    /// cuBLASLt (fused epilogues, bf16 products), or why there is none.
+    lt: Mutex<std::result::Result<lt::Lt, String>>,
     kernels: Option<Module>,
     kernel_origin: String,
     /// Where NVRTC cubins are cached (`$NLI_BERT_HOME`, handed in by the caller).
@@ -198,6 +201,7 @@ impl Cuda {
             ctx: std::ptr::null_mut(),
             stream: std::ptr::null_mut(),
             blas: Mutex::new(std::ptr::null_mut()),
+            lt: Mutex::new(Err("not initialised".into())),
             kernels: None,
             kernel_origin: String::new(),
             cache_dir: cache_dir.to_path_buf(),
@@ -208,6 +212,7 @@ impl Cuda {
         cuda.stream =
             drv::stream::create(drv::stream::StreamKind::NonBlocking).map_err(drv_err("cuStreamCreate"))?;
         cuda.init_cublas()?;
+        *cuda.lt.get_mut().unwrap_or_else(|p| p.into_inner()) = lt::Lt::new();
         cuda.load_kernels()?;
         Ok(cuda)
     }
@@ -225,6 +230,11 @@ impl Cuda {
     /// Compute capability, e.g. `(9, 0)`.
     pub fn compute_capability(&self) -> (i32, i32) {
         self.cc
+    }
+
+    /// Whether the fused products of cuBLASLt are available, or why not.
+    pub fn cublaslt_status(&self) -> std::result::Result<(), String> {
+        self.lt.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|_| ()).map_err(Clone::clone)
     }
 
     /// Where the kernels came from, e.g. `NVRTC 13.0 cubin for sm_90 (cached)`.
@@ -364,6 +374,7 @@ impl Drop for Cuda {
             let _ = unsafe { drv::stream::synchronize(self.stream) };
         }
         self.kernels = None;
+        *self.lt.get_mut().unwrap_or_else(|p| p.into_inner()) = Err("dropped".into());
         let h = *self.blas.get_mut().unwrap_or_else(|p| p.into_inner());
         if !h.is_null() {
             // SAFETY: created in init_cublas, destroyed once here.
@@ -544,6 +555,18 @@ impl Device for Cuda {
         let compute = blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF;
         // SAFETY: forwarded from the caller (A, B, C f32).
         unsafe { self.gemm_ex(g, f32t, compute, "GemmEx f32 with bf16 compute") }
+    }
+
+    fn has_fused_gemms(&self) -> bool {
+        self.cublaslt_status().is_ok()
+    }
+
+    unsafe fn gemm_lt(&self, g: &Gemm, math: GemmMath, ep: Epilogue) -> Result<bool> {
+        let mut lt = self.lt.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(lt) = lt.as_mut() else { return Ok(false) };
+        bind(self.ctx)?;
+        // SAFETY: forwarded from the caller; the context is current.
+        unsafe { lt.run(g, math, ep, self.stream) }
     }
 
     fn synchronize(&self) -> Result<()> {

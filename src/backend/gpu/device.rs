@@ -135,6 +135,44 @@ pub struct Gemm {
     pub ldc: usize,
 }
 
+/// The arithmetic of one matrix product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GemmMath {
+    /// f32 operands, exact fp32 products and accumulation (no TF32).
+    F32,
+    /// f32 operands rounded to bf16 inside the product (tensor cores), fp32 accumulation
+    /// (`CUBLAS_COMPUTE_32F_FAST_16BF`).
+    Bf16Fast,
+}
+
+/// What a fused product computes after `alpha·op(A)·op(B) + beta·C`, in the row-major terms of
+/// [`Gemm`] (cuBLASLt's epilogues, mapped through the transposition [`Gemm`] describes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// Nothing: the plain product.
+    None,
+    /// `C[i, j] += bias[j]` (bias: n f32), added to the product before C is written
+    /// (`CUBLASLT_EPILOGUE_BIAS`; requires `beta == 0`).
+    Bias(DevPtr),
+    /// `C[i, j] = max(product + bias[j], 0)` (`CUBLASLT_EPILOGUE_RELU_BIAS`; `beta == 0`).
+    ReluBias(DevPtr),
+    /// Also writes `out[i] = Σ_k op(A)[i, k]` (m f32, overwritten), the bias gradient of a Linear
+    /// layer when `op(A)` is `doutᵀ` (`CUBLASLT_EPILOGUE_BGRADB` of the column-major product).
+    BiasGradA(DevPtr),
+}
+
+impl Epilogue {
+    /// A short name for messages and the algorithm cache.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Epilogue::None => "none",
+            Epilogue::Bias(_) => "bias",
+            Epilogue::ReluBias(_) => "relu_bias",
+            Epilogue::BiasGradA(_) => "bgrad_a",
+        }
+    }
+}
+
 /// A machine that runs our kernels. All calls are issued in order on one stream; errors of
 /// asynchronous work may surface at a later call (as in CUDA).
 pub trait Device: Send + Sync + 'static {
@@ -197,6 +235,16 @@ pub trait Device: Send + Sync + 'static {
     /// # Safety
     /// The matrices described by `g` lie inside live allocations.
     unsafe fn gemm_fast_bf16(&self, g: &Gemm) -> Result<()>;
+    /// The product with `math` and a fused epilogue, through cuBLASLt (the algorithm chosen once
+    /// per shape and cached, one workspace). `Ok(false)`: this device has no such fused product
+    /// for this shape (no cuBLASLt, no algorithm, an epilogue it lacks); nothing was written and
+    /// the caller runs the plain product and separate kernels instead.
+    ///
+    /// # Safety
+    /// The matrices described by `g` and the epilogue's vector lie inside live allocations.
+    unsafe fn gemm_lt(&self, g: &Gemm, math: GemmMath, ep: Epilogue) -> Result<bool>;
+    /// Whether [`Device::gemm_lt`] can run fused products at all (cuBLASLt loaded).
+    fn has_fused_gemms(&self) -> bool;
     /// Waits until all issued work is done and reports any asynchronous error.
     fn synchronize(&self) -> Result<()>;
     /// A point in the stream's work (CUDA: an event; the emulator, whose launches finish before

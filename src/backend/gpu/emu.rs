@@ -17,7 +17,9 @@
 //! is checked against the live allocations, so a stray address is an error, not a crash. GEMMs
 //! run on the host in f32 (one accumulator per output element, in `k` order).
 
-use super::device::{check_args, kernel_signature, ArgKind, DevPtr, Device, Gemm, KArg, LaunchCfg};
+use super::device::{
+    check_args, kernel_signature, ArgKind, DevPtr, Device, Epilogue, Gemm, GemmMath, KArg, LaunchCfg,
+};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
@@ -42,6 +44,9 @@ pub struct Emu {
     /// Held by every operation that touches device memory, so that calls from several host
     /// threads run one at a time, in order, as on one CUDA stream.
     stream: Mutex<()>,
+    /// Whether [`Device::gemm_lt`] runs fused products (as a GPU with cuBLASLt) or declines them
+    /// all (as a GPU without it), so tests cover both of the launch code's paths.
+    lt: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -63,6 +68,12 @@ impl Emu {
         Self::with_seed(seed)
     }
 
+    /// The same emulator with fused products ([`Device::gemm_lt`]) on (the default) or declined.
+    pub fn with_fused_gemms(mut self, on: bool) -> Self {
+        self.lt = on;
+        self
+    }
+
     /// An emulator whose n-th launch (from 0) uses schedule seed `seed + n`.
     pub fn with_seed(seed: u64) -> Result<Self> {
         if !super::EMU_AVAILABLE {
@@ -75,6 +86,7 @@ impl Emu {
             next_seed: AtomicU64::new(seed),
             sticky: Mutex::default(),
             stream: Mutex::default(),
+            lt: true,
         })
     }
 
@@ -329,6 +341,56 @@ impl Device for Emu {
         let b = round(self.read_matrix(g.b, br, bc, g.ldb, "B")?);
         // SAFETY: forwarded from the caller's guarantee on C.
         unsafe { self.gemm_host(g, &a, &b) }
+    }
+
+    fn has_fused_gemms(&self) -> bool {
+        self.lt
+    }
+
+    unsafe fn gemm_lt(&self, g: &Gemm, math: GemmMath, ep: Epilogue) -> Result<bool> {
+        if !self.lt {
+            return Ok(false);
+        }
+        let _stream = lock(&self.stream);
+        if matches!(ep, Epilogue::Bias(_) | Epilogue::ReluBias(_)) && g.beta != 0.0 {
+            return Err(Error::msg(format!("emu: gemm_lt: the {} epilogue needs beta = 0", ep.kind())));
+        }
+        let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
+        let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
+        let mut a = self.read_matrix(g.a, ar, ac, g.lda, "A")?;
+        let mut b = self.read_matrix(g.b, br, bc, g.ldb, "B")?;
+        if math == GemmMath::Bf16Fast {
+            // The library's down-conversion, modelled as round to nearest even (what cvt.rn does).
+            for x in a.iter_mut().chain(b.iter_mut()) {
+                *x = f32::from_bits((crate::backend::cpu::convert::f32_to_bf16(*x) as u32) << 16);
+            }
+        }
+        if let Epilogue::BiasGradA(out) = ep {
+            // Σ_k op(A)[i, k], in f32 in k order, over the operand as the product reads it.
+            let at = |i: usize, kk: usize| if g.trans_a { a[kk * g.lda + i] } else { a[i * g.lda + kk] };
+            let sums: Vec<f32> = (0..g.m).map(|i| (0..g.k).fold(0f32, |s, kk| s + at(i, kk))).collect();
+            self.check_range(out, g.m * 4, "gemm_lt bias gradient")?;
+            // SAFETY: `m` f32 at `out` lie inside a live allocation (checked above).
+            unsafe { std::ptr::copy_nonoverlapping(sums.as_ptr(), out as *mut f32, g.m) };
+        }
+        // SAFETY: forwarded from the caller's guarantee on C.
+        unsafe { self.gemm_host(g, &a, &b)? };
+        if let Epilogue::Bias(bias) | Epilogue::ReluBias(bias) = ep {
+            let bias = self.read_matrix(bias, 1, g.n, g.n, "bias")?;
+            let relu = matches!(ep, Epilogue::ReluBias(_));
+            let c = g.c as *mut f32;
+            for i in 0..g.m {
+                for (j, bj) in bias.iter().enumerate() {
+                    // SAFETY: gemm_host checked C's span and alignment.
+                    unsafe {
+                        let p = c.add(i * g.ldc + j);
+                        let v = *p + bj;
+                        *p = if relu && v < 0.0 { 0.0 } else { v };
+                    }
+                }
+            }
+        }
+        Ok(true)
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -1,16 +1,47 @@
-//! The matrix products: Linear layers as cuBLAS GEMMs (exact fp32 `sgemm`, or bf16 operands with
-//! fp32 accumulation on tensor cores when the backend runs in bf16), the bias added by
-//! `bias_forward` (kernels/activation.cu) and the bias gradient by the column sums of reduce.cu.
+//! The matrix products: Linear layers as cuBLASLt products (exact fp32, or bf16 operands with
+//! fp32 accumulation on tensor cores when the backend runs in bf16) with the bias, the ReLU and
+//! the bias gradient fused into their epilogues; where the device has no such product, cuBLAS
+//! GEMMs with the bias added by `bias_forward` (kernels/activation.cu), the ReLU by
+//! activation.cu and the bias gradient by the column sums of reduce.cu.
 
-use super::device::{Device, Gemm};
+use super::device::{Device, Epilogue, Gemm, GemmMath};
 use super::launch::{i, need, p, pm};
 use super::memory::{GView, GViewMut};
 use super::Gpu;
+use crate::backend::Activation;
 
 impl<D: Device> Gpu<D> {
+    /// The product `g` fused with `ep` on cuBLASLt, if this backend uses fused products and the
+    /// device has one for it. False: nothing was run, the caller does it the plain way. After a
+    /// device error (kept sticky) it returns true, so that the caller issues nothing more.
+    pub(crate) fn gemm_fused(&self, g: Gemm, ep: Epilogue) -> bool {
+        if self.failed() {
+            return true;
+        }
+        if !self.fused || (self.bf16 && self.bf16_copies) {
+            return false;
+        }
+        let math = if self.bf16 { GemmMath::Bf16Fast } else { GemmMath::F32 };
+        // SAFETY: the launcher checked the matrices and the epilogue's vector against the views.
+        match unsafe { self.dev.gemm_lt(&g, math, ep) } {
+            Ok(true) => {
+                self.profile_mark("matmul");
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                self.record(Err(e));
+                true
+            }
+        }
+    }
+
     /// C = alpha·op(A)·op(B) + beta·C, in bf16 when the backend runs in bf16 (see [`Gpu::new_bf16`]).
     pub(crate) fn sgemm(&self, g: Gemm) {
         if self.failed() || g.m == 0 || g.n == 0 {
+            return;
+        }
+        if g.k > 0 && self.gemm_fused(g, Epilogue::None) {
             return;
         }
         if self.bf16 && g.k > 0 {
@@ -67,8 +98,34 @@ pub(super) fn forward<D: Device>(
     need("matmul_forward", "out", out.len, n * oc);
     need("matmul_forward", "inp", inp.len, n * ic);
     need("matmul_forward", "weight", weight.len, oc * ic);
-    // out (n,oc) = inp (n,ic) · weightᵀ
-    g.sgemm(Gemm {
+    if let Some(bias) = &bias {
+        need("matmul_forward", "bias", bias.len, oc);
+    }
+    let gemm = forward_gemm(&out, &inp, &weight, n, ic, oc);
+    if let Some(bias) = &bias {
+        if ic > 0 && g.gemm_fused(gemm, Epilogue::Bias(bias.ptr)) {
+            return;
+        }
+    }
+    g.sgemm(gemm);
+    if ic == 0 && n * oc > 0 {
+        g.zero_bytes(out.ptr, n * oc);
+    }
+    if let Some(bias) = bias {
+        g.launch_n("bias_forward", n * oc, &[pm(&out), p(&bias), i(n), i(oc)]);
+    }
+}
+
+/// out (n,oc) = inp (n,ic) · weightᵀ.
+fn forward_gemm(
+    out: &GViewMut<'_>,
+    inp: &GView<'_>,
+    weight: &GView<'_>,
+    n: usize,
+    ic: usize,
+    oc: usize,
+) -> Gemm {
+    Gemm {
         trans_a: false,
         trans_b: true,
         m: n,
@@ -82,14 +139,38 @@ pub(super) fn forward<D: Device>(
         beta: 0.0,
         c: out.ptr,
         ldc: oc,
-    });
-    if ic == 0 && n * oc > 0 {
-        g.zero_bytes(out.ptr, n * oc);
     }
-    if let Some(bias) = bias {
-        need("matmul_forward", "bias", bias.len, oc);
-        g.launch_n("bias_forward", n * oc, &[pm(&out), p(&bias), i(n), i(oc)]);
+}
+
+/// See [`Backend::matmul_act_forward`](crate::backend::Backend::matmul_act_forward): ReLU with a
+/// bias runs as one product with the `RELU_BIAS` epilogue (`pre` unwritten: ReLU's backward reads
+/// only `out`); anything else as the product, then the activation kernel.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn act_forward<D: Device>(
+    g: &Gpu<D>,
+    pre: GViewMut<'_>,
+    out: GViewMut<'_>,
+    inp: GView<'_>,
+    weight: GView<'_>,
+    bias: Option<GView<'_>>,
+    n: usize,
+    ic: usize,
+    oc: usize,
+    act: Activation,
+) {
+    need("matmul_act_forward", "out", out.len, n * oc);
+    need("matmul_act_forward", "pre", pre.len, n * oc);
+    need("matmul_act_forward", "inp", inp.len, n * ic);
+    need("matmul_act_forward", "weight", weight.len, oc * ic);
+    if let (Activation::Relu, Some(bias)) = (act, &bias) {
+        need("matmul_act_forward", "bias", bias.len, oc);
+        if ic > 0 && g.gemm_fused(forward_gemm(&out, &inp, &weight, n, ic, oc), Epilogue::ReluBias(bias.ptr))
+        {
+            return;
+        }
     }
+    forward(g, GViewMut::new(pre.ptr, pre.len), inp, weight, bias, n, ic, oc);
+    super::activation::forward(g, out, pre.as_view(), act);
 }
 
 /// See [`Backend::matmul_backward`](crate::backend::Backend::matmul_backward).
@@ -135,7 +216,7 @@ pub(super) fn backward<D: Device>(
     }
     // dweight (oc,ic) += doutᵀ (oc,n) · inp (n,ic)
     if n > 0 {
-        g.sgemm(Gemm {
+        let gw = Gemm {
             trans_a: true,
             trans_b: false,
             m: oc,
@@ -149,7 +230,24 @@ pub(super) fn backward<D: Device>(
             beta: 1.0,
             c: dweight.ptr,
             ldc: ic,
-        });
+        };
+        if let Some(dbias) = &dbias {
+            need("matmul_backward", "dbias", dbias.len, oc);
+            // The product's epilogue reduces doutᵀ over the tokens into scratch (it overwrites
+            // its vector), which is then added to dbias (gradients accumulate).
+            if ic > 0 {
+                match g.alloc_uninit::<f32>(oc) {
+                    Ok(sums) => {
+                        if g.gemm_fused(gw, Epilogue::BiasGradA(sums.ptr)) {
+                            g.add_vector(dbias.ptr, sums.ptr, oc);
+                            return;
+                        }
+                    }
+                    Err(e) => return g.record(Err(e)),
+                }
+            }
+        }
+        g.sgemm(gw);
     }
     if let Some(dbias) = dbias {
         need("matmul_backward", "dbias", dbias.len, oc);

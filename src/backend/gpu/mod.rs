@@ -60,6 +60,9 @@ pub struct Gpu<D: Device> {
     /// Attention by the flash kernels on bf16 tensor cores where the head size allows (see
     /// [`attention::flash_dim`]); on with bf16.
     flash: bool,
+    /// Matrix products through [`Device::gemm_lt`] (cuBLASLt) with the bias, bias + ReLU and
+    /// bias-gradient epilogues fused, where the device offers them; on by default.
+    fused: bool,
     /// Whether ops are being timed ([`Backend::breakdown_start`]).
     profiling: AtomicBool,
     /// The marks recorded after each op while timing, with the op's family.
@@ -79,6 +82,7 @@ impl<D: Device> Gpu<D> {
             bf16: false,
             bf16_copies: false,
             flash: false,
+            fused: true,
             profiling: AtomicBool::new(false),
             marks: Mutex::new(Vec::new()),
         }
@@ -103,6 +107,13 @@ impl<D: Device> Gpu<D> {
     /// the GEMM (false, the default); no effect in f32 mode.
     pub fn with_bf16_copies(mut self, on: bool) -> Self {
         self.bf16_copies = on;
+        self
+    }
+
+    /// The same backend with the matrix products through cuBLASLt with fused epilogues (true,
+    /// the default) or through cuBLAS with separate bias, ReLU and bias-gradient kernels.
+    pub fn with_fused_gemms(mut self, on: bool) -> Self {
+        self.fused = on;
         self
     }
 
@@ -134,6 +145,12 @@ impl<D: Device> Gpu<D> {
     /// Whether attention with `nh` heads over `c` columns runs on the flash kernels.
     pub fn uses_flash_attention(&self, nh: usize, c: usize) -> bool {
         self.flash && nh > 0 && c % nh == 0 && attention::flash_dim(c / nh).is_some()
+    }
+
+    /// Whether the matrix products go through cuBLASLt with fused epilogues (see
+    /// [`Gpu::with_fused_gemms`]; not with the bf16 copies of `NLI_BERT_BF16_GEMM=copies`).
+    pub fn uses_fused_gemms(&self) -> bool {
+        self.fused && !(self.bf16 && self.bf16_copies) && self.dev.has_fused_gemms()
     }
 
     /// Whether the matrix products run in bf16.
@@ -180,6 +197,9 @@ impl<D: Device> Backend for Gpu<D> {
         let mut name = self.dev.name();
         if self.bf16 {
             name.push_str(if self.bf16_copies { ", bf16 GEMMs on copies" } else { ", bf16 GEMMs" });
+        }
+        if self.uses_fused_gemms() {
+            name.push_str(", fused epilogues");
         }
         if self.flash {
             name.push_str(", flash attention");
@@ -243,6 +263,14 @@ impl<D: Device> Backend for Gpu<D> {
     fn slice_mut<'a>(&self, b: &'a mut Self::Buf, r: Range<usize>) -> GViewMut<'a> {
         assert!(r.start <= r.end && r.end <= b.len, "slice_mut {r:?} of a buffer of {} elements", b.len);
         GViewMut::new(b.ptr + r.start as u64 * ELEM, r.len())
+    }
+
+    fn reborrow_mut<'a>(&self, s: &'a mut GViewMut<'_>) -> GViewMut<'a> {
+        GViewMut::new(s.ptr, s.len)
+    }
+
+    fn as_slice<'a>(&self, s: &'a GViewMut<'_>) -> GView<'a> {
+        s.as_view()
     }
 
     fn split_mut<'a>(&self, b: &'a mut Self::Buf, ranges: &[Range<usize>]) -> Vec<GViewMut<'a>> {
@@ -326,6 +354,21 @@ impl<D: Device> Backend for Gpu<D> {
         oc: usize,
     ) {
         matmul::forward(self, out, inp, weight, bias, n, ic, oc);
+    }
+
+    fn matmul_act_forward(
+        &self,
+        pre: GViewMut<'_>,
+        out: GViewMut<'_>,
+        inp: GView<'_>,
+        weight: GView<'_>,
+        bias: Option<GView<'_>>,
+        n: usize,
+        ic: usize,
+        oc: usize,
+        act: Activation,
+    ) {
+        matmul::act_forward(self, pre, out, inp, weight, bias, n, ic, oc, act);
     }
 
     fn matmul_backward(

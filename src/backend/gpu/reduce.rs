@@ -19,6 +19,13 @@ impl<D: Device> Gpu<D> {
         self.launch_n("colsum_finish", s * c, &[KArg::Ptr(out), KArg::Ptr(partial), i(s), i(chunks), i(c)]);
     }
 
+    /// out (C,) += x (C,) (stage 2 of the column sums with one chunk).
+    pub(crate) fn add_vector(&self, out: DevPtr, x: DevPtr, c: usize) {
+        if c > 0 && !self.failed() {
+            self.colsum_finish(out, x, 1, 1, c);
+        }
+    }
+
     /// out (C,) += Σ_rows x (N, C), deterministic (two stages, fixed order).
     pub(crate) fn column_sums(&self, out: DevPtr, x: DevPtr, n: usize, c: usize) {
         if n == 0 || c == 0 || self.failed() {
