@@ -6,7 +6,10 @@
 //   v <- v*beta2 + (1 - beta2)*g*g
 //   p <- p + neg_step * m / (sqrt(v)/bc2 + eps)
 // Host scalars are rounded once to float. adam_update_rows does the same for whole rows listed in
-// `rows` of a (R, row_len) table; zero_rows zeroes such rows.
+// `rows` of a (R, row_len) table; zero_rows zeroes such rows. A negative row is padding (a list
+// rounded up to a fixed capacity, so that a step graph keeps its launch shape) and is skipped.
+// `skip` (may be null): when it points at a non-zero flag the step does nothing (the loss of the
+// batch was not finite, see classifier.cu's loss_nonfinite; the parameters stay as they were).
 #include "common.cuh"
 
 __device__ __forceinline__ void nli_adam_one(float* p, const float* g, float* m, float* v, long long i, float l2,
@@ -29,9 +32,10 @@ __device__ __forceinline__ void nli_adam_one(float* p, const float* g, float* m,
 extern "C" __global__ void adam_update(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
                                        float* __restrict__ v, long long n, float l2, float decay, float lerp_w,
                                        float lerp_w1, int small_w, float beta2, float one_minus_beta2,
-                                       float neg_step, float bc2, float eps) {
+                                       float neg_step, float bc2, float eps, const int* __restrict__ skip) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
+    if (skip != nullptr && *skip != 0) return;
     nli_adam_one(p, g, m, v, i, l2, decay, lerp_w, lerp_w1, small_w, beta2, one_minus_beta2, neg_step, bc2, eps);
 }
 
@@ -40,16 +44,20 @@ extern "C" __global__ void adam_update_rows(float* __restrict__ p, const float* 
                                             float* __restrict__ m, float* __restrict__ v,
                                             const int* __restrict__ rows, int row_len, float l2, float decay,
                                             float lerp_w, float lerp_w1, int small_w, float beta2,
-                                            float one_minus_beta2, float neg_step, float bc2, float eps) {
+                                            float one_minus_beta2, float neg_step, float bc2, float eps,
+                                            const int* __restrict__ skip) {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= row_len) return;
-    long long i = (long long)rows[blockIdx.y] * row_len + j;
+    int r = rows[blockIdx.y];
+    if (j >= row_len || r < 0) return;
+    if (skip != nullptr && *skip != 0) return;
+    long long i = (long long)r * row_len + j;
     nli_adam_one(p, g, m, v, i, l2, decay, lerp_w, lerp_w1, small_w, beta2, one_minus_beta2, neg_step, bc2, eps);
 }
 
 // grid: (ceil(row_len / blockDim.x), nrows)
 extern "C" __global__ void zero_rows(float* __restrict__ buf, const int* __restrict__ rows, int row_len) {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= row_len) return;
-    buf[(long long)rows[blockIdx.y] * row_len + j] = 0.0f;
+    int r = rows[blockIdx.y];
+    if (j >= row_len || r < 0) return;
+    buf[(long long)r * row_len + j] = 0.0f;
 }

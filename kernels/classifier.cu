@@ -53,3 +53,13 @@ extern "C" __global__ void cls_backward(float* __restrict__ dx, const float* __r
     int row = cu_seqlens[s];
     if (cu_seqlens[s + 1] > row) dx[(long long)row * c + ch] = dout[i];
 }
+
+// *flag = 1 when any of losses[0..n) is not finite, else 0 (one block, any size). A step graph
+// computes it after the loss so that Adam skips a bad batch on the device (adam.cu's `skip`),
+// as the host does without graphs.
+extern "C" __global__ void loss_nonfinite(const float* __restrict__ losses, int n, int* __restrict__ flag) {
+    int bad = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) bad |= !(fabsf(losses[i]) <= 3.402823466e38f);
+    bad = __syncthreads_or(bad);
+    if (threadIdx.x == 0) *flag = bad;
+}

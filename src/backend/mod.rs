@@ -39,6 +39,9 @@ pub struct BatchLayout {
     /// (B+1,) prefix sums of `len_b²`: sequence `b`'s attention matrices for head `h` start at
     /// `nh * att_offsets[b] + h * len_b²` in the `att` buffer.
     pub att_offsets: Vec<usize>,
+    /// The leading sequences that are examples (with a label, gathered by the classifier): all
+    /// of them, except after [`BatchLayout::padded`], whose last sequence is padding.
+    pub examples: usize,
 }
 
 impl BatchLayout {
@@ -52,7 +55,24 @@ impl BatchLayout {
             cu.push(cu.last().copied().unwrap_or(0) + l);
             att.push(att.last().copied().unwrap_or(0) + l * l);
         }
-        BatchLayout { cu_seqlens: cu, att_offsets: att }
+        BatchLayout { cu_seqlens: cu, att_offsets: att, examples: lens.len() }
+    }
+
+    /// Layout for sequences of the given lengths followed by one padding sequence of `pad`
+    /// tokens (none when `pad` is 0), which is no example: it fills a packed batch up to a fixed
+    /// length (a step graph's bucket) and, attending only to itself and gathered by nothing, gets
+    /// no gradient and changes no other sequence's result.
+    pub fn padded(lens: &[usize], pad: usize) -> Self {
+        let mut all = lens.to_vec();
+        if pad > 0 {
+            all.push(pad);
+        }
+        BatchLayout { examples: lens.len(), ..Self::new(&all) }
+    }
+
+    /// Number of examples (sequences with a label), B without the padding sequence.
+    pub fn examples(&self) -> usize {
+        self.examples.min(self.b())
     }
     /// Number of sequences B.
     pub fn b(&self) -> usize {
@@ -143,6 +163,10 @@ pub trait Backend {
     type SliceMut<'a>
     where
         Self: 'a;
+
+    /// A recorded training step (a CUDA graph, see [`Backend::graph_capture`]); `()` where the
+    /// backend records none.
+    type Graph: Send;
 
     /// Human-readable device name, e.g. `cpu (2 threads)`.
     fn name(&self) -> String;
@@ -341,9 +365,9 @@ pub trait Backend {
     );
 
     // ---- <cls> gather -------------------------------------------------------------------
-    /// out (B,C) = x (T,C) at the first row of each sequence.
+    /// out (B,C) = x (T,C) at the first row of each example sequence ([`BatchLayout::examples`]).
     fn cls_forward(&self, out: Self::SliceMut<'_>, x: Self::Slice<'_>, batch: &DeviceBatch<Self>, c: usize);
-    /// dx (T,C) = 0 except the first row of each sequence, which gets dout (B,C).
+    /// dx (T,C) = 0 except the first row of each example sequence, which gets dout (B,C).
     fn cls_backward(
         &self,
         dx: Self::SliceMut<'_>,
@@ -406,6 +430,39 @@ pub trait Backend {
     );
     /// Sets the rows `rows` of a (R, row_len) table to zero.
     fn zero_rows(&self, buf: Self::SliceMut<'_>, rows: &[u32], row_len: usize);
+
+    // ---- step graphs --------------------------------------------------------------------
+    /// Whether a training step of a model with `nh` heads over `c` columns can be recorded once
+    /// and replayed ([`Backend::graph_capture`]): the launch shapes of every op must depend only on
+    /// the packed length and the number of sequences (on the GPU: with flash attention).
+    fn graphs_supported(&self, nh: usize, c: usize) -> bool {
+        let _ = (nh, c);
+        false
+    }
+    /// Records the ops `f` issues into a new graph without running them (replay it to run).
+    fn graph_capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Self::Graph> {
+        let _ = f;
+        Err(crate::error::Error::msg(format!("{} records no step graphs", self.name())))
+    }
+    /// Re-issues a step's ops into `graph` (new kernel arguments and uploaded bytes); nothing
+    /// runs. `Ok(Some(why))`: the ops differ from the graph's, which must be captured anew.
+    fn graph_update(&self, graph: &Self::Graph, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<String>> {
+        let _ = (graph, f);
+        Err(crate::error::Error::msg(format!("{} records no step graphs", self.name())))
+    }
+    /// Runs a recorded step.
+    fn graph_replay(&self, graph: &Self::Graph) -> Result<()> {
+        let _ = graph;
+        Err(crate::error::Error::msg(format!("{} records no step graphs", self.name())))
+    }
+    /// From now on, [`Backend::adam_update`] and [`Backend::adam_update_rows`] do nothing when any
+    /// of `losses` is not finite (a flag computed on the device, for steps that do not read the
+    /// loss before the optimizer: graphs). The CPU checks the loss on the host instead.
+    fn loss_guard(&self, losses: Self::Slice<'_>) {
+        let _ = losses;
+    }
+    /// Ends [`Backend::loss_guard`].
+    fn loss_guard_clear(&self) {}
 
     /// Waits for the work issued so far and returns the first error of any earlier op (a GPU's
     /// ops cannot return their device errors). Nothing to wait for on the CPU.

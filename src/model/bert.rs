@@ -143,7 +143,25 @@ pub struct Output {
 
 /// Uploads a packed host batch.
 pub fn upload_batch<B: Backend>(be: &B, batch: &Batch) -> Result<DeviceBatch<B>> {
-    let layout = BatchLayout::new(&batch.lens);
+    upload_batch_padded(be, batch, 0)
+}
+
+/// Uploads a packed host batch followed by a padding sequence of `pad` tokens (token 0, segment
+/// 0, positions 0..pad; see [`BatchLayout::padded`]); `pad` must not exceed the positional table.
+pub fn upload_batch_padded<B: Backend>(be: &B, batch: &Batch, pad: usize) -> Result<DeviceBatch<B>> {
+    if pad > 0 {
+        let mut b = batch.clone();
+        b.tokens.resize(b.tokens.len() + pad, 0);
+        b.segments.resize(b.segments.len() + pad, 0);
+        b.positions.extend(0..pad as i32);
+        let mut db = upload_layout(be, &b, BatchLayout::padded(&batch.lens, pad))?;
+        db.labels_host.truncate(batch.lens.len());
+        return Ok(db);
+    }
+    upload_layout(be, batch, BatchLayout::new(&batch.lens))
+}
+
+fn upload_layout<B: Backend>(be: &B, batch: &Batch, layout: BatchLayout) -> Result<DeviceBatch<B>> {
     let to_i32 = |v: &[usize]| -> Result<Vec<i32>> {
         v.iter()
             .map(|&x| {
@@ -197,9 +215,31 @@ impl<B: Backend> Model<B> {
 
     /// Forward pass over a packed batch: fills `acts`, returns the loss sum and correct count.
     pub fn forward(&self, be: &B, acts: &mut Acts<B>, batch: &DeviceBatch<B>, mode: Mode) -> Result<Output> {
+        self.forward_ops(be, acts, batch, mode)?;
+        self.output(be, acts, batch.layout.examples(), &batch.labels_host)
+    }
+
+    /// The loss sum and correct count of the last forward over `nb` examples with these labels
+    /// (reads the losses and logits back: waits for the device).
+    pub fn output(&self, be: &B, acts: &Acts<B>, nb: usize, labels: &[i32]) -> Result<Output> {
+        let k = self.cfg.num_labels;
+        let losses = be.download(be.slice(&acts.losses, 0..nb))?;
+        let logits = be.download(be.slice(&acts.logits, 0..nb * k))?;
+        let loss_sum: f64 = losses.iter().map(|x| x.to_f64()).sum();
+        let correct = (0..nb).filter(|&i| argmax(&logits[i * k..(i + 1) * k]) as i32 == labels[i]).count();
+        Ok(Output { loss_sum, correct, n: nb })
+    }
+
+    /// The per-example losses of the last forward (B,), on the device.
+    pub fn losses<'a>(&self, be: &B, acts: &'a Acts<B>, nb: usize) -> B::Slice<'a> {
+        be.slice(&acts.losses, 0..nb)
+    }
+
+    /// The forward pass's ops, without reading anything back (see [`Model::forward`]).
+    pub fn forward_ops(&self, be: &B, acts: &mut Acts<B>, batch: &DeviceBatch<B>, mode: Mode) -> Result<()> {
         let cfg = &self.cfg;
         let (c, f, nh, k) = (cfg.hidden, cfg.ffn, cfg.heads, cfg.num_labels);
-        let (t, nb) = (batch.layout.t(), batch.layout.b());
+        let (t, nb) = (batch.layout.t(), batch.layout.examples());
         acts.ensure(be, cfg, &batch.layout)?;
         let r = &self.layout.ranges;
         let p = &self.params;
@@ -367,12 +407,7 @@ impl<B: Backend> Model<B> {
             batch,
             k,
         );
-        let losses = be.download(be.slice(&acts.losses, 0..nb))?;
-        let logits = be.download(be.slice(&acts.logits, 0..nb * k))?;
-        let loss_sum: f64 = losses.iter().map(|x| x.to_f64()).sum();
-        let correct =
-            (0..nb).filter(|&i| argmax(&logits[i * k..(i + 1) * k]) as i32 == batch.labels_host[i]).count();
-        Ok(Output { loss_sum, correct, n: nb })
+        Ok(())
     }
 
     /// Backward pass of `Σ losses` through the activations of the last forward; gradients of the
@@ -380,7 +415,7 @@ impl<B: Backend> Model<B> {
     pub fn backward(&mut self, be: &B, acts: &mut Acts<B>, batch: &DeviceBatch<B>, mode: Mode) -> Result<()> {
         let cfg = self.cfg.clone();
         let (c, f, nh, k) = (cfg.hidden, cfg.ffn, cfg.heads, cfg.num_labels);
-        let (t, nb) = (batch.layout.t(), batch.layout.b());
+        let (t, nb) = (batch.layout.t(), batch.layout.examples());
         if acts.t_cap < t || acts.b_cap < nb {
             return Err(Error::msg("backward called without a matching forward"));
         }
@@ -391,6 +426,7 @@ impl<B: Backend> Model<B> {
         let tf = 0..t * f;
         let bc = 0..nb * c;
         let hf = r.emb_ln.is_some();
+        let (mut dx_swaps, mut swapped_dpool) = (0usize, false);
 
         be.crossentropy_backward(
             be.slice_mut(&mut acts.dlogits, 0..nb * k),
@@ -425,6 +461,7 @@ impl<B: Backend> Model<B> {
                 mode.site(site::CLASSIFIER),
             );
             std::mem::swap(&mut acts.dcls, &mut acts.dpool);
+            swapped_dpool = true;
         }
         be.activation_backward(
             be.slice_mut(&mut acts.dpool_pre, bc.clone()),
@@ -576,6 +613,7 @@ impl<B: Backend> Model<B> {
             }
             // dx_b = ∂L/∂x is the next (lower) block's ∂L/∂out.
             std::mem::swap(&mut acts.dx_a, &mut acts.dx_b);
+            dx_swaps += 1;
         }
 
         // dx_a = ∂L/∂(encoder input).
@@ -587,6 +625,7 @@ impl<B: Backend> Model<B> {
                     mode.site(site::EMBEDDING),
                 );
                 std::mem::swap(&mut acts.dx_a, &mut acts.dx_b);
+                dx_swaps += 1;
             }
             let (dw, db) = split2(be, g, lw, lb)?;
             be.layernorm_backward(
@@ -604,6 +643,7 @@ impl<B: Backend> Model<B> {
                 c,
             );
             std::mem::swap(&mut acts.dx_a, &mut acts.dx_b);
+            dx_swaps += 1;
         }
         let mut gs = if cfg.train_pos_embedding {
             be.split_mut(g, &[r.wpe.clone(), r.wte.clone(), r.wse.clone()])
@@ -616,6 +656,14 @@ impl<B: Backend> Model<B> {
             return Err(Error::msg("internal: split_mut"));
         };
         be.embedding_backward(dwte, dwse, dwpe, be.slice(&acts.dx_a, tc), batch, c);
+        // The swapped scratch buffers go back to their places, so that every step addresses the
+        // same memory in the same roles (a replayed step graph depends on it).
+        if dx_swaps % 2 == 1 {
+            std::mem::swap(&mut acts.dx_a, &mut acts.dx_b);
+        }
+        if swapped_dpool {
+            std::mem::swap(&mut acts.dcls, &mut acts.dpool);
+        }
         Ok(())
     }
 
@@ -706,7 +754,7 @@ impl<B: Backend> Acts<B> {
     }
 
     /// Grows the buffers to hold a batch of this layout (never shrinks).
-    fn ensure(&mut self, be: &B, cfg: &BertConfig, layout: &BatchLayout) -> Result<()> {
+    pub fn ensure(&mut self, be: &B, cfg: &BertConfig, layout: &BatchLayout) -> Result<()> {
         let (t, nb, att) = (layout.t(), layout.b(), be.attention_saved_len(layout, cfg.heads, cfg.hidden));
         let (c, f, k) = (cfg.hidden, cfg.ffn, cfg.num_labels);
         if t > self.t_cap {

@@ -2,11 +2,20 @@
 //! criterion benches, the tests): upload the batch, zero the gradients, forward, backward, Adam.
 //! It is a method of [`Model`] defined here, beside the optimizer it drives, so that the model
 //! module does not depend on the training module.
+//!
+//! [`Model::train_step_graphed`] is the same step recorded once per packed-length bucket as a
+//! graph (a CUDA graph on a GPU) and replayed: the batch is padded up to its bucket with one
+//! padding sequence (no example, no gradient), the ops are re-issued into the graph only to
+//! update what changes from step to step (the uploaded batch, the dropout step, Adam's bias
+//! corrections), and Adam skips a batch with a non-finite loss on the device. The results are
+//! those of [`Model::train_step`] on the unpadded batch.
+
+use std::collections::HashMap;
 
 use crate::backend::Backend;
 use crate::data::batch::Batch;
 use crate::error::Result;
-use crate::model::bert::{upload_batch, Acts, Mode, Model, Output};
+use crate::model::bert::{upload_batch, upload_batch_padded, Acts, Mode, Model, Output};
 use crate::train::optim::Adam;
 
 impl<B: Backend> Model<B> {
@@ -31,5 +40,105 @@ impl<B: Backend> Model<B> {
             opt.step_batch(be, self, &batch.tokens);
         }
         Ok(out)
+    }
+
+    /// [`Model::train_step`] as a replayed graph (see the module documentation). The parameters
+    /// are left as they were after a non-finite loss, as there.
+    pub fn train_step_graphed(
+        &mut self,
+        be: &B,
+        opt: &mut Adam<B>,
+        acts: &mut Acts<B>,
+        batch: &Batch,
+        mode: Mode,
+        graphs: &mut StepGraphs<B>,
+    ) -> Result<Output> {
+        let (t, nb) = (batch.tokens.len(), batch.lens.len());
+        let bucket = graphs.bucket.min(self.cfg.max_positions).max(1);
+        let tb = t.div_ceil(bucket).max(1) * bucket;
+        let pad = tb - t;
+        // Buffers that outlive the step are sized before any capture (a graph owns only what a
+        // step takes while it is captured).
+        let layout = crate::backend::BatchLayout::padded(&batch.lens, pad);
+        acts.ensure(be, &self.cfg, &layout)?;
+        let key = (tb, nb);
+        let record = |model: &mut Model<B>, opt: &mut Adam<B>, acts: &mut Acts<B>| -> Result<()> {
+            let db = upload_batch_padded(be, batch, pad)?;
+            opt.zero_grad(be, model);
+            model.forward_ops(be, acts, &db, mode)?;
+            be.loss_guard(model.losses(be, acts, nb));
+            let r = model.backward(be, acts, &db, mode);
+            opt.step_batch(be, model, &batch.tokens);
+            be.loss_guard_clear();
+            r
+        };
+        let mut updated = false;
+        if let Some(g) = graphs.graphs.get(&key) {
+            let mismatch = be.graph_update(g, &mut || record(self, opt, acts))?;
+            updated = mismatch.is_none();
+            if updated {
+                graphs.updates += 1;
+            } else {
+                graphs.last_mismatch = mismatch;
+                // The re-issued step did not match (a shape changed): its host-side optimizer step
+                // is taken again by the capture below.
+                opt.t -= 1;
+                graphs.graphs.remove(&key);
+                graphs.recaptures += 1;
+            }
+        }
+        if !updated {
+            let g = be.graph_capture(&mut || record(self, opt, acts))?;
+            graphs.graphs.insert(key, g);
+            graphs.captures += 1;
+        }
+        let g = graphs.graphs.get(&key).ok_or_else(|| crate::error::Error::msg("step graph missing"))?;
+        be.graph_replay(g)?;
+        self.output(be, acts, nb, &batch.labels)
+    }
+}
+
+/// The step graphs of a run, one per (packed length rounded up to the bucket, examples).
+pub struct StepGraphs<B: Backend> {
+    graphs: HashMap<(usize, usize), B::Graph>,
+    /// Tokens per bucket: a batch of T tokens is padded to the next multiple (at most the
+    /// positional table's length, which bounds the padding sequence).
+    pub bucket: usize,
+    /// Graphs captured (each the first step of its bucket, or after a mismatch).
+    pub captures: usize,
+    /// Steps replayed through an updated graph.
+    pub updates: usize,
+    /// Updates that found the step's ops changed and captured anew.
+    pub recaptures: usize,
+    /// Why the last such update did not match.
+    pub last_mismatch: Option<String>,
+}
+
+impl<B: Backend> StepGraphs<B> {
+    /// No graphs yet; batches padded to multiples of `bucket` tokens.
+    pub fn new(bucket: usize) -> Self {
+        StepGraphs {
+            graphs: HashMap::new(),
+            bucket,
+            captures: 0,
+            updates: 0,
+            recaptures: 0,
+            last_mismatch: None,
+        }
+    }
+
+    /// Number of graphs held.
+    pub fn len(&self) -> usize {
+        self.graphs.len()
+    }
+
+    /// Whether no graph is held.
+    pub fn is_empty(&self) -> bool {
+        self.graphs.is_empty()
+    }
+
+    /// Drops every graph (before the buffers they address change).
+    pub fn clear(&mut self) {
+        self.graphs.clear();
     }
 }

@@ -75,10 +75,11 @@ pub(super) fn crossentropy_backward<F: Float>(
     }
 }
 
-/// out (B,C) = x (T,C) at the first row of each sequence (an empty sequence gives a zero row).
+/// out (B,C) = x (T,C) at the first row of each example sequence (an empty sequence gives a zero
+/// row); a padding sequence after the examples is not gathered.
 pub(super) fn cls_forward<F: Float>(out: &mut [F], x: &[F], layout: &BatchLayout, c: usize) {
     let t = check_layout("cls_forward", layout);
-    let nb = layout.b();
+    let nb = layout.examples();
     assert!(
         out.len() >= nb * c && x.len() >= t * c,
         "cls_forward: out has {} elements (need B·C = {}), x {} (need T·C = {})",
@@ -101,7 +102,7 @@ pub(super) fn cls_forward<F: Float>(out: &mut [F], x: &[F], layout: &BatchLayout
 /// dx (T,C) overwritten: zero except the first row of each sequence, which gets dout (B,C).
 pub(super) fn cls_backward<F: Float>(dx: &mut [F], dout: &[F], layout: &BatchLayout, c: usize) {
     let t = check_layout("cls_backward", layout);
-    let nb = layout.b();
+    let nb = layout.examples();
     assert!(
         dx.len() >= t * c && dout.len() >= nb * c,
         "cls_backward: dx has {} elements (need T·C = {}), dout {} (need B·C = {})",
@@ -117,4 +118,10 @@ pub(super) fn cls_backward<F: Float>(dx: &mut [F], dout: &[F], layout: &BatchLay
             dx[r * c..(r + 1) * c].copy_from_slice(&dout[b * c..(b + 1) * c]);
         }
     }
+}
+
+/// Whether any loss is not finite: the twin of classifier.cu's `loss_nonfinite` (the CPU trainer
+/// checks the summed loss on the host, which is finite exactly when every loss is).
+pub fn any_nonfinite<F: Float>(losses: &[F]) -> bool {
+    losses.iter().any(|x| !x.is_finite())
 }

@@ -25,7 +25,7 @@
 mod activation;
 mod adam;
 mod attention;
-mod classifier;
+pub mod classifier;
 pub mod convert;
 mod embedding;
 mod layernorm;
@@ -141,6 +141,7 @@ impl<F: Float> Backend for Cpu<F> {
         = &'a mut [F]
     where
         Self: 'a;
+    type Graph = ();
 
     fn name(&self) -> String {
         format!("cpu ({} thread{})", self.threads, if self.threads == 1 { "" } else { "s" })

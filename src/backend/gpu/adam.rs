@@ -48,6 +48,7 @@ pub(super) fn update<D: Device>(
     );
     let mut args = vec![pm(&params), p(&grads), pm(&m), pm(&v), l(n)];
     args.extend(adam_args(step));
+    args.push(KArg::Ptr(g.guard_ptr()));
     g.launch_n("adam_update", n, &args);
 }
 
@@ -74,6 +75,7 @@ pub(super) fn update_rows<D: Device>(
     g.row_launches("adam_update_rows", rows, row_len, n / row_len.max(1), |rows_ptr, cfg| {
         let mut args = vec![pm(&params), p(&grads), pm(&m), pm(&v), KArg::Ptr(rows_ptr), i(row_len)];
         args.extend(adam_args(step));
+        args.push(KArg::Ptr(g.guard_ptr()));
         g.launch("adam_update_rows", cfg, &args);
     });
 }

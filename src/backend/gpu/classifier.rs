@@ -16,7 +16,7 @@ pub(super) fn cls_forward<D: Device>(
     batch: &DeviceBatch<Gpu<D>>,
     c: usize,
 ) {
-    let (t, nb) = (batch.layout.t(), batch.layout.b());
+    let (t, nb) = (batch.layout.t(), batch.layout.examples());
     need("cls_forward", "out", out.len, nb * c);
     need("cls_forward", "x", x.len, t * c);
     g.launch_n("cls_forward", nb * c, &[pm(&out), p(&x), pi(&batch.cu_seqlens), i(nb), i(c)]);
@@ -30,7 +30,7 @@ pub(super) fn cls_backward<D: Device>(
     batch: &DeviceBatch<Gpu<D>>,
     c: usize,
 ) {
-    let (t, nb) = (batch.layout.t(), batch.layout.b());
+    let (t, nb) = (batch.layout.t(), batch.layout.examples());
     need("cls_backward", "dx", dx.len, t * c);
     need("cls_backward", "dout", dout.len, nb * c);
     g.zero_bytes(dx.ptr, t * c);
@@ -74,4 +74,22 @@ pub(super) fn loss_backward<D: Device>(
     need("crossentropy_backward", "labels", batch.labels.len(), nb);
     let args = [pm(&dlogits), p(&probs), pi(&batch.labels), i(nb), i(k), KArg::F32(scale as f32)];
     g.launch_n("crossentropy_backward", nb * k, &args);
+}
+
+/// See [`Backend::loss_guard`](crate::backend::Backend::loss_guard): `loss_nonfinite` into the
+/// backend's flag (made once, outside any step graph), which Adam's launches then pass.
+pub(super) fn loss_guard<D: Device>(g: &Gpu<D>, losses: GView<'_>) {
+    let flag = {
+        let mut guard = g.guard.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            match g.alloc_persistent::<i32>(1) {
+                Ok(b) => *guard = Some(b),
+                Err(e) => return g.record(Err(e)),
+            }
+        }
+        guard.as_ref().map_or(0, |b| b.ptr)
+    };
+    let cfg = super::device::LaunchCfg::linear(1, 256, 0);
+    g.launch("loss_nonfinite", cfg, &[p(&losses), i(losses.len), KArg::Ptr(flag)]);
+    g.guard_on.store(true, std::sync::atomic::Ordering::Relaxed);
 }

@@ -12,6 +12,7 @@
 //! `NLI_BERT_CUDA_LIB_DIR` (library folders), `NLI_BERT_CUDA_KERNELS=auto|ptx|nvrtc` (kernel
 //! image; `auto`: the precompiled PTX if usable, else NVRTC), `NLI_BERT_HOME` (cubin cache).
 
+mod graphs;
 mod libs;
 mod lt;
 mod module;
@@ -29,6 +30,7 @@ pub use libs::{missing_library_error, preload_libraries, LibraryReport};
 pub use module::Module;
 
 use super::device::{check_args, DevPtr, Device, Epilogue, Gemm, GemmMath, KArg, LaunchCfg};
+use super::graph::{GemmOp, Op, UpdateOutcome};
 use super::nvrtc;
 use crate::error::{Error, Result};
 use ptx::ptx_fits;
@@ -107,6 +109,10 @@ pub struct Cuda {
     lt: Mutex<std::result::Result<lt::Lt, String>>,
     kernels: Option<Module>,
     kernel_origin: String,
+    /// Step graphs being recorded or updated, and their ops (see [`super::graph`]).
+    graphs: Mutex<graphs::CudaGraphs>,
+    /// The instantiated graphs by id.
+    execs: Mutex<std::collections::HashMap<u64, graphs::Exec>>,
     /// Where NVRTC cubins are cached (`$NLI_BERT_HOME`, handed in by the caller).
     cache_dir: PathBuf,
 }
@@ -204,6 +210,8 @@ impl Cuda {
             lt: Mutex::new(Err("not initialised".into())),
             kernels: None,
             kernel_origin: String::new(),
+            graphs: Mutex::default(),
+            execs: Mutex::default(),
             cache_dir: cache_dir.to_path_buf(),
         };
         // SAFETY: `dev` came from cuDeviceGet; released in Drop.
@@ -373,6 +381,7 @@ impl Drop for Cuda {
             // SAFETY: live stream of this context.
             let _ = unsafe { drv::stream::synchronize(self.stream) };
         }
+        self.graph_drop_all();
         self.kernels = None;
         *self.lt.get_mut().unwrap_or_else(|p| p.into_inner()) = Err("dropped".into());
         let h = *self.blas.get_mut().unwrap_or_else(|p| p.into_inner());
@@ -462,9 +471,13 @@ impl Device for Cuda {
         if src.is_empty() {
             return Ok(());
         }
+        // SAFETY: forwarded from the caller.
+        if unsafe { self.graph_upload(dst, src)? } {
+            return Ok(());
+        }
         bind(self.ctx)?;
         // SAFETY: the caller guarantees `dst .. dst + len` is live. `src` is pageable memory
-        // (this crate never pins host memory), which the driver has staged before returning.
+        // (pinned staging is used only by step graphs), which the driver has staged before returning.
         unsafe { drv::memcpy_htod_async(dst, src, self.stream) }
             .map_err(drv_err(format_args!("copying {} bytes to the device", src.len())))
     }
@@ -473,6 +486,7 @@ impl Device for Cuda {
         if dst.is_empty() {
             return Ok(());
         }
+        self.not_in_graph("reading device memory back")?;
         bind(self.ctx)?;
         // SAFETY: the caller guarantees the source range is live; `dst` is borrowed until the
         // stream is synchronized below.
@@ -486,6 +500,9 @@ impl Device for Cuda {
 
     unsafe fn memset_zero(&self, dst: DevPtr, bytes: usize) -> Result<()> {
         if bytes == 0 {
+            return Ok(());
+        }
+        if let graphs::Step::Done = self.graph_op(Op::Memset { dst, bytes }) {
             return Ok(());
         }
         bind(self.ctx)?;
@@ -503,13 +520,17 @@ impl Device for Cuda {
                 self.kernel_origin
             ))
         })?;
+        let _ = m;
         // SAFETY: the arguments match the signature (checked); the caller vouches for memory.
-        unsafe { self.launch_in(m, name, cfg, args) }
+        unsafe { self.graph_launch(name, cfg, args) }
     }
 
     unsafe fn sgemm(&self, g: &Gemm) -> Result<()> {
         let (t1, t2, m, n, k, first, ld1, second, ld2) = sgemm_colmajor(g)?;
         if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if let graphs::Step::Done = self.graph_op(Op::Gemm { op: GemmOp::F32, g: *g }) {
             return Ok(());
         }
         let ldc =
@@ -545,12 +566,18 @@ impl Device for Cuda {
     }
 
     unsafe fn gemm_bf16(&self, g: &Gemm) -> Result<()> {
+        if let graphs::Step::Done = self.graph_op(Op::Gemm { op: GemmOp::Bf16, g: *g }) {
+            return Ok(());
+        }
         let bf16 = blas_sys::cudaDataType::CUDA_R_16BF;
         // SAFETY: forwarded from the caller (A, B bf16; C f32).
         unsafe { self.gemm_ex(g, bf16, blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, "GemmEx bf16") }
     }
 
     unsafe fn gemm_fast_bf16(&self, g: &Gemm) -> Result<()> {
+        if let graphs::Step::Done = self.graph_op(Op::Gemm { op: GemmOp::FastBf16, g: *g }) {
+            return Ok(());
+        }
         let f32t = blas_sys::cudaDataType::CUDA_R_32F;
         let compute = blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF;
         // SAFETY: forwarded from the caller (A, B, C f32).
@@ -565,11 +592,50 @@ impl Device for Cuda {
         let mut lt = self.lt.lock().unwrap_or_else(|p| p.into_inner());
         let Ok(lt) = lt.as_mut() else { return Ok(false) };
         bind(self.ctx)?;
+        if self.graph_busy() {
+            // A graph records only the products that run: decide first.
+            // SAFETY: forwarded; nothing runs.
+            if !unsafe { lt.available(g, math, ep)? } {
+                return Ok(false);
+            }
+            if let graphs::Step::Done = self.graph_op(Op::Gemm { op: GemmOp::Lt(math, ep), g: *g }) {
+                return Ok(true);
+            }
+        }
         // SAFETY: forwarded from the caller; the context is current.
         unsafe { lt.run(g, math, ep, self.stream) }
     }
 
+    fn begin_capture(&self) -> Result<()> {
+        self.graph_begin_capture()
+    }
+
+    fn end_capture(&self) -> Result<u64> {
+        self.graph_end_capture()
+    }
+
+    fn abort_capture(&self) {
+        self.graph_abort_capture()
+    }
+
+    fn begin_update(&self, id: u64) -> Result<()> {
+        self.graph_begin_update(id)
+    }
+
+    fn end_update(&self) -> Result<UpdateOutcome> {
+        self.graph_end_update()
+    }
+
+    unsafe fn replay(&self, id: u64) -> Result<()> {
+        self.graph_replay(id)
+    }
+
+    fn drop_graph(&self, id: u64) {
+        self.graph_drop(id)
+    }
+
     fn synchronize(&self) -> Result<()> {
+        self.not_in_graph("synchronize")?;
         bind(self.ctx)?;
         // SAFETY: live stream of this context.
         unsafe { drv::stream::synchronize(self.stream) }
@@ -579,6 +645,7 @@ impl Device for Cuda {
     type Mark = CudaMark;
 
     fn mark(&self) -> Result<CudaMark> {
+        self.not_in_graph("a timing mark")?;
         bind(self.ctx)?;
         let e = drv::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(drv_err("cuEventCreate"))?;
         let m = CudaMark(e);

@@ -245,6 +245,28 @@ pub trait Device: Send + Sync + 'static {
     unsafe fn gemm_lt(&self, g: &Gemm, math: GemmMath, ep: Epilogue) -> Result<bool>;
     /// Whether [`Device::gemm_lt`] can run fused products at all (cuBLASLt loaded).
     fn has_fused_gemms(&self) -> bool;
+    // ---- step graphs (see super::graph) -----------------------------------------------
+    /// Starts capturing: until [`Device::end_capture`] every op is recorded into a new graph and
+    /// not run; uploads are staged in host memory the graph reads at each replay; reading device
+    /// memory back, synchronizing and timing marks are errors meanwhile.
+    fn begin_capture(&self) -> Result<()>;
+    /// Ends the capture and returns the new graph's id.
+    fn end_capture(&self) -> Result<u64>;
+    /// Abandons a capture after an error (nothing is kept).
+    fn abort_capture(&self);
+    /// Starts re-issuing graph `id`'s ops: each op is matched against the recorded one and
+    /// changed kernel arguments and uploaded bytes are written into the graph; nothing runs.
+    /// Waits for earlier work first (a replay may still read the staging buffers).
+    fn begin_update(&self, id: u64) -> Result<()>;
+    /// Ends an update: whether every op matched.
+    fn end_update(&self) -> Result<super::graph::UpdateOutcome>;
+    /// Runs graph `id` on the stream.
+    ///
+    /// # Safety
+    /// The memory the graph's ops address is still allocated.
+    unsafe fn replay(&self, id: u64) -> Result<()>;
+    /// Frees graph `id` (and its staging memory).
+    fn drop_graph(&self, id: u64);
     /// Waits until all issued work is done and reports any asynchronous error.
     fn synchronize(&self) -> Result<()>;
     /// A point in the stream's work (CUDA: an event; the emulator, whose launches finish before

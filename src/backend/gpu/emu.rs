@@ -20,6 +20,7 @@
 use super::device::{
     check_args, kernel_signature, ArgKind, DevPtr, Device, Epilogue, Gemm, GemmMath, KArg, LaunchCfg,
 };
+use super::graph::{GemmOp, Graphs, Intercept, Op, UpdateOutcome};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
@@ -47,6 +48,9 @@ pub struct Emu {
     /// Whether [`Device::gemm_lt`] runs fused products (as a GPU with cuBLASLt) or declines them
     /// all (as a GPU without it), so tests cover both of the launch code's paths.
     lt: bool,
+    /// Step graphs: recorded ops (an upload's staging bytes as device data), and whether the
+    /// emulator is capturing or updating one (see [`super::graph`]).
+    graphs: Mutex<Graphs<Vec<u8>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,6 +91,7 @@ impl Emu {
             sticky: Mutex::default(),
             stream: Mutex::default(),
             lt: true,
+            graphs: Mutex::default(),
         })
     }
 
@@ -195,6 +200,23 @@ impl Device for Emu {
     }
 
     unsafe fn copy_htod(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        self.check_range(dst, src.len(), "copy_htod destination")?;
+        {
+            let mut g = lock(&self.graphs);
+            match g.intercept(Op::Upload { dst, len: src.len() }) {
+                Intercept::Run => {}
+                Intercept::Captured => {
+                    g.set_last_extra(src.to_vec());
+                    return Ok(());
+                }
+                Intercept::Ignored => return Ok(()),
+                Intercept::Matched { extra, .. } => {
+                    extra.clear();
+                    extra.extend_from_slice(src);
+                    return Ok(());
+                }
+            }
+        }
         let _stream = lock(&self.stream);
         self.check_range(dst, src.len(), "copy_htod destination")?;
         if !src.is_empty() {
@@ -206,6 +228,7 @@ impl Device for Emu {
     }
 
     unsafe fn copy_dtoh(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
+        self.not_in_graph("copy_dtoh (reading device memory back)")?;
         let _stream = lock(&self.stream);
         self.check_range(src, dst.len(), "copy_dtoh source")?;
         if !dst.is_empty() {
@@ -217,8 +240,11 @@ impl Device for Emu {
     }
 
     unsafe fn memset_zero(&self, dst: DevPtr, bytes: usize) -> Result<()> {
-        let _stream = lock(&self.stream);
         self.check_range(dst, bytes, "memset_zero")?;
+        if self.recorded(Op::Memset { dst, bytes }) {
+            return Ok(());
+        }
+        let _stream = lock(&self.stream);
         if bytes > 0 {
             // SAFETY: the range lies inside a live allocation (checked above).
             unsafe { std::ptr::write_bytes(dst as *mut u8, 0, bytes) };
@@ -227,8 +253,11 @@ impl Device for Emu {
     }
 
     unsafe fn mark_uninit(&self, dst: DevPtr, bytes: usize) -> Result<()> {
-        let _stream = lock(&self.stream);
         self.check_range(dst, bytes, "mark_uninit")?;
+        if self.recorded(Op::Uninit { dst, bytes }) {
+            return Ok(());
+        }
+        let _stream = lock(&self.stream);
         if bytes > 0 {
             // SAFETY: the range lies inside a live allocation (checked above).
             unsafe { std::ptr::write_bytes(dst as *mut u8, 0xFF, bytes) };
@@ -252,6 +281,9 @@ impl Device for Emu {
                     )));
                 }
             }
+        }
+        if self.recorded(Op::Launch { name: name.to_string(), cfg: *cfg, args: args.to_vec() }) {
+            return Ok(());
         }
         let cname =
             CString::new(name).map_err(|_| Error::msg(format!("kernel name {name:?} contains NUL")))?;
@@ -299,6 +331,9 @@ impl Device for Emu {
     }
 
     unsafe fn sgemm(&self, g: &Gemm) -> Result<()> {
+        if self.recorded(Op::Gemm { op: GemmOp::F32, g: *g }) {
+            return Ok(());
+        }
         let _stream = lock(&self.stream);
         if g.m == 0 || g.n == 0 {
             return Ok(());
@@ -312,6 +347,9 @@ impl Device for Emu {
     }
 
     unsafe fn gemm_bf16(&self, g: &Gemm) -> Result<()> {
+        if self.recorded(Op::Gemm { op: GemmOp::Bf16, g: *g }) {
+            return Ok(());
+        }
         let _stream = lock(&self.stream);
         if g.m == 0 || g.n == 0 {
             return Ok(());
@@ -325,6 +363,9 @@ impl Device for Emu {
     }
 
     unsafe fn gemm_fast_bf16(&self, g: &Gemm) -> Result<()> {
+        if self.recorded(Op::Gemm { op: GemmOp::FastBf16, g: *g }) {
+            return Ok(());
+        }
         let _stream = lock(&self.stream);
         if g.m == 0 || g.n == 0 {
             return Ok(());
@@ -350,6 +391,9 @@ impl Device for Emu {
     unsafe fn gemm_lt(&self, g: &Gemm, math: GemmMath, ep: Epilogue) -> Result<bool> {
         if !self.lt {
             return Ok(false);
+        }
+        if self.recorded(Op::Gemm { op: GemmOp::Lt(math, ep), g: *g }) {
+            return Ok(true);
         }
         let _stream = lock(&self.stream);
         if matches!(ep, Epilogue::Bias(_) | Epilogue::ReluBias(_)) && g.beta != 0.0 {
@@ -393,7 +437,69 @@ impl Device for Emu {
         Ok(true)
     }
 
+    fn begin_capture(&self) -> Result<()> {
+        lock(&self.graphs).begin_capture()
+    }
+
+    fn end_capture(&self) -> Result<u64> {
+        lock(&self.graphs).end_capture().map(|(id, _)| id)
+    }
+
+    fn abort_capture(&self) {
+        lock(&self.graphs).abort_capture();
+    }
+
+    fn begin_update(&self, id: u64) -> Result<()> {
+        lock(&self.graphs).begin_update(id)
+    }
+
+    fn end_update(&self) -> Result<UpdateOutcome> {
+        lock(&self.graphs).end_update()
+    }
+
+    unsafe fn replay(&self, id: u64) -> Result<()> {
+        let ops = {
+            let mut g = lock(&self.graphs);
+            if g.busy() {
+                return Err(Error::msg("emu: replaying a graph while capturing or updating one"));
+            }
+            g.remove(id).ok_or_else(|| Error::msg(format!("emu: no graph {id}")))?
+        };
+        // Run the ops through the ordinary methods (the emulator is idle, so they run), then
+        // put the graph back, also when an op failed.
+        let mut result = Ok(());
+        for r in &ops {
+            // SAFETY: the caller guarantees the memory the recorded ops address is still live;
+            // every op was checked when it was recorded and is checked again as it runs.
+            let res = unsafe {
+                match &r.op {
+                    Op::Launch { name, cfg, args } => self.launch(name, cfg, args),
+                    Op::Gemm { op, g } => match op {
+                        GemmOp::F32 => self.sgemm(g),
+                        GemmOp::Bf16 => self.gemm_bf16(g),
+                        GemmOp::FastBf16 => self.gemm_fast_bf16(g),
+                        GemmOp::Lt(math, ep) => self.gemm_lt(g, *math, *ep).map(|_| ()),
+                    },
+                    Op::Memset { dst, bytes } => self.memset_zero(*dst, *bytes),
+                    Op::Uninit { dst, bytes } => self.mark_uninit(*dst, *bytes),
+                    Op::Upload { dst, .. } => self.copy_htod(*dst, &r.extra),
+                }
+            };
+            if let Err(e) = res {
+                result = Err(Error::msg(format!("emu: replaying graph {id}: {}: {e}", r.op.describe())));
+                break;
+            }
+        }
+        lock(&self.graphs).insert(id, ops);
+        result
+    }
+
+    fn drop_graph(&self, id: u64) {
+        lock(&self.graphs).remove(id);
+    }
+
     fn synchronize(&self) -> Result<()> {
+        self.not_in_graph("synchronize")?;
         match lock(&self.sticky).as_ref() {
             Some(msg) => Err(Error::msg(msg.clone())),
             None => Ok(()),
@@ -403,6 +509,7 @@ impl Device for Emu {
     type Mark = std::time::Instant;
 
     fn mark(&self) -> Result<std::time::Instant> {
+        self.not_in_graph("a timing mark")?;
         Ok(std::time::Instant::now())
     }
 
@@ -429,6 +536,19 @@ fn span(rows: usize, cols: usize, ld: usize, what: &str) -> Result<usize> {
 }
 
 impl Emu {
+    /// Whether `op` was recorded (capturing) or matched (updating) instead of being run.
+    fn recorded(&self, op: Op) -> bool {
+        !matches!(lock(&self.graphs).intercept(op), Intercept::Run)
+    }
+
+    /// An error if a graph is being captured or updated (`what` is not allowed then).
+    fn not_in_graph(&self, what: &str) -> Result<()> {
+        if lock(&self.graphs).busy() {
+            return Err(Error::msg(format!("emu: {what} while capturing or updating a step graph")));
+        }
+        Ok(())
+    }
+
     /// A copy of the (rows, cols) f32 matrix at `ptr` with row stride `ld` (the whole span).
     /// C = alpha·op(A)·op(B) + beta·C on the host, A and B already read as f32 (see [`Gemm`]).
     ///

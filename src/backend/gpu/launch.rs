@@ -68,9 +68,9 @@ impl<D: Device> Gpu<D> {
         self.launch(name, LaunchCfg::linear(blocks as u32, THREADS, 0), args);
     }
 
-    /// Checks `rows` against a table of `n_rows` rows, uploads them, and calls `launch` with the
-    /// address of each chunk of at most 65,535 rows (the grid's y limit) and its launch shape:
-    /// grid (ceil(row_len / THREADS), rows in the chunk).
+    /// Checks `rows` against a table of `n_rows` rows, uploads them (padded with -1 up to a power
+    /// of two), and calls `launch` with the address of each chunk of at most 65,535 rows (the
+    /// grid's y limit) and its launch shape: grid (ceil(row_len / THREADS), rows in the chunk).
     pub(super) fn row_launches(
         &self,
         op: &str,
@@ -85,29 +85,35 @@ impl<D: Device> Gpu<D> {
         if rows.is_empty() || row_len == 0 || self.failed() {
             return;
         }
-        let ptr = match self.upload_rows(rows) {
+        // Launched over the list rounded up to a power of two (the padding rows exit at once),
+        // so that a step graph keeps its launch shape while the list grows.
+        let capacity = rows.len().next_power_of_two();
+        let ptr = match self.upload_rows(rows, capacity) {
             Ok(p) => p,
             Err(e) => return self.record(Err(e)),
         };
-        for (ci, chunk) in rows.chunks(65_535).enumerate() {
+        for start in (0..capacity).step_by(65_535) {
             let cfg = LaunchCfg {
-                grid: [row_len.div_ceil(THREADS as usize) as u32, chunk.len() as u32, 1],
+                grid: [row_len.div_ceil(THREADS as usize) as u32, (capacity - start).min(65_535) as u32, 1],
                 block: [THREADS, 1, 1],
                 shared_bytes: 0,
             };
-            launch(ptr + (ci * 65_535) as u64 * ELEM, cfg);
+            launch(ptr + start as u64 * ELEM, cfg);
         }
     }
 
-    /// Uploads `rows` into the reused scratch buffer and returns its address.
-    fn upload_rows(&self, rows: &[u32]) -> Result<DevPtr> {
+    /// Uploads `rows`, padded with -1 (rows the kernels skip) to `capacity`, into the reused
+    /// scratch buffer and returns its address.
+    fn upload_rows(&self, rows: &[u32], capacity: usize) -> Result<DevPtr> {
         let mut g = self.rows.lock().unwrap_or_else(|p| p.into_inner());
-        if g.as_ref().is_none_or(|b| b.len < rows.len()) {
-            *g = Some(self.alloc_buf::<i32>(rows.len().next_power_of_two().max(1024))?);
+        if g.as_ref().is_none_or(|b| b.len < capacity) {
+            // Outlives any step graph being captured: not owned by it.
+            *g = Some(self.alloc_persistent::<i32>(capacity.max(1024))?);
         }
         let buf = g.as_ref().ok_or_else(|| Error::msg("row scratch buffer missing"))?;
-        let ints: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
-        // SAFETY: the scratch buffer holds at least rows.len() elements.
+        let mut ints: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+        ints.resize(capacity, -1);
+        // SAFETY: the scratch buffer holds at least `capacity` elements.
         unsafe { self.dev.copy_htod(buf.ptr, bytemuck::cast_slice(&ints))? };
         Ok(buf.ptr)
     }

@@ -14,38 +14,119 @@ pub(crate) const ELEM: u64 = 4;
 /// grouped by size class (powers of two from 256 bytes). [`Pool::get`] zeroes a reused block on
 /// the stream (fresh blocks come zeroed from the device); [`Pool::get_uninit`] does not, for
 /// scratch that a kernel overwrites whole before anything reads it.
+///
+/// Step graphs (see [`super::graph`]): the blocks a step takes while its graph is captured belong
+/// to the graph from then on (its ops address them at every replay), so a buffer's drop does not
+/// give them back; an update hands out the same blocks in the same order; dropping the graph
+/// returns them. Buffers that outlive a step are made with [`Pool::get_persistent`] (or before
+/// the capture).
 pub(crate) struct Pool<D: Device> {
     pub(super) dev: Arc<D>,
     pub(super) free: Mutex<std::collections::HashMap<usize, Vec<DevPtr>>>,
+    pub(super) graph: Mutex<PoolGraph>,
+}
+
+/// A block and its size class.
+pub(crate) type Block = (DevPtr, usize);
+
+/// The pool's part in step graphs.
+#[derive(Default)]
+pub(crate) struct PoolGraph {
+    mode: PoolMode,
+    /// Blocks owned by live graphs.
+    owned: std::collections::HashSet<DevPtr>,
+}
+
+#[derive(Default)]
+enum PoolMode {
+    #[default]
+    Normal,
+    Capturing(Vec<Block>),
+    Updating {
+        blocks: Vec<Block>,
+        cursor: usize,
+        mismatch: bool,
+    },
 }
 
 impl<D: Device> Pool<D> {
+    /// An empty pool on `dev`.
+    pub(super) fn new(dev: Arc<D>) -> Self {
+        Pool { dev, free: Mutex::default(), graph: Mutex::default() }
+    }
+
     fn class(bytes: usize) -> usize {
         bytes.max(256).next_power_of_two()
     }
 
     /// A block of at least `bytes` bytes, all zero.
     pub(super) fn get(&self, bytes: usize) -> Result<DevPtr> {
-        match self.reuse(bytes) {
+        match self.graph_block(bytes)? {
             Some(ptr) => {
-                // SAFETY: `ptr` is a pooled block of `class >= bytes` bytes that nothing uses.
+                // SAFETY: a block of the graph's, at least `bytes` bytes; zeroed on the stream
+                // (recorded: zeroed again at each replay).
                 unsafe { self.dev.memset_zero(ptr, bytes)? };
                 Ok(ptr)
             }
-            None => self.dev.alloc(Self::class(bytes)),
+            None => match self.reuse(bytes) {
+                Some(ptr) => {
+                    // SAFETY: `ptr` is a pooled block of `class >= bytes` bytes that nothing uses.
+                    unsafe { self.dev.memset_zero(ptr, bytes)? };
+                    Ok(ptr)
+                }
+                None => self.dev.alloc(Self::class(bytes)),
+            },
         }
     }
 
     /// A block of at least `bytes` bytes whose contents are whatever it held before: for scratch
     /// that a kernel overwrites whole before anything reads it.
     pub(super) fn get_uninit(&self, bytes: usize) -> Result<DevPtr> {
-        let ptr = match self.reuse(bytes) {
+        let ptr = match self.graph_block(bytes)? {
             Some(ptr) => ptr,
-            None => self.dev.alloc(Self::class(bytes))?,
+            None => match self.reuse(bytes) {
+                Some(ptr) => ptr,
+                None => self.dev.alloc(Self::class(bytes))?,
+            },
         };
         // SAFETY: `ptr` is a block of at least `bytes` bytes that nothing else uses.
         unsafe { self.dev.mark_uninit(ptr, bytes)? };
         Ok(ptr)
+    }
+
+    /// A fresh zeroed block that no step graph owns, for buffers that outlive a step.
+    pub(super) fn get_persistent(&self, bytes: usize) -> Result<DevPtr> {
+        self.dev.alloc(Self::class(bytes))
+    }
+
+    /// While capturing: a block (reused or new) that the graph will own; while updating: the
+    /// graph's next block; otherwise `None` (the caller takes one as usual).
+    fn graph_block(&self, bytes: usize) -> Result<Option<DevPtr>> {
+        let class = Self::class(bytes);
+        let mut g = self.graph.lock().unwrap_or_else(|p| p.into_inner());
+        let g = &mut *g;
+        match &mut g.mode {
+            PoolMode::Normal => Ok(None),
+            PoolMode::Capturing(list) => {
+                let ptr = match self.reuse(bytes) {
+                    Some(p) => p,
+                    None => self.dev.alloc(class)?,
+                };
+                list.push((ptr, class));
+                g.owned.insert(ptr);
+                Ok(Some(ptr))
+            }
+            PoolMode::Updating { blocks, cursor, mismatch } => match blocks.get(*cursor) {
+                Some(&(ptr, c)) if c == class && !*mismatch => {
+                    *cursor += 1;
+                    Ok(Some(ptr))
+                }
+                _ => {
+                    *mismatch = true;
+                    Ok(None)
+                }
+            },
+        }
     }
 
     fn reuse(&self, bytes: usize) -> Option<DevPtr> {
@@ -54,8 +135,51 @@ impl<D: Device> Pool<D> {
     }
 
     fn put(&self, ptr: DevPtr, bytes: usize) {
+        if self.graph.lock().unwrap_or_else(|p| p.into_inner()).owned.contains(&ptr) {
+            return; // a step graph's block: returned when the graph is dropped
+        }
         let class = Self::class(bytes);
         self.free.lock().unwrap_or_else(|p| p.into_inner()).entry(class).or_default().push(ptr);
+    }
+
+    /// Starts recording the blocks a captured step takes.
+    pub(super) fn begin_capture(&self) {
+        self.graph.lock().unwrap_or_else(|p| p.into_inner()).mode = PoolMode::Capturing(Vec::new());
+    }
+
+    /// Ends a capture: the blocks now owned by the new graph.
+    pub(super) fn end_capture(&self) -> Vec<Block> {
+        let mut g = self.graph.lock().unwrap_or_else(|p| p.into_inner());
+        match std::mem::take(&mut g.mode) {
+            PoolMode::Capturing(list) => list,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Starts an update of the graph owning `blocks`.
+    pub(super) fn begin_update(&self, blocks: &[Block]) {
+        self.graph.lock().unwrap_or_else(|p| p.into_inner()).mode =
+            PoolMode::Updating { blocks: blocks.to_vec(), cursor: 0, mismatch: false };
+    }
+
+    /// Ends an update: whether the step took exactly the graph's blocks, in order.
+    pub(super) fn end_update(&self) -> bool {
+        let mut g = self.graph.lock().unwrap_or_else(|p| p.into_inner());
+        match std::mem::take(&mut g.mode) {
+            PoolMode::Updating { blocks, cursor, mismatch } => !mismatch && cursor == blocks.len(),
+            _ => false,
+        }
+    }
+
+    /// Gives a dropped graph's blocks back.
+    pub(super) fn release(&self, blocks: &[Block]) {
+        let mut g = self.graph.lock().unwrap_or_else(|p| p.into_inner());
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        for &(ptr, class) in blocks {
+            if g.owned.remove(&ptr) {
+                free.entry(class).or_default().push(ptr);
+            }
+        }
     }
 }
 

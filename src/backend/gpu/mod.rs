@@ -25,6 +25,7 @@ pub mod cuda;
 pub mod device;
 mod embedding;
 pub mod emu;
+pub mod graph;
 mod launch;
 mod layernorm;
 mod matmul;
@@ -63,6 +64,9 @@ pub struct Gpu<D: Device> {
     /// Matrix products through [`Device::gemm_lt`] (cuBLASLt) with the bias, bias + ReLU and
     /// bias-gradient epilogues fused, where the device offers them; on by default.
     fused: bool,
+    /// The non-finite-loss flag Adam checks while [`Backend::loss_guard`] is on (one i32).
+    guard: Mutex<Option<GBuf<D, i32>>>,
+    guard_on: AtomicBool,
     /// Whether ops are being timed ([`Backend::breakdown_start`]).
     profiling: AtomicBool,
     /// The marks recorded after each op while timing, with the op's family.
@@ -73,7 +77,7 @@ impl<D: Device> Gpu<D> {
     /// A backend on `dev`.
     pub fn new(dev: D) -> Self {
         let dev = Arc::new(dev);
-        let pool = Arc::new(Pool { dev: dev.clone(), free: Mutex::new(Default::default()) });
+        let pool = Arc::new(Pool::new(dev.clone()));
         Gpu {
             dev,
             pool,
@@ -83,6 +87,8 @@ impl<D: Device> Gpu<D> {
             bf16_copies: false,
             flash: false,
             fused: true,
+            guard: Mutex::new(None),
+            guard_on: AtomicBool::new(false),
             profiling: AtomicBool::new(false),
             marks: Mutex::new(Vec::new()),
         }
@@ -179,10 +185,106 @@ impl<D: Device> Gpu<D> {
         Ok(GBuf { pool: self.pool.clone(), ptr, len: n, _t: PhantomData })
     }
 
+    /// A zeroed buffer of `n` elements that no step graph owns (for buffers that outlive a step).
+    pub(super) fn alloc_persistent<T>(&self, n: usize) -> Result<GBuf<D, T>> {
+        let ptr = if n == 0 { 0 } else { self.pool.get_persistent(n * ELEM as usize)? };
+        Ok(GBuf { pool: self.pool.clone(), ptr, len: n, _t: PhantomData })
+    }
+
+    /// The address of the non-finite-loss flag while the guard is on, else null.
+    pub(super) fn guard_ptr(&self) -> device::DevPtr {
+        if !self.guard_on.load(Ordering::Relaxed) {
+            return 0;
+        }
+        self.guard.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map_or(0, |b| b.ptr)
+    }
+
+    /// Captures a step graph: `f` issues the step's ops, which are recorded, not run (replay the
+    /// graph to run them). Earlier work is waited for first.
+    pub fn graph_capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<GpuGraph<D>> {
+        self.check()?;
+        if self.profiling.load(Ordering::Relaxed) {
+            return Err(crate::error::Error::msg("step graphs cannot be captured while ops are timed"));
+        }
+        self.dev.begin_capture()?;
+        self.pool.begin_capture();
+        let r = f().and_then(|()| self.sticky_error().map_or(Ok(()), Err));
+        if let Err(e) = r {
+            self.dev.abort_capture();
+            let blocks = self.pool.end_capture();
+            self.pool.release(&blocks);
+            return Err(e);
+        }
+        let blocks = self.pool.end_capture();
+        match self.dev.end_capture() {
+            Ok(id) => Ok(GpuGraph { dev: self.dev.clone(), pool: self.pool.clone(), id, blocks }),
+            Err(e) => {
+                self.pool.release(&blocks);
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-issues a step's ops into `graph` (new kernel arguments and uploads; nothing runs).
+    /// `Ok(Some(why))`: the ops no longer match the graph's (capture a new one).
+    pub fn graph_update(
+        &self,
+        graph: &GpuGraph<D>,
+        f: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Option<String>> {
+        if let Some(e) = self.sticky_error() {
+            return Err(e);
+        }
+        self.dev.begin_update(graph.id)?;
+        self.pool.begin_update(&graph.blocks);
+        let r = f();
+        let outcome = self.dev.end_update();
+        let blocks_ok = self.pool.end_update();
+        r?;
+        if let Some(e) = self.sticky_error() {
+            return Err(e);
+        }
+        Ok(match outcome? {
+            graph::UpdateOutcome::Mismatch(why) => Some(why),
+            graph::UpdateOutcome::Updated if !blocks_ok => {
+                Some("the step took other memory blocks than the graph's".to_string())
+            }
+            graph::UpdateOutcome::Updated => None,
+        })
+    }
+
+    /// Runs a captured step graph.
+    pub fn graph_replay(&self, graph: &GpuGraph<D>) -> Result<()> {
+        if let Some(e) = self.sticky_error() {
+            return Err(e);
+        }
+        // SAFETY: the graph owns its scratch blocks and its other buffers are kept alive by the
+        // step code that captured it (the model, optimizer and activations).
+        let r = unsafe { self.dev.replay(graph.id) };
+        self.record(r);
+        self.sticky_error().map_or(Ok(()), Err)
+    }
+
     /// A buffer of `n` elements with unspecified contents, for scratch a kernel overwrites whole.
     pub(super) fn alloc_uninit<T>(&self, n: usize) -> Result<GBuf<D, T>> {
         let ptr = if n == 0 { 0 } else { self.pool.get_uninit(n * ELEM as usize)? };
         Ok(GBuf { pool: self.pool.clone(), ptr, len: n, _t: PhantomData })
+    }
+}
+
+/// A captured step graph of a [`Gpu`] (see [`graph`]): its device id and the pool blocks its
+/// ops address; dropping it frees the graph and gives the blocks back.
+pub struct GpuGraph<D: Device> {
+    dev: Arc<D>,
+    pool: Arc<Pool<D>>,
+    id: u64,
+    blocks: Vec<memory::Block>,
+}
+
+impl<D: Device> Drop for GpuGraph<D> {
+    fn drop(&mut self) {
+        self.dev.drop_graph(self.id);
+        self.pool.release(&self.blocks);
     }
 }
 
@@ -192,6 +294,7 @@ impl<D: Device> Backend for Gpu<D> {
     type IBuf = GBuf<D, i32>;
     type Slice<'a> = GView<'a>;
     type SliceMut<'a> = GViewMut<'a>;
+    type Graph = GpuGraph<D>;
 
     fn name(&self) -> String {
         let mut name = self.dev.name();
@@ -284,6 +387,30 @@ impl<D: Device> Backend for Gpu<D> {
             end = r.end;
         }
         ranges.iter().map(|r| GViewMut::new(b.ptr + r.start as u64 * ELEM, r.len())).collect()
+    }
+
+    fn graphs_supported(&self, nh: usize, c: usize) -> bool {
+        self.uses_flash_attention(nh, c)
+    }
+
+    fn graph_capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<GpuGraph<D>> {
+        Gpu::graph_capture(self, f)
+    }
+
+    fn graph_update(&self, graph: &GpuGraph<D>, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<String>> {
+        Gpu::graph_update(self, graph, f)
+    }
+
+    fn graph_replay(&self, graph: &GpuGraph<D>) -> Result<()> {
+        Gpu::graph_replay(self, graph)
+    }
+
+    fn loss_guard(&self, losses: GView<'_>) {
+        classifier::loss_guard(self, losses);
+    }
+
+    fn loss_guard_clear(&self) {
+        self.guard_on.store(false, Ordering::Relaxed);
     }
 
     fn synchronize(&self) -> Result<()> {

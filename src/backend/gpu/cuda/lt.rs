@@ -109,6 +109,16 @@ impl Lt {
         Ok(Lt { handle, workspace, plans: HashMap::new() })
     }
 
+    /// Whether [`Lt::run`] would run `g` (a plan with an algorithm exists or can be made), without
+    /// running anything: a step graph records only the products that will run.
+    ///
+    /// # Safety
+    /// As for [`Lt::run`].
+    pub(super) unsafe fn available(&mut self, g: &Gemm, math: GemmMath, ep: Epilogue) -> Result<bool> {
+        // SAFETY: forwarded; a null stream is never used when `dry` is set.
+        unsafe { self.go(g, math, ep, std::ptr::null_mut(), true) }
+    }
+
     /// Runs `g` with `math` and `ep` on `stream`; `Ok(false)` when cuBLASLt has no algorithm for
     /// it (nothing was written).
     ///
@@ -121,6 +131,23 @@ impl Lt {
         math: GemmMath,
         ep: Epilogue,
         stream: sys::CUstream,
+    ) -> Result<bool> {
+        // SAFETY: forwarded.
+        unsafe { self.go(g, math, ep, stream, false) }
+    }
+
+    /// [`Lt::run`], or with `dry` only the decision.
+    ///
+    /// # Safety
+    /// The matrices of `g` and the epilogue's vector lie in live allocations of the context this
+    /// handle was made in, which is current.
+    unsafe fn go(
+        &mut self,
+        g: &Gemm,
+        math: GemmMath,
+        ep: Epilogue,
+        stream: sys::CUstream,
+        dry: bool,
     ) -> Result<bool> {
         let (t1, t2, m, n, k, first, ld1, second, ld2) = sgemm_colmajor(g)?;
         if m == 0 || n == 0 {
@@ -167,6 +194,9 @@ impl Lt {
             self.plans.insert(key, plan);
         }
         let Some(Some(plan)) = self.plans.get(&key) else { return Ok(false) };
+        if dry {
+            return Ok(true);
+        }
         if let Some(p) = vector {
             // SAFETY: `plan.desc` is live; the attribute is a device pointer, passed by address.
             unsafe {
