@@ -573,6 +573,35 @@ fn cli_bench_tiny_cpu_prints_the_speed_figures() {
 }
 
 #[test]
+fn cli_bench_step_graphs_on_emu() {
+    // bf16 (flash attention): the steps run as recorded graphs by default, and say so; --graphs
+    // off launches every op; --graphs on where graphs cannot run is a usage error.
+    let args =
+        ["bench", "--shape", "tiny", "--steps", "3", "--warmup", "1", "--device", "emu", "--batch-size", "8"];
+    let o = run(&[&args[..], &["--precision", "bf16", "--json"]].concat());
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let g = &v["step"]["graphs"];
+    assert!(g["captures"].as_u64().unwrap() >= 1 && g["bucket"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(
+        g["captures"].as_u64().unwrap() + g["updates"].as_u64().unwrap(),
+        4,
+        "every step (warm-up included) is a capture or an update: {v}"
+    );
+    assert!(v["step"]["device"].as_str().unwrap().ends_with(", step graphs"), "{v}");
+    let o = run(&[&args[..], &["--precision", "bf16", "--json", "--graphs", "off"]].concat());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        v["step"]["graphs"].is_null() && !v["step"]["device"].as_str().unwrap().contains("graphs"),
+        "{v}"
+    );
+    let o = run(&["bench", "--shape", "tiny", "--steps", "1", "--device", "cpu", "--graphs", "on"]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    assert!(text(&o).1.contains("--graphs on"), "{:?}", text(&o));
+}
+
+#[test]
 fn cli_bench_breakdown_on_emu_times_every_op_family() {
     let args = ["bench", "--shape", "tiny", "--steps", "1", "--warmup", "0", "--device", "emu"];
     let o =
@@ -628,7 +657,7 @@ fn cli_bf16_on_emu_learns_like_f32() {
     let o = small_finetune(dir.path(), &bf16_out, "bf16", &["--device", "emu"]);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stderr}");
-    assert!(stdout.contains("on emu, bf16 GEMMs, fused epilogues, flash attention"), "{stdout}");
+    assert!(stdout.contains("on emu, bf16 GEMMs, fused epilogues, flash attention, step graphs"), "{stdout}");
     let last = |d: &Path| -> serde_json::Value {
         let s = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
         serde_json::from_str(s.lines().last().unwrap()).unwrap()

@@ -31,6 +31,7 @@ use crate::model::config::BertConfig;
 use crate::model::params::ParamLayout;
 use crate::rng::HostRng;
 use crate::train::optim::{Adam, AdamConfig};
+use crate::train::step::{StepGraphs, GRAPH_BUCKET};
 use clap::Args;
 
 /// The datasheet ceilings of a card: dense bf16 tensor-core and fp32 CUDA-core peaks, memory
@@ -132,6 +133,8 @@ pub struct BenchArgs {
     pub json: bool,
     /// After the timed steps, time `steps` more with an event after every op: time per op family.
     pub breakdown: bool,
+    /// Whether the steps run as recorded graphs.
+    pub graphs: crate::train::step::GraphsSel,
 }
 
 /// The figures of the timed training steps.
@@ -159,6 +162,23 @@ pub struct StepReport {
     pub mean_loss: f64,
     /// Time per op family (`--breakdown`), if asked and the backend can time ops.
     pub breakdown: Option<Breakdown>,
+    /// The step graphs, when the steps ran as graphs.
+    pub graphs: Option<GraphStats>,
+}
+
+/// How the step graphs of a bench went.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct GraphStats {
+    /// Tokens per bucket (a batch is padded to the next multiple).
+    pub bucket: usize,
+    /// Graphs captured (warm-up steps included).
+    pub captures: usize,
+    /// Steps replayed through an updated graph.
+    pub updates: usize,
+    /// Captures after an update found the step changed.
+    pub recaptures: usize,
+    /// Host microseconds per update (re-issuing a step into its graph).
+    pub host_us_per_update: f64,
 }
 
 /// Where a step's time goes: per op family, from events recorded after every op over extra
@@ -324,6 +344,7 @@ pub fn time_steps<B: Backend>(
         params: cfg.param_count().unwrap_or(0),
         ..StepReport::default()
     };
+    let mut graphs = a.graphs.decide(be, cfg.heads, cfg.hidden)?.then(|| StepGraphs::<B>::new(GRAPH_BUCKET));
     let mut loss = 0.0;
     let mut t0 = Instant::now();
     for step in 0..a.warmup + a.steps {
@@ -333,7 +354,7 @@ pub fn time_steps<B: Backend>(
         }
         let b = &batches[step % batches.len()];
         let mode = Mode { dropout: a.dropout, seed: a.seed, step: step as u64 };
-        let out = model.train_step(be, &mut opt, &mut acts, b, mode)?;
+        let out = model.train_step_maybe_graphed(be, &mut opt, &mut acts, b, mode, &mut graphs, a.graphs)?;
         if step >= a.warmup {
             loss += out.loss_sum;
             rep.examples += b.b();
@@ -345,6 +366,18 @@ pub fn time_steps<B: Backend>(
     sync()?;
     rep.seconds = t0.elapsed().as_secs_f64();
     rep.mean_loss = loss / rep.examples.max(1) as f64;
+    if let Some(g) = &graphs {
+        rep.device.push_str(", step graphs");
+        rep.graphs = Some(GraphStats {
+            bucket: g.bucket,
+            captures: g.captures,
+            updates: g.updates,
+            recaptures: g.recaptures,
+            host_us_per_update: 1e6 * g.update_secs / g.updates.max(1) as f64,
+        });
+    }
+    // Events cannot be recorded inside a graph: the breakdown's steps run op by op.
+    drop(graphs);
     if a.breakdown && be.breakdown_start()? {
         let mut work: Vec<(&'static str, f64, f64)> = Vec::new();
         let t0 = Instant::now();
@@ -580,6 +613,13 @@ fn step_lines(a: &BenchArgs, cfg: &BertConfig, s: &StepReport) -> Vec<String> {
             s.mean_loss
         ),
     ];
+    if let Some(g) = &s.graphs {
+        out.push(format!(
+            "step graphs: {} captured ({} after a changed step), {} steps replayed through an updated graph \
+             ({:.0} µs of host time per update); batches padded to multiples of {} tokens",
+            g.captures, g.recaptures, g.updates, g.host_us_per_update, g.bucket
+        ));
+    }
     if s.cuda {
         out.push(match ceilings(&s.device) {
             Some(c) => format!(
@@ -615,7 +655,7 @@ fn breakdown_lines(b: &Breakdown, s: &StepReport) -> Vec<String> {
     let summed: f64 = b.families.iter().map(|f| f.ms_per_step).sum();
     let mut out = vec![
         format!(
-            "breakdown over {} more steps with an event after every op: {:.2} ms/step of ops, {:.2} ms/step wall",
+            "breakdown over {} more steps with an event after every op (launched one by one): {:.2} ms/step of ops, {:.2} ms/step wall",
             b.steps, summed, b.wall_ms_per_step
         ),
         format!("  {:<12} {:>10} {:>7}  {}", "family", "ms/step", "share", "achieved"),
@@ -756,6 +796,7 @@ impl BenchCmd {
             engine: a.engine.engine(),
             json: a.json,
             breakdown: a.breakdown,
+            graphs: a.engine.graphs,
         })
     }
 }

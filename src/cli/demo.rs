@@ -62,6 +62,7 @@ pub fn run(a: DemoCmd) -> Result<()> {
             max_steps: None,
             shuffle: true,
             save_every: None,
+            graphs: Default::default(),
         },
         adam: AdamConfig::adam(1e-3),
         max_len,

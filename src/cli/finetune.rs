@@ -297,6 +297,7 @@ pub fn run(mut a: FinetuneCmd) -> Result<()> {
             max_steps: a.max_steps,
             shuffle: !a.no_shuffle,
             save_every: a.save_every,
+            graphs: a.engine.graphs,
         },
         adam: match a.adamw {
             Some(wd) => AdamConfig::adamw(a.lr, wd),
@@ -349,7 +350,10 @@ impl OnBackend for Finetune<'_> {
     /// [`finetune`] on a given backend.
     fn run<B: Backend>(self, be: &B) -> Result<FinetuneResult> {
         let Finetune { m, train, test, a, resume } = self;
-        let device = be.name();
+        let mut device = be.name();
+        if a.train.graphs.decide(be, m.cfg.heads, m.cfg.hidden)? {
+            device.push_str(", step graphs");
+        }
         let mut model = Model::from_host(be, m.cfg.clone(), &cast_params::<B::F>(&m.params))?;
         let mut opt = Adam::new(be, &model, a.adam)?;
         let mut start = TrainState::default();

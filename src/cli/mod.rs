@@ -40,6 +40,11 @@ pub struct EngineArgs {
     /// tensor cores, head size up to 64; wider heads keep the f32 kernels) or classic (f32).
     #[arg(long, value_enum, default_value = "auto")]
     pub attention: AttentionSel,
+    /// Training steps as recorded graphs (CUDA graphs: one per packed length, replayed with each
+    /// new batch): auto (where supported: a GPU with flash attention), on, or off (every op
+    /// launched on its own).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub graphs: crate::train::step::GraphsSel,
 }
 
 impl EngineArgs {

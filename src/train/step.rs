@@ -42,6 +42,37 @@ impl<B: Backend> Model<B> {
         Ok(out)
     }
 
+    /// [`Model::train_step_graphed`] while `graphs` holds step graphs, else [`Model::train_step`].
+    /// When a graph cannot be made or run and the device is still sound, `sel` decides: with
+    /// [`GraphsSel::Auto`] a warning says why and this step and the rest run op by op (`graphs`
+    /// becomes `None`); with [`GraphsSel::On`] it is an error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_step_maybe_graphed(
+        &mut self,
+        be: &B,
+        opt: &mut Adam<B>,
+        acts: &mut Acts<B>,
+        batch: &Batch,
+        mode: Mode,
+        graphs: &mut Option<StepGraphs<B>>,
+        sel: GraphsSel,
+    ) -> Result<Output> {
+        let Some(g) = graphs.as_mut() else { return self.train_step(be, opt, acts, batch, mode) };
+        match self.train_step_graphed(be, opt, acts, batch, mode, g) {
+            Ok(out) => Ok(out),
+            Err(e) if sel == GraphsSel::Auto && be.synchronize().is_ok() => {
+                eprintln!(
+                    "warning: training steps cannot run as graphs on {} ({e}); running every op on its own \
+                     (--graphs off says so from the start)",
+                    be.name()
+                );
+                *graphs = None;
+                self.train_step(be, opt, acts, batch, mode)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// [`Model::train_step`] as a replayed graph (see the module documentation). The parameters
     /// are left as they were after a non-finite loss, as there.
     pub fn train_step_graphed(
@@ -72,9 +103,33 @@ impl<B: Backend> Model<B> {
             be.loss_guard_clear();
             r
         };
+        let t0 = opt.t;
+        let r = self.graphed(be, opt, acts, graphs, key, &record);
+        if r.is_err() {
+            // The host-side optimizer step belongs to a step that did not run.
+            opt.t = t0;
+        }
+        r?;
+        let g = graphs.graphs.get(&key).ok_or_else(|| crate::error::Error::msg("step graph missing"))?;
+        be.graph_replay(g)?;
+        self.output(be, acts, nb, &batch.labels)
+    }
+
+    /// Finds, updates or captures the graph for `key` (see [`Model::train_step_graphed`]).
+    fn graphed(
+        &mut self,
+        be: &B,
+        opt: &mut Adam<B>,
+        acts: &mut Acts<B>,
+        graphs: &mut StepGraphs<B>,
+        key: (usize, usize),
+        record: &StepOps<'_, B>,
+    ) -> Result<()> {
         let mut updated = false;
         if let Some(g) = graphs.graphs.get(&key) {
+            let t0 = std::time::Instant::now();
             let mismatch = be.graph_update(g, &mut || record(self, opt, acts))?;
+            graphs.update_secs += t0.elapsed().as_secs_f64();
             updated = mismatch.is_none();
             if updated {
                 graphs.updates += 1;
@@ -92,11 +147,48 @@ impl<B: Backend> Model<B> {
             graphs.graphs.insert(key, g);
             graphs.captures += 1;
         }
-        let g = graphs.graphs.get(&key).ok_or_else(|| crate::error::Error::msg("step graph missing"))?;
-        be.graph_replay(g)?;
-        self.output(be, acts, nb, &batch.labels)
+        Ok(())
     }
 }
+
+/// A training step's ops, issued on the model, optimizer and activations.
+type StepOps<'a, B> = dyn Fn(&mut Model<B>, &mut Adam<B>, &mut Acts<B>) -> Result<()> + 'a;
+
+/// Whether training steps run as step graphs (`--graphs`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphsSel {
+    /// Where the backend supports them (a GPU with flash attention: `--precision bf16`).
+    #[default]
+    Auto,
+    /// Always (an error where the backend cannot).
+    On,
+    /// Never: every op launched on its own.
+    Off,
+}
+
+impl GraphsSel {
+    /// Whether steps of a model with `nh` heads over `c` columns run as graphs on `be`; an error
+    /// for `On` where they cannot.
+    pub fn decide<B: Backend>(self, be: &B, nh: usize, c: usize) -> Result<bool> {
+        match self {
+            GraphsSel::Off => Ok(false),
+            GraphsSel::Auto => Ok(be.graphs_supported(nh, c)),
+            GraphsSel::On if be.graphs_supported(nh, c) => Ok(true),
+            GraphsSel::On => Err(crate::error::Error::usage(format!(
+                "--graphs on: {} cannot record training steps as graphs (a GPU with flash attention can: \
+                 --device cuda --precision bf16, or --attention flash); use --graphs auto or off",
+                be.name()
+            ))),
+        }
+    }
+}
+
+/// Tokens per step-graph bucket: a batch is padded up to the next multiple (SNLI batches of 512
+/// pairs, about 12.8k tokens, spread over a few buckets; the padding costs at most 2%).
+pub const GRAPH_BUCKET: usize = 256;
 
 /// The step graphs of a run, one per (packed length rounded up to the bucket, examples).
 pub struct StepGraphs<B: Backend> {
@@ -112,6 +204,9 @@ pub struct StepGraphs<B: Backend> {
     pub recaptures: usize,
     /// Why the last such update did not match.
     pub last_mismatch: Option<String>,
+    /// Host seconds spent re-issuing steps into their graphs (the host's cost per replayed step,
+    /// which the device does not overlap while the loss is read after every step).
+    pub update_secs: f64,
 }
 
 impl<B: Backend> StepGraphs<B> {
@@ -124,6 +219,7 @@ impl<B: Backend> StepGraphs<B> {
             updates: 0,
             recaptures: 0,
             last_mismatch: None,
+            update_secs: 0.0,
         }
     }
 

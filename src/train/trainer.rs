@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::model::bert::{argmax, upload_batch, Acts, Mode, Model};
 use crate::train::optim::Adam;
+use crate::train::step::{StepGraphs, GRAPH_BUCKET};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -29,6 +30,8 @@ pub struct TrainOptions {
     pub shuffle: bool,
     /// Offer a checkpoint every this many steps (besides each epoch end).
     pub save_every: Option<u64>,
+    /// Whether the steps run as recorded graphs (see [`crate::train::step`]).
+    pub graphs: crate::train::step::GraphsSel,
 }
 
 /// One epoch's figures, as d2l prints them.
@@ -214,6 +217,10 @@ pub fn train<B: Backend>(
         return Err(Error::usage("--batch-size must be at least 1"));
     }
     let mut acts = Acts::new(be, &model.cfg)?;
+    let mut graphs = opts
+        .graphs
+        .decide(be, model.cfg.heads, model.cfg.hidden)?
+        .then(|| StepGraphs::<B>::new(GRAPH_BUCKET));
     let mut st = start;
     while st.epoch < opts.epochs {
         let order = epoch_batches(train.len(), opts.batch_size, opts.shuffle, opts.seed, st.epoch as u64);
@@ -238,7 +245,8 @@ pub fn train<B: Backend>(
             let batch = Batch::from_encoded(&items);
             let t0 = Instant::now();
             let mode = Mode { dropout: opts.dropout, seed: opts.seed, step: st.step };
-            let out = model.train_step(be, opt, &mut acts, &batch, mode)?;
+            let out =
+                model.train_step_maybe_graphed(be, opt, &mut acts, &batch, mode, &mut graphs, opts.graphs)?;
             if !out.loss_sum.is_finite() {
                 return Err(Error::msg(format!(
                     "the training loss became {} at step {} (epoch {}): lower --lr or check the data{}",

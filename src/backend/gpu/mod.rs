@@ -213,6 +213,7 @@ impl<D: Device> Gpu<D> {
             self.dev.abort_capture();
             let blocks = self.pool.end_capture();
             self.pool.release(&blocks);
+            self.forget_capture_error();
             return Err(e);
         }
         let blocks = self.pool.end_capture();
@@ -220,9 +221,18 @@ impl<D: Device> Gpu<D> {
             Ok(id) => Ok(GpuGraph { dev: self.dev.clone(), pool: self.pool.clone(), id, blocks }),
             Err(e) => {
                 self.pool.release(&blocks);
+                self.forget_capture_error();
                 Err(e)
             }
         }
+    }
+
+    /// After a failed capture: an op that failed while being captured failed the capture (nothing
+    /// ran), not the device, so its error is not kept; the device is checked instead.
+    fn forget_capture_error(&self) {
+        *self.sticky.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let r = self.dev.synchronize();
+        self.record(r);
     }
 
     /// Re-issues a step's ops into `graph` (new kernel arguments and uploads; nothing runs).
