@@ -63,3 +63,32 @@ extern "C" __global__ void loss_nonfinite(const float* __restrict__ losses, int 
     bad = __syncthreads_or(bad);
     if (threadIdx.x == 0) *flag = bad;
 }
+
+// The metrics of one step into slot `slot` of a ring (4 words per slot: the loss sum as a double
+// in words 0-1, the correct count in word 2, the example count in word 3), so that a run can read
+// many steps' metrics at once instead of waiting for each step. One thread, in example order:
+// the loss sum is Σ (double)losses[i] in order, the argmax the first maximum with NaN below every
+// number, as the host computes them (src/model/bert.rs: Model::output, argmax).
+extern "C" __global__ void step_metrics(unsigned int* __restrict__ ring, int slot, const float* __restrict__ losses,
+                                        const float* __restrict__ logits, const int* __restrict__ labels, int b,
+                                        int k) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    double sum = 0.0;
+    int correct = 0;
+    for (int i = 0; i < b; ++i) {
+        sum += (double)losses[i];
+        const float* x = logits + (long long)i * k;
+        int best = 0;
+        for (int j = 1; j < k; ++j) {
+            float xb = x[best], xj = x[j];
+            if (xj > xb || (xb != xb && xj == xj)) best = j;
+        }
+        correct += best == labels[i] ? 1 : 0;
+    }
+    unsigned int* s = ring + 4ll * slot;
+    unsigned long long bits = (unsigned long long)__double_as_longlong(sum);
+    s[0] = (unsigned int)bits;
+    s[1] = (unsigned int)(bits >> 32);
+    s[2] = (unsigned int)correct;
+    s[3] = (unsigned int)b;
+}

@@ -646,6 +646,44 @@ fn cli_bench_breakdown_on_emu_times_every_op_family() {
 }
 
 #[test]
+fn cli_finetune_with_step_graphs_matches_op_by_op() {
+    // The same bf16 run on the emulator with the steps as queued graphs (the default there: their
+    // losses read a few steps later, from the device) and op by op: the same metrics, up to the
+    // order of the embedding gradient's atomics.
+    let dir = tempfile::tempdir().unwrap();
+    let (on, off) = (dir.path().join("on"), dir.path().join("off"));
+    let o = small_finetune(dir.path(), &on, "bf16", &["--device", "emu", "--graphs", "on"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stdout.lines().filter(|l| l.starts_with("epoch ")).all(|l| l.ends_with(", step graphs")),
+        "{stdout}"
+    );
+    let o = small_finetune(dir.path(), &off, "bf16", &["--device", "emu", "--graphs", "off"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let read = |d: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (a, b) = (read(&on), read(&off));
+    assert_eq!(a.len(), 2);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        let (lx, ly) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
+        assert!((lx - ly).abs() <= 1e-4 * ly.abs(), "loss with graphs {lx} vs op by op {ly}");
+        for k in ["train_acc", "test_acc"] {
+            let (p, q) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+            assert!((p - q).abs() <= 0.05, "{k} with graphs {p} vs op by op {q}");
+        }
+        assert_eq!(x["steps"], y["steps"]);
+        assert_eq!(x["examples"], y["examples"]);
+    }
+}
+
+#[test]
 fn cli_bf16_on_emu_learns_like_f32() {
     // --precision bf16 (bf16 matrix products and flash attention on tensor cores, f32 elsewhere)
     // through our kernels on the emulator: the same run as f32 on the CPU ends with nearly the

@@ -55,11 +55,31 @@ struct Run {
     params: Vec<f64>,
 }
 
+/// How [`run_as`] takes its steps.
+#[derive(Clone, Copy, PartialEq)]
+enum How {
+    Launched,
+    Graphed,
+    /// Queued graph steps, their metrics read after steps 4 and 8 and at the end.
+    Queued,
+}
+
 fn run<D: Device>(
     be: &Gpu<D>,
     cfg: &BertConfig,
     graphs: Option<&mut StepGraphs<Gpu<D>>>,
     data: &[Batch],
+) -> Run {
+    let how = if graphs.is_some() { How::Graphed } else { How::Launched };
+    run_as(be, cfg, graphs, data, how)
+}
+
+fn run_as<D: Device>(
+    be: &Gpu<D>,
+    cfg: &BertConfig,
+    graphs: Option<&mut StepGraphs<Gpu<D>>>,
+    data: &[Batch],
+    how: How,
 ) -> Run {
     let host = init_params(&ParamLayout::new(cfg), 3);
     let mut model = Model::from_host(be, cfg.clone(), &cast_params::<f32>(&host)).unwrap();
@@ -69,13 +89,26 @@ fn run<D: Device>(
     let mut graphs = graphs;
     for (step, b) in data.iter().enumerate() {
         let mode = Mode { dropout: 0.2, seed: 9, step: step as u64 };
-        let o = match graphs.as_deref_mut() {
-            Some(g) => model.train_step_graphed(be, &mut opt, &mut acts, b, mode, g).unwrap(),
-            None => model.train_step(be, &mut opt, &mut acts, b, mode).unwrap(),
+        let outs = match (how, graphs.as_deref_mut()) {
+            (How::Graphed, Some(g)) => {
+                vec![model.train_step_graphed(be, &mut opt, &mut acts, b, mode, g).unwrap()]
+            }
+            (How::Queued, Some(g)) => {
+                model.train_step_queued(be, &mut opt, &mut acts, b, mode, g).unwrap();
+                if step == 3 || step == 7 || step + 1 == data.len() {
+                    g.take_metrics(be).unwrap()
+                } else {
+                    Vec::new()
+                }
+            }
+            _ => vec![model.train_step(be, &mut opt, &mut acts, b, mode).unwrap()],
         };
-        out.losses.push(o.loss_sum);
-        out.correct.push(o.correct);
+        for o in outs {
+            out.losses.push(o.loss_sum);
+            out.correct.push(o.correct);
+        }
     }
+    assert_eq!(out.losses.len(), data.len(), "one output per step");
     be.check().unwrap();
     out.params = model.params_host(be).unwrap().iter().map(|&x| x as f64).collect();
     out
@@ -125,6 +158,30 @@ fn graphed_steps_match_launched_steps<D: Device>(backend: fn(bool) -> Gpu<D>, sa
             let launched = run(&be, &cfg, None, &data);
             let mut graphs = StepGraphs::new(16);
             let graphed = run(&backend(bf16), &cfg, Some(&mut graphs), &data);
+            let mut qgraphs = StepGraphs::new(16);
+            let queued = run_as(&backend(bf16), &cfg, Some(&mut qgraphs), &data, How::Queued);
+            assert_eq!(qgraphs.queued(), 0, "every queued metric was read");
+            // Two graphs per bucket alternate for queued steps: more captures, the same numbers.
+            assert!(qgraphs.len() > graphs.len(), "{} queued graphs vs {}", qgraphs.len(), graphs.len());
+            for (i, (a, b)) in queued.losses.iter().zip(&graphed.losses).enumerate() {
+                assert_eq!(
+                    a, b,
+                    "d2l {d2l} bf16 {bf16}: loss of step {i}: queued (on the device) vs graphed (host)"
+                );
+            }
+            assert_eq!(
+                queued.correct, graphed.correct,
+                "d2l {d2l} bf16 {bf16}: correct counts, queued vs graphed"
+            );
+            if same_products {
+                let worst = queued
+                    .params
+                    .iter()
+                    .zip(&graphed.params)
+                    .map(|(a, b)| (a - b).abs() / (1e-3 + b.abs()))
+                    .fold(0.0, f64::max);
+                assert!(worst < 1e-4, "queued vs graphed parameters differ by {worst:e}");
+            }
             let what = format!("d2l {d2l} bf16 {bf16}");
             // Same ops on the same data; only the order of some sums may differ (the emulator's
             // randomised atomics schedule in the embedding gradient; on a GPU also the products'
@@ -287,5 +344,36 @@ fn loss_nonfinite_emu_matches_cpu_twin() {
                 e.free(flag);
             }
         }
+    }
+}
+
+#[test]
+fn step_metrics_emu_match_the_host_computation() {
+    use nli_bert::model::bert::upload_batch;
+    // The loss sum (f64, in order) and the argmax count of step_metrics against Model::output's,
+    // bit for bit, with ties, NaN and infinite values among the logits.
+    let be = emu(false);
+    let k = 3;
+    let mut rng = HostRng::new(8, 1);
+    for (slot, nb) in [(0usize, 1usize), (1, 7), (1023, 300)] {
+        let lens = vec![1; nb];
+        let b = packed_batch(&lens, V, &mut rng, Labels::PerSequence);
+        let mut logits: Vec<f32> = (0..nb * k).map(|_| (rng.below(5) as f32) - 2.0).collect();
+        if nb > 3 {
+            logits[3] = f32::NAN;
+            logits[4] = f32::INFINITY;
+            logits[8] = f32::NAN;
+        }
+        let losses: Vec<f32> =
+            (0..nb).map(|i| 0.1 + i as f32 * 1e-3 + (rng.below(1000) as f32) * 1e-7).collect();
+        let db = upload_batch(&be, &b).unwrap();
+        let (lb, gb) = (be.upload(&losses).unwrap(), be.upload(&logits).unwrap());
+        assert!(be.metrics_push(slot, be.view(&lb), be.view(&gb), &db, k).unwrap());
+        let got = be.metrics_read(slot, 1).unwrap();
+        let want_sum: f64 = losses.iter().map(|&x| x as f64).sum();
+        let want_correct = (0..nb)
+            .filter(|&i| nli_bert::model::bert::argmax(&logits[i * k..(i + 1) * k]) as i32 == b.labels[i])
+            .count();
+        assert_eq!(got, vec![(want_sum, want_correct, nb)], "slot {slot}, {nb} examples");
     }
 }

@@ -147,6 +147,10 @@ impl AdamStep {
     }
 }
 
+/// Slots of a backend's metrics ring ([`Backend::metrics_push`]): a run reads the queued metrics
+/// at least this often.
+pub const METRICS_SLOTS: usize = 1024;
+
 /// The operations of the model, implemented by every backend.
 pub trait Backend {
     /// Storage scalar of parameters and activations (CPU: f32 or f64).
@@ -463,6 +467,29 @@ pub trait Backend {
     }
     /// Ends [`Backend::loss_guard`].
     fn loss_guard_clear(&self) {}
+    /// Writes the metrics of the forward just issued into slot `slot` (< [`METRICS_SLOTS`]) of the
+    /// backend's ring on the device — the loss sum (`Σ losses` in f64, in order) and the correct
+    /// count (argmax of `logits` (B,K) against the batch's labels), as
+    /// [`crate::model::bert::Model::output`] computes them — to be read later with
+    /// [`Backend::metrics_read`] rather than after every step. `Ok(false)`: this backend has no
+    /// such ring (the CPU reads them after each step).
+    fn metrics_push(
+        &self,
+        slot: usize,
+        losses: Self::Slice<'_>,
+        logits: Self::Slice<'_>,
+        batch: &DeviceBatch<Self>,
+        k: usize,
+    ) -> Result<bool> {
+        let _ = (slot, losses, logits, batch, k);
+        Ok(false)
+    }
+    /// Slots `first, first + 1, …` (`count` of them, wrapping) of the metrics ring:
+    /// `(loss sum, correct, examples)` each (waits for the device).
+    fn metrics_read(&self, first: usize, count: usize) -> Result<Vec<(f64, usize, usize)>> {
+        let _ = (first, count);
+        Ok(Vec::new())
+    }
 
     /// Waits for the work issued so far and returns the first error of any earlier op (a GPU's
     /// ops cannot return their device errors). Nothing to wait for on the CPU.

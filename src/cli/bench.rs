@@ -31,7 +31,7 @@ use crate::model::config::BertConfig;
 use crate::model::params::ParamLayout;
 use crate::rng::HostRng;
 use crate::train::optim::{Adam, AdamConfig};
-use crate::train::step::{StepGraphs, GRAPH_BUCKET};
+use crate::train::step::Stepper;
 use clap::Args;
 
 /// The datasheet ceilings of a card: dense bf16 tensor-core and fp32 CUDA-core peaks, memory
@@ -344,29 +344,43 @@ pub fn time_steps<B: Backend>(
         params: cfg.param_count().unwrap_or(0),
         ..StepReport::default()
     };
-    let mut graphs = a.graphs.decide(be, cfg.heads, cfg.hidden)?.then(|| StepGraphs::<B>::new(GRAPH_BUCKET));
+    let mut stepper = Stepper::new(be, a.graphs, cfg.heads, cfg.hidden)?;
     let mut loss = 0.0;
+    // Outputs come in step order, possibly several steps after the step (queued graph steps).
+    let mut drained = 0;
+    let mut take = |outs: Vec<crate::model::bert::Output>, loss: &mut f64| {
+        for o in outs {
+            if drained >= a.warmup {
+                *loss += o.loss_sum;
+            }
+            drained += 1;
+        }
+    };
     let mut t0 = Instant::now();
     for step in 0..a.warmup + a.steps {
         if step == a.warmup {
+            take(stepper.drain(be)?, &mut loss);
             sync()?;
             t0 = Instant::now();
         }
         let b = &batches[step % batches.len()];
         let mode = Mode { dropout: a.dropout, seed: a.seed, step: step as u64 };
-        let out = model.train_step_maybe_graphed(be, &mut opt, &mut acts, b, mode, &mut graphs, a.graphs)?;
+        stepper.step(&mut model, be, &mut opt, &mut acts, b, mode)?;
+        if stepper.should_drain() {
+            take(stepper.drain(be)?, &mut loss);
+        }
         if step >= a.warmup {
-            loss += out.loss_sum;
             rep.examples += b.b();
             rep.tokens += b.t();
             rep.flops += train_flops(cfg, &b.lens);
             rep.bytes += train_bytes(cfg, b);
         }
     }
+    take(stepper.drain(be)?, &mut loss);
     sync()?;
     rep.seconds = t0.elapsed().as_secs_f64();
     rep.mean_loss = loss / rep.examples.max(1) as f64;
-    if let Some(g) = &graphs {
+    if let Some(g) = stepper.graphs() {
         rep.device.push_str(", step graphs");
         rep.graphs = Some(GraphStats {
             bucket: g.bucket,
@@ -377,7 +391,7 @@ pub fn time_steps<B: Backend>(
         });
     }
     // Events cannot be recorded inside a graph: the breakdown's steps run op by op.
-    drop(graphs);
+    drop(stepper);
     if a.breakdown && be.breakdown_start()? {
         let mut work: Vec<(&'static str, f64, f64)> = Vec::new();
         let t0 = Instant::now();

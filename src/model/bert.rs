@@ -235,6 +235,11 @@ impl<B: Backend> Model<B> {
         be.slice(&acts.losses, 0..nb)
     }
 
+    /// The logits of the last forward (B, K), on the device.
+    pub fn logits<'a>(&self, be: &B, acts: &'a Acts<B>, nb: usize) -> B::Slice<'a> {
+        be.slice(&acts.logits, 0..nb * self.cfg.num_labels)
+    }
+
     /// The forward pass's ops, without reading anything back (see [`Model::forward`]).
     pub fn forward_ops(&self, be: &B, acts: &mut Acts<B>, batch: &DeviceBatch<B>, mode: Mode) -> Result<()> {
         let cfg = &self.cfg;

@@ -42,37 +42,6 @@ impl<B: Backend> Model<B> {
         Ok(out)
     }
 
-    /// [`Model::train_step_graphed`] while `graphs` holds step graphs, else [`Model::train_step`].
-    /// When a graph cannot be made or run and the device is still sound, `sel` decides: with
-    /// [`GraphsSel::Auto`] a warning says why and this step and the rest run op by op (`graphs`
-    /// becomes `None`); with [`GraphsSel::On`] it is an error.
-    #[allow(clippy::too_many_arguments)]
-    pub fn train_step_maybe_graphed(
-        &mut self,
-        be: &B,
-        opt: &mut Adam<B>,
-        acts: &mut Acts<B>,
-        batch: &Batch,
-        mode: Mode,
-        graphs: &mut Option<StepGraphs<B>>,
-        sel: GraphsSel,
-    ) -> Result<Output> {
-        let Some(g) = graphs.as_mut() else { return self.train_step(be, opt, acts, batch, mode) };
-        match self.train_step_graphed(be, opt, acts, batch, mode, g) {
-            Ok(out) => Ok(out),
-            Err(e) if sel == GraphsSel::Auto && be.synchronize().is_ok() => {
-                eprintln!(
-                    "warning: training steps cannot run as graphs on {} ({e}); running every op on its own \
-                     (--graphs off says so from the start)",
-                    be.name()
-                );
-                *graphs = None;
-                self.train_step(be, opt, acts, batch, mode)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
     /// [`Model::train_step`] as a replayed graph (see the module documentation). The parameters
     /// are left as they were after a non-finite loss, as there.
     pub fn train_step_graphed(
@@ -84,6 +53,49 @@ impl<B: Backend> Model<B> {
         mode: Mode,
         graphs: &mut StepGraphs<B>,
     ) -> Result<Output> {
+        self.graph_step(be, opt, acts, batch, mode, graphs, false)?;
+        self.output(be, acts, batch.lens.len(), &batch.labels)
+    }
+
+    /// [`Model::train_step_graphed`] without waiting for the step: its loss sum and correct count
+    /// are queued on the device ([`Backend::metrics_push`]) and read, with those of the steps
+    /// queued before it, by [`StepGraphs::take_metrics`] — at least every
+    /// [`crate::backend::METRICS_SLOTS`] steps. So the host prepares the next batch and updates
+    /// the next graph while the device runs this one: consecutive steps of one bucket alternate
+    /// between two graphs, and updating one waits only for its own last replay.
+    pub fn train_step_queued(
+        &mut self,
+        be: &B,
+        opt: &mut Adam<B>,
+        acts: &mut Acts<B>,
+        batch: &Batch,
+        mode: Mode,
+        graphs: &mut StepGraphs<B>,
+    ) -> Result<()> {
+        if graphs.queued >= crate::backend::METRICS_SLOTS {
+            return Err(crate::error::Error::msg(format!(
+                "{} training steps queued without reading their metrics (StepGraphs::take_metrics)",
+                graphs.queued
+            )));
+        }
+        self.graph_step(be, opt, acts, batch, mode, graphs, true)?;
+        graphs.queued += 1;
+        Ok(())
+    }
+
+    /// Records (or updates) and replays the graph of `batch`'s step; with `queue` the step also
+    /// writes its metrics into the next slot of the backend's ring.
+    #[allow(clippy::too_many_arguments)]
+    fn graph_step(
+        &mut self,
+        be: &B,
+        opt: &mut Adam<B>,
+        acts: &mut Acts<B>,
+        batch: &Batch,
+        mode: Mode,
+        graphs: &mut StepGraphs<B>,
+        queue: bool,
+    ) -> Result<()> {
         let (t, nb) = (batch.tokens.len(), batch.lens.len());
         let bucket = graphs.bucket.min(self.cfg.max_positions).max(1);
         let tb = t.div_ceil(bucket).max(1) * bucket;
@@ -92,12 +104,23 @@ impl<B: Backend> Model<B> {
         // step takes while it is captured).
         let layout = crate::backend::BatchLayout::padded(&batch.lens, pad);
         acts.ensure(be, &self.cfg, &layout)?;
-        let key = (tb, nb);
+        // Queued steps of one bucket alternate between two graphs (see train_step_queued).
+        let uses = graphs.uses.entry((tb, nb)).or_insert(0);
+        let copy = if queue { 1 + *uses % 2 } else { 0 };
+        *uses += 1;
+        let key = (tb, nb, copy);
+        let slot = (graphs.first + graphs.queued) % crate::backend::METRICS_SLOTS;
+        let k = self.cfg.num_labels;
         let record = |model: &mut Model<B>, opt: &mut Adam<B>, acts: &mut Acts<B>| -> Result<()> {
             let db = upload_batch_padded(be, batch, pad)?;
             opt.zero_grad(be, model);
             model.forward_ops(be, acts, &db, mode)?;
             be.loss_guard(model.losses(be, acts, nb));
+            if queue
+                && !be.metrics_push(slot, model.losses(be, acts, nb), model.logits(be, acts, nb), &db, k)?
+            {
+                return Err(crate::error::Error::msg(format!("{} cannot queue step metrics", be.name())));
+            }
             let r = model.backward(be, acts, &db, mode);
             opt.step_batch(be, model, &batch.tokens);
             be.loss_guard_clear();
@@ -111,8 +134,7 @@ impl<B: Backend> Model<B> {
         }
         r?;
         let g = graphs.graphs.get(&key).ok_or_else(|| crate::error::Error::msg("step graph missing"))?;
-        be.graph_replay(g)?;
-        self.output(be, acts, nb, &batch.labels)
+        be.graph_replay(g)
     }
 
     /// Finds, updates or captures the graph for `key` (see [`Model::train_step_graphed`]).
@@ -122,7 +144,7 @@ impl<B: Backend> Model<B> {
         opt: &mut Adam<B>,
         acts: &mut Acts<B>,
         graphs: &mut StepGraphs<B>,
-        key: (usize, usize),
+        key: (usize, usize, usize),
         record: &StepOps<'_, B>,
     ) -> Result<()> {
         let mut updated = false;
@@ -190,9 +212,15 @@ impl GraphsSel {
 /// pairs, about 12.8k tokens, spread over a few buckets; the padding costs at most 2%).
 pub const GRAPH_BUCKET: usize = 256;
 
-/// The step graphs of a run, one per (packed length rounded up to the bucket, examples).
+/// The step graphs of a run, one per (packed length rounded up to the bucket, examples) — two
+/// for queued steps — and the queue of step metrics not read yet.
 pub struct StepGraphs<B: Backend> {
-    graphs: HashMap<(usize, usize), B::Graph>,
+    graphs: HashMap<(usize, usize, usize), B::Graph>,
+    /// Steps taken per (bucket, examples), for alternating the two graphs of queued steps.
+    uses: HashMap<(usize, usize), usize>,
+    /// The metrics ring slot of the oldest queued step, and the number queued.
+    first: usize,
+    queued: usize,
     /// Tokens per bucket: a batch of T tokens is padded to the next multiple (at most the
     /// positional table's length, which bounds the padding sequence).
     pub bucket: usize,
@@ -214,6 +242,9 @@ impl<B: Backend> StepGraphs<B> {
     pub fn new(bucket: usize) -> Self {
         StepGraphs {
             graphs: HashMap::new(),
+            uses: HashMap::new(),
+            first: 0,
+            queued: 0,
             bucket,
             captures: 0,
             updates: 0,
@@ -233,8 +264,106 @@ impl<B: Backend> StepGraphs<B> {
         self.graphs.is_empty()
     }
 
+    /// Steps queued by [`Model::train_step_queued`] whose metrics are not read yet.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// The metrics of the queued steps, oldest first, as [`Model::train_step`] returns them
+    /// (waits for the device).
+    pub fn take_metrics(&mut self, be: &B) -> Result<Vec<Output>> {
+        if self.queued == 0 {
+            return Ok(Vec::new());
+        }
+        let m = be.metrics_read(self.first, self.queued)?;
+        self.first = (self.first + self.queued) % crate::backend::METRICS_SLOTS;
+        self.queued = 0;
+        Ok(m.into_iter().map(|(loss_sum, correct, n)| Output { loss_sum, correct, n }).collect())
+    }
+
     /// Drops every graph (before the buffers they address change).
     pub fn clear(&mut self) {
         self.graphs.clear();
+    }
+}
+
+/// Runs a run's training steps: as queued graphs where `--graphs` allows (their metrics read in
+/// batches, see [`Model::train_step_queued`]), else one [`Model::train_step`] at a time. Either
+/// way [`Stepper::drain`] returns every step's [`Output`] in order.
+pub struct Stepper<B: Backend> {
+    graphs: Option<StepGraphs<B>>,
+    sel: GraphsSel,
+    ready: Vec<Output>,
+    last_drain: std::time::Instant,
+}
+
+impl<B: Backend> Stepper<B> {
+    /// Steps of a model with `nh` heads over `c` columns on `be`, as graphs when `sel` says so.
+    pub fn new(be: &B, sel: GraphsSel, nh: usize, c: usize) -> Result<Self> {
+        let graphs = sel.decide(be, nh, c)?.then(|| StepGraphs::new(GRAPH_BUCKET));
+        Ok(Stepper { graphs, sel, ready: Vec::new(), last_drain: std::time::Instant::now() })
+    }
+
+    /// The step graphs, while steps run as graphs.
+    pub fn graphs(&self) -> Option<&StepGraphs<B>> {
+        self.graphs.as_ref()
+    }
+
+    /// Takes one training step. When a graph cannot be made or run and the device is still
+    /// sound, `--graphs auto` goes on op by op after a warning (`on`: the error).
+    pub fn step(
+        &mut self,
+        model: &mut Model<B>,
+        be: &B,
+        opt: &mut Adam<B>,
+        acts: &mut Acts<B>,
+        batch: &Batch,
+        mode: Mode,
+    ) -> Result<()> {
+        let Some(g) = self.graphs.as_mut() else {
+            let out = model.train_step(be, opt, acts, batch, mode)?;
+            self.ready.push(out);
+            return Ok(());
+        };
+        match model.train_step_queued(be, opt, acts, batch, mode, g) {
+            Ok(()) => Ok(()),
+            Err(e) if self.sel == GraphsSel::Auto && be.synchronize().is_ok() => {
+                eprintln!(
+                    "warning: training steps cannot run as graphs on {} ({e}); running every op on its own \
+                     (--graphs off says so from the start)",
+                    be.name()
+                );
+                let earlier = g.take_metrics(be)?;
+                self.ready.extend(earlier);
+                self.graphs = None;
+                let out = model.train_step(be, opt, acts, batch, mode)?;
+                self.ready.push(out);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the steps taken should be drained now: always without graphs (each step's output
+    /// is at hand), else when half the metrics ring is used or a quarter second has passed (for
+    /// the progress display).
+    pub fn should_drain(&self) -> bool {
+        match &self.graphs {
+            None => true,
+            Some(g) => {
+                g.queued() >= crate::backend::METRICS_SLOTS / 2
+                    || self.last_drain.elapsed() >= std::time::Duration::from_millis(250)
+            }
+        }
+    }
+
+    /// The outputs of the steps taken since the last drain, in order (waits for the device).
+    pub fn drain(&mut self, be: &B) -> Result<Vec<Output>> {
+        let mut out = std::mem::take(&mut self.ready);
+        if let Some(g) = self.graphs.as_mut() {
+            out.extend(g.take_metrics(be)?);
+        }
+        self.last_drain = std::time::Instant::now();
+        Ok(out)
     }
 }

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::model::bert::{argmax, upload_batch, Acts, Mode, Model};
 use crate::train::optim::Adam;
-use crate::train::step::{StepGraphs, GRAPH_BUCKET};
+use crate::train::step::Stepper;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -217,10 +217,7 @@ pub fn train<B: Backend>(
         return Err(Error::usage("--batch-size must be at least 1"));
     }
     let mut acts = Acts::new(be, &model.cfg)?;
-    let mut graphs = opts
-        .graphs
-        .decide(be, model.cfg.heads, model.cfg.hidden)?
-        .then(|| StepGraphs::<B>::new(GRAPH_BUCKET));
+    let mut stepper = Stepper::new(be, opts.graphs, model.cfg.heads, model.cfg.hidden)?;
     let mut st = start;
     while st.epoch < opts.epochs {
         let order = epoch_batches(train.len(), opts.batch_size, opts.shuffle, opts.seed, st.epoch as u64);
@@ -245,23 +242,34 @@ pub fn train<B: Backend>(
             let batch = Batch::from_encoded(&items);
             let t0 = Instant::now();
             let mode = Mode { dropout: opts.dropout, seed: opts.seed, step: st.step };
-            let out =
-                model.train_step_maybe_graphed(be, opt, &mut acts, &batch, mode, &mut graphs, opts.graphs)?;
-            if !out.loss_sum.is_finite() {
-                return Err(Error::msg(format!(
-                    "the training loss became {} at step {} (epoch {}): lower --lr or check the data{}",
-                    out.loss_sum,
-                    st.step + 1,
-                    st.epoch + 1,
-                    if opts.save_every.is_some() { "; the last checkpoint is intact" } else { "" }
-                )));
-            }
-            st.secs += t0.elapsed().as_secs_f64();
+            stepper.step(model, be, opt, &mut acts, &batch, mode)?;
             st.step += 1;
             st.batch += 1;
-            st.loss_sum += out.loss_sum;
-            st.correct += out.correct;
-            st.n += out.n;
+            let point = st.batch % every == 0 || st.batch == batches;
+            let save = opts.save_every.is_some_and(|k| k > 0 && st.step % k == 0) && st.batch < batches;
+            let stop = opts.max_steps.is_some_and(|m| st.step >= m) || INTERRUPTED.load(Ordering::Relaxed);
+            if !(point || save || stop || stepper.should_drain()) {
+                // A queued graph step: its loss is read with later ones.
+                st.secs += t0.elapsed().as_secs_f64();
+                continue;
+            }
+            let outs = stepper.drain(be)?;
+            let first = st.step + 1 - outs.len() as u64;
+            for (i, out) in outs.iter().enumerate() {
+                if !out.loss_sum.is_finite() {
+                    return Err(Error::msg(format!(
+                        "the training loss became {} at step {} (epoch {}): lower --lr or check the data{}",
+                        out.loss_sum,
+                        first + i as u64,
+                        st.epoch + 1,
+                        if opts.save_every.is_some() { "; the last checkpoint is intact" } else { "" }
+                    )));
+                }
+                st.loss_sum += out.loss_sum;
+                st.correct += out.correct;
+                st.n += out.n;
+            }
+            st.secs += t0.elapsed().as_secs_f64();
             let p = Progress {
                 epoch: st.epoch,
                 batch: st.batch,
@@ -272,7 +280,7 @@ pub fn train<B: Backend>(
                 step: st.step,
             };
             hooks.on_step(&p)?;
-            if st.batch % every == 0 || st.batch == batches {
+            if point {
                 hooks.on_point(&p)?;
             }
             if opts.save_every.is_some_and(|k| k > 0 && st.step % k == 0) && st.batch < batches {

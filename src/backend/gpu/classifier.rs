@@ -6,7 +6,8 @@ use super::device::{Device, KArg};
 use super::launch::{i, need, p, pi, pm};
 use super::memory::{GView, GViewMut};
 use super::Gpu;
-use crate::backend::DeviceBatch;
+use crate::backend::{DeviceBatch, METRICS_SLOTS};
+use crate::error::{Error, Result};
 
 /// See [`Backend::cls_forward`](crate::backend::Backend::cls_forward).
 pub(super) fn cls_forward<D: Device>(
@@ -92,4 +93,59 @@ pub(super) fn loss_guard<D: Device>(g: &Gpu<D>, losses: GView<'_>) {
     let cfg = super::device::LaunchCfg::linear(1, 256, 0);
     g.launch("loss_nonfinite", cfg, &[p(&losses), i(losses.len), KArg::Ptr(flag)]);
     g.guard_on.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [`Backend::metrics_push`](crate::backend::Backend::metrics_push).
+pub(super) fn metrics_push<D: Device>(
+    g: &Gpu<D>,
+    slot: usize,
+    losses: GView<'_>,
+    logits: GView<'_>,
+    batch: &DeviceBatch<Gpu<D>>,
+    k: usize,
+) -> Result<()> {
+    let nb = losses.len;
+    assert!(slot < METRICS_SLOTS, "metrics_push: slot {slot} outside the ring of {METRICS_SLOTS}");
+    need("metrics_push", "logits", logits.len, nb * k);
+    need("metrics_push", "labels", batch.labels.len(), nb);
+    let ptr = {
+        let mut ring = g.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        if ring.is_none() {
+            // Outlives every step graph: not owned by one.
+            *ring = Some(g.alloc_persistent::<i32>(4 * METRICS_SLOTS)?);
+        }
+        ring.as_ref().map_or(0, |b| b.ptr)
+    };
+    let cfg = super::device::LaunchCfg::linear(1, 32, 0);
+    let args = [KArg::Ptr(ptr), i(slot), p(&losses), p(&logits), pi(&batch.labels), i(nb), i(k)];
+    g.launch("step_metrics", cfg, &args);
+    Ok(())
+}
+
+/// See [`Backend::metrics_read`](crate::backend::Backend::metrics_read).
+pub(super) fn metrics_read<D: Device>(
+    g: &Gpu<D>,
+    first: usize,
+    count: usize,
+) -> Result<Vec<(f64, usize, usize)>> {
+    if count > METRICS_SLOTS {
+        return Err(Error::msg(format!("metrics_read: {count} slots from a ring of {METRICS_SLOTS}")));
+    }
+    g.check()?;
+    let ring = g.metrics.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(buf) = ring.as_ref() else { return Ok(Vec::new()) };
+    let mut words = vec![0u8; 16 * METRICS_SLOTS];
+    // SAFETY: the ring holds 4 * METRICS_SLOTS i32.
+    unsafe { g.dev.copy_dtoh(buf.ptr, &mut words)? };
+    Ok((0..count)
+        .map(|q| {
+            let s = (first + q) % METRICS_SLOTS;
+            let w = |j: usize| {
+                let o = 16 * s + 4 * j;
+                u32::from_le_bytes([words[o], words[o + 1], words[o + 2], words[o + 3]])
+            };
+            let bits = u64::from(w(0)) | (u64::from(w(1)) << 32);
+            (f64::from_bits(bits), w(2) as usize, w(3) as usize)
+        })
+        .collect())
 }

@@ -256,7 +256,7 @@ pub trait Device: Send + Sync + 'static {
     fn abort_capture(&self);
     /// Starts re-issuing graph `id`'s ops: each op is matched against the recorded one and
     /// changed kernel arguments and uploaded bytes are written into the graph; nothing runs.
-    /// Waits for earlier work first (a replay may still read the staging buffers).
+    /// Waits for the graph's own last replay first (it may still read the staging buffers).
     fn begin_update(&self, id: u64) -> Result<()>;
     /// Ends an update: whether every op matched.
     fn end_update(&self) -> Result<super::graph::UpdateOutcome>;

@@ -67,6 +67,8 @@ pub struct Gpu<D: Device> {
     /// The non-finite-loss flag Adam checks while [`Backend::loss_guard`] is on (one i32).
     guard: Mutex<Option<GBuf<D, i32>>>,
     guard_on: AtomicBool,
+    /// The ring of step metrics ([`Backend::metrics_push`]), made at the first push.
+    metrics: Mutex<Option<GBuf<D, i32>>>,
     /// Whether ops are being timed ([`Backend::breakdown_start`]).
     profiling: AtomicBool,
     /// The marks recorded after each op while timing, with the op's family.
@@ -89,6 +91,7 @@ impl<D: Device> Gpu<D> {
             fused: true,
             guard: Mutex::new(None),
             guard_on: AtomicBool::new(false),
+            metrics: Mutex::new(None),
             profiling: AtomicBool::new(false),
             marks: Mutex::new(Vec::new()),
         }
@@ -421,6 +424,21 @@ impl<D: Device> Backend for Gpu<D> {
 
     fn loss_guard_clear(&self) {
         self.guard_on.store(false, Ordering::Relaxed);
+    }
+
+    fn metrics_push(
+        &self,
+        slot: usize,
+        losses: GView<'_>,
+        logits: GView<'_>,
+        batch: &DeviceBatch<Self>,
+        k: usize,
+    ) -> Result<bool> {
+        classifier::metrics_push(self, slot, losses, logits, batch, k).map(|()| true)
+    }
+
+    fn metrics_read(&self, first: usize, count: usize) -> Result<Vec<(f64, usize, usize)>> {
+        classifier::metrics_read(self, first, count)
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -6,7 +6,8 @@
 //! `cuStreamGetCaptureInfo_v3`), an upload with the pinned host buffer the memcpy node reads.
 //! Capture mode is `RELAXED`, so that the pool may still allocate during a first capture.
 //! Updating writes new kernel arguments with `cuGraphExecKernelNodeSetParams` and new upload bytes
-//! into the pinned buffers (after waiting for the stream: the last replay may still read them).
+//! into the pinned buffers (after waiting for the graph's own last replay, an event recorded after
+//! each launch: it may still read them; other graphs keep running).
 
 use std::ffi::c_void;
 
@@ -34,10 +35,11 @@ impl Default for CudaOp {
 // SAFETY: the node handle and the pinned pointer are used only under the device's Mutex.
 unsafe impl Send for CudaOp {}
 
-/// An instantiated graph.
+/// An instantiated graph and the event recorded after its last replay.
 pub(crate) struct Exec {
     graph: sys::CUgraph,
     exec: sys::CUgraphExec,
+    done: sys::CUevent,
 }
 
 // SAFETY: used only under the device's Mutex, with the context bound.
@@ -258,8 +260,20 @@ impl Cuda {
             }
             return Err(e);
         }
+        let done = match drv::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING) {
+            Ok(e) => e,
+            Err(e) => {
+                free_staging(g.abort_capture());
+                // SAFETY: made above, not used again.
+                unsafe {
+                    let _ = sys::cuGraphExecDestroy(exec);
+                    let _ = sys::cuGraphDestroy(graph);
+                }
+                return Err(drv_err("cuEventCreate")(e));
+            }
+        };
         let (id, _) = g.end_capture()?;
-        self.execs.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Exec { graph, exec });
+        self.execs.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Exec { graph, exec, done });
         Ok(id)
     }
 
@@ -282,9 +296,16 @@ impl Cuda {
 
     pub(super) fn graph_begin_update(&self, id: u64) -> Result<()> {
         bind(self.ctx)?;
-        // SAFETY: a live stream of this context.
-        unsafe { drv::stream::synchronize(self.stream) }
-            .map_err(drv_err("synchronizing before a graph update"))?;
+        // The graph's last replay may still read its staging buffers: wait for that replay only
+        // (an event never recorded is complete), so that the host updates this graph while the
+        // device runs others.
+        let done = self.execs.lock().unwrap_or_else(|p| p.into_inner()).get(&id).map(|e| e.done);
+        if let Some(done) = done {
+            // SAFETY: an event of this context.
+            unsafe { sys::cuEventSynchronize(done) }
+                .result()
+                .map_err(drv_err("waiting for a graph's last replay"))?;
+        }
         self.graphs.lock().unwrap_or_else(|p| p.into_inner()).begin_update(id)
     }
 
@@ -295,15 +316,19 @@ impl Cuda {
     pub(super) fn graph_replay(&self, id: u64) -> Result<()> {
         self.not_in_graph("replaying a graph")?;
         bind(self.ctx)?;
-        let exec = self
+        let (exec, done) = self
             .execs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
-            .map(|e| e.exec)
+            .map(|e| (e.exec, e.done))
             .ok_or_else(|| Error::msg(format!("CUDA: no step graph {id}")))?;
-        // SAFETY: `exec` is an instantiated graph of this context; the caller keeps its memory live.
-        unsafe { sys::cuGraphLaunch(exec, self.stream) }.result().map_err(drv_err("cuGraphLaunch"))
+        // SAFETY: `exec` is an instantiated graph of this context and `done` an event of it; the
+        // caller keeps the graph's memory live.
+        unsafe {
+            sys::cuGraphLaunch(exec, self.stream).result().map_err(drv_err("cuGraphLaunch"))?;
+            sys::cuEventRecord(done, self.stream).result().map_err(drv_err("cuEventRecord after a graph"))
+        }
     }
 
     pub(super) fn graph_drop(&self, id: u64) {
@@ -319,6 +344,7 @@ impl Cuda {
             if let Some(e) = exec {
                 let _ = sys::cuGraphExecDestroy(e.exec);
                 let _ = sys::cuGraphDestroy(e.graph);
+                let _ = sys::cuEventDestroy_v2(e.done);
             }
         }
         free_staging(ops.into_iter().flatten().map(|r| r.extra));
