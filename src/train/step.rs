@@ -43,7 +43,9 @@ impl<B: Backend> Model<B> {
     }
 
     /// [`Model::train_step`] as a replayed graph (see the module documentation). The parameters
-    /// are left as they were after a non-finite loss, as there.
+    /// are left as they were after a non-finite loss, as there; unlike there, the optimizer's step
+    /// count has advanced (the host cannot know before the device has run the step), which only
+    /// matters to a caller that goes on training after such a loss (the trainer stops).
     pub fn train_step_graphed(
         &mut self,
         be: &B,
@@ -150,7 +152,14 @@ impl<B: Backend> Model<B> {
         let mut updated = false;
         if let Some(g) = graphs.graphs.get(&key) {
             let t0 = std::time::Instant::now();
-            let mismatch = be.graph_update(g, &mut || record(self, opt, acts))?;
+            let mismatch = match be.graph_update(g, &mut || record(self, opt, acts)) {
+                Ok(m) => m,
+                Err(e) => {
+                    // The graph may hold some of the new arguments and not others: never replay it.
+                    graphs.graphs.remove(&key);
+                    return Err(e);
+                }
+            };
             graphs.update_secs += t0.elapsed().as_secs_f64();
             updated = mismatch.is_none();
             if updated {

@@ -104,6 +104,9 @@ pub struct Cuda {
     /// Null until retained (partial construction is cleaned up by `Drop`).
     ctx: sys::CUcontext,
     stream: sys::CUstream,
+    /// A second stream for zero-filling allocations made while the main stream is being
+    /// captured into a step graph (the fill must happen now, once, not in the graph).
+    side: sys::CUstream,
     blas: Mutex<blas_sys::cublasHandle_t>,
     /// cuBLASLt (fused epilogues, bf16 products), or why there is none.
     lt: Mutex<std::result::Result<lt::Lt, String>>,
@@ -206,6 +209,7 @@ impl Cuda {
             cc,
             ctx: std::ptr::null_mut(),
             stream: std::ptr::null_mut(),
+            side: std::ptr::null_mut(),
             blas: Mutex::new(std::ptr::null_mut()),
             lt: Mutex::new(Err("not initialised".into())),
             kernels: None,
@@ -218,6 +222,8 @@ impl Cuda {
         cuda.ctx = unsafe { drv::primary_ctx::retain(dev) }.map_err(drv_err("cuDevicePrimaryCtxRetain"))?;
         bind(cuda.ctx)?;
         cuda.stream =
+            drv::stream::create(drv::stream::StreamKind::NonBlocking).map_err(drv_err("cuStreamCreate"))?;
+        cuda.side =
             drv::stream::create(drv::stream::StreamKind::NonBlocking).map_err(drv_err("cuStreamCreate"))?;
         cuda.init_cublas()?;
         *cuda.lt.get_mut().unwrap_or_else(|p| p.into_inner()) = lt::Lt::new();
@@ -393,6 +399,10 @@ impl Drop for Cuda {
             // SAFETY: created in `new`, all work done (synchronized above), destroyed once.
             let _ = unsafe { drv::stream::destroy(self.stream) };
         }
+        if !self.side.is_null() {
+            // SAFETY: created in `new`; its work is synchronized where it is issued.
+            let _ = unsafe { drv::stream::destroy(self.side) };
+        }
         // SAFETY: retained once in `new`.
         let _ = unsafe { drv::primary_ctx::release(self.dev) };
     }
@@ -445,11 +455,26 @@ impl Device for Cuda {
         let p = unsafe { drv::malloc_sync(bytes.max(1)) }
             .map_err(drv_err(format_args!("allocating {bytes} bytes on {}", self.name())))?;
         if bytes > 0 {
-            // SAFETY: `p .. p + bytes` was just allocated; the stream orders this zero-fill
-            // before any later use.
-            if let Err(e) = unsafe { drv::memset_d8_async(p, 0, bytes, self.stream) } {
-                // SAFETY: `p` was allocated above and is not handed out.
-                let _ = unsafe { drv::free_sync(p) };
+            // While a step graph is captured the main stream records instead of running: the
+            // fill goes to the side stream and is waited for, so that it happens once, now.
+            let capturing = self.graph_busy();
+            let stream = if capturing { self.side } else { self.stream };
+            // SAFETY: `p .. p + bytes` was just allocated; the main stream orders this zero-fill
+            // before any later use, or the side stream's is complete when this returns.
+            let r = unsafe {
+                drv::memset_d8_async(p, 0, bytes, stream).and_then(|()| {
+                    if capturing {
+                        drv::stream::synchronize(stream)
+                    } else {
+                        Ok(())
+                    }
+                })
+            };
+            if let Err(e) = r {
+                if !capturing {
+                    // SAFETY: `p` was allocated above and is not handed out.
+                    let _ = unsafe { drv::free_sync(p) };
+                }
                 return Err(drv_err("zero-filling a new allocation")(e));
             }
         }

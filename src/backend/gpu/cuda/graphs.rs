@@ -168,6 +168,9 @@ impl Cuda {
         }
         .result()
         .map_err(drv_err("cuStreamGetCaptureInfo"))?;
+        if status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE {
+            return Err(Error::msg(format!("CUDA graph capture: the stream is not capturing ({status:?})")));
+        }
         if n != 1 || deps.is_null() {
             return Err(Error::msg(format!(
                 "CUDA graph capture: expected one node after a launch, the stream has {n} dependencies"
@@ -272,7 +275,18 @@ impl Cuda {
                 return Err(drv_err("cuEventCreate")(e));
             }
         };
-        let (id, _) = g.end_capture()?;
+        let id = match g.end_capture() {
+            Ok((id, _)) => id,
+            Err(e) => {
+                // SAFETY: made above, not used again.
+                unsafe {
+                    let _ = sys::cuGraphExecDestroy(exec);
+                    let _ = sys::cuGraphDestroy(graph);
+                    let _ = sys::cuEventDestroy_v2(done);
+                }
+                return Err(e);
+            }
+        };
         self.execs.lock().unwrap_or_else(|p| p.into_inner()).insert(id, Exec { graph, exec, done });
         Ok(id)
     }
