@@ -504,7 +504,10 @@ fn cli_finetune_on_emu_device_matches_cpu() {
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stderr}");
     assert!(
-        stdout.lines().filter(|l| l.starts_with("epoch ")).all(|l| l.ends_with("on emu, fused epilogues")),
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("epoch "))
+            .all(|l| l.ends_with("on emu, f32, fused epilogues")),
         "{stdout}"
     );
     let read = |d: &Path| -> Vec<serde_json::Value> {

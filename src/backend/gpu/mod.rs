@@ -313,6 +313,8 @@ impl<D: Device> Backend for Gpu<D> {
         let mut name = self.dev.name();
         if self.bf16 {
             name.push_str(if self.bf16_copies { ", bf16 GEMMs on copies" } else { ", bf16 GEMMs" });
+        } else {
+            name.push_str(", f32");
         }
         if self.uses_fused_gemms() {
             name.push_str(", fused epilogues");
