@@ -320,6 +320,18 @@ print("; ".join("%s %.2f ms (%.0f%%%s)" % (f["family"], f["ms_per_step"], 100 * 
       ", %.1f TFLOP/s" % f["tflops"] if f.get("tflops") else (", %.0f GB/s" % f["gbps"] if f.get("gbps") else ""))
       for f in sorted(fams, key=lambda f: -f["ms_per_step"])))' 2>/dev/null || true
 }
+# "N captured (M after a changed step), U updates, H us host per update" of the last JSON line's
+# step.graphs (nli-bert bench with step graphs), or nothing.
+graphs_of() {
+    grep '^{' "$1" 2>/dev/null | tail -1 | python3 -c 'import json, sys
+try:
+    g = (json.load(sys.stdin).get("step") or {}).get("graphs")
+except ValueError:
+    g = None
+if g:
+    print("%d captured (%d after a changed step), %d updates, %.0f us host per update, bucket %d"
+          % (g["captures"], g["recaptures"], g["updates"], g["host_us_per_update"], g["bucket"]))' 2>/dev/null || true
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else printf "-" }'; }
 
 run() {
@@ -548,6 +560,7 @@ run() {
                 sub "bench-$shape-$prec" 60 env "${v_env[@]}" "$bin" bench --shape "$shape" --device "$dev" "${v_args[@]}" \
                     --batch-size "$batch" --steps "$bsteps" --breakdown "${b_args[@]}"
                 note "ours_bench_${shape}_${prec}_breakdown" "$(breakdown_of "$logs/bench-$shape-$prec.log")"
+                note "ours_bench_${shape}_${prec}_graphs" "$(graphs_of "$logs/bench-$shape-$prec.log")"
                 v="$(json_key "$logs/bench-$shape-$prec.log" examples_per_s)"
                 [ -n "$v" ] || v="$(sed -nE 's/.* ([0-9]+(\.[0-9]+)?) examples\/s(ec)?.*/\1/p' "$logs/bench-$shape-$prec.log" | tail -1)"
                 note "ours_bench_${shape}_$prec" "$v"
@@ -791,6 +804,11 @@ summarize() {
     if [ -n "$(awk -F'\t' '$1 ~ /_breakdown$/ && $2 != ""' "$r")" ]; then
         echo "where a step's time goes (nli-bert bench --breakdown, ms per step, largest first):"
         awk -F'\t' '$1 ~ /^ours_bench_.*_breakdown$/ && $2 != "" { k = $1; sub(/^ours_bench_/, "", k); sub(/_breakdown$/, "", k); printf "  %s: %s\n", k, $2 }' "$r"
+        echo
+    fi
+    if [ -n "$(awk -F'\t' '$1 ~ /_graphs$/ && $2 != ""' "$r")" ]; then
+        echo "step graphs (nli-bert bench):"
+        awk -F'\t' '$1 ~ /^ours_bench_.*_graphs$/ && $2 != "" { k = $1; sub(/^ours_bench_/, "", k); sub(/_graphs$/, "", k); printf "  %s: %s\n", k, $2 }' "$r"
         echo
     fi
     if [ -n "$(awk -F'\t' '$1 ~ /^(sanitizer|ncu)/' "$r")" ]; then
