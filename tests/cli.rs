@@ -397,6 +397,56 @@ fn cli_resume_with_more_epochs_continues_and_max_steps_says_it_stopped() {
 }
 
 #[test]
+fn cli_resume_and_max_steps_with_step_graphs_on_emu() {
+    // The queued graph steps read their losses at checkpoints and stops: a run resumed after one
+    // epoch, and one stopped by --max-steps, report what the uninterrupted run reports (up to the
+    // emulator's atomics order: not byte for byte).
+    let tmp = tempfile::tempdir().unwrap();
+    let (full, short, cut) = (tmp.path().join("full"), tmp.path().join("short"), tmp.path().join("cut"));
+    let emu = ["--device", "emu", "--graphs", "on"];
+    let o = small_finetune(tmp.path(), &full, "bf16", &emu);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = small_finetune(tmp.path(), &short, "bf16", &[&emu[..], &["--epochs", "1"]].concat());
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = run(&[
+        &["finetune", "--resume", short.to_str().unwrap(), "--threads", "1", "--epochs", "2"],
+        &emu[..],
+    ]
+    .concat());
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("epoch 2/2: ") && stdout.contains("step graphs"), "{stdout}");
+    let read = |d: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (a, b) = (read(&full), read(&short));
+    assert_eq!(a.len(), 2);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        let (lx, ly) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
+        assert!((lx - ly).abs() <= 1e-4 * lx.abs(), "loss whole run {lx} vs resumed {ly}");
+        assert_eq!(x["steps"], y["steps"]);
+        assert_eq!(x["examples"], y["examples"]);
+    }
+    let o = small_finetune(tmp.path(), &cut, "bf16", &[&emu[..], &["--max-steps", "3"]].concat());
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("epoch 1/2 (stopped by --max-steps after batch 3/6): loss"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let loss: f64 =
+        line.split("loss ").nth(1).and_then(|r| r.split(',').next()).and_then(|x| x.parse().ok()).unwrap();
+    assert!(loss.is_finite() && loss > 0.5, "the stopped epoch's loss was read from the device: {line}");
+    let m = read(&cut);
+    assert_eq!(m[0]["examples"], 48, "3 batches of 16 were counted: {:?}", m[0]);
+}
+
+#[test]
 fn cli_curves_svg_parses_and_holds_three_curves() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("m");
