@@ -377,3 +377,52 @@ fn step_metrics_emu_match_the_host_computation() {
         assert_eq!(got, vec![(want_sum, want_correct, nb)], "slot {slot}, {nb} examples");
     }
 }
+
+#[test]
+fn graphs_survive_an_evaluation_that_grows_the_activations() {
+    // An evaluation between steps on a batch longer than any training batch reallocates the
+    // activations; graphs recorded before then address freed buffers and must not be replayed as
+    // they are (the step code drops them when the activations' generation changes; an update
+    // would also find the products' pointers changed).
+    let cfg = cfg(true);
+    let data = batches();
+    let mut rng = HostRng::new(77, 0);
+    let big = packed_batch(&[24, 24, 24, 24, 24], V, &mut rng, Labels::PerSequence);
+    let go = |graphed: bool| {
+        let be = emu(true);
+        let host = init_params(&ParamLayout::new(&cfg), 3);
+        let mut model = Model::from_host(&be, cfg.clone(), &cast_params::<f32>(&host)).unwrap();
+        let mut acts = Acts::new(&be, &cfg).unwrap();
+        let mut opt = Adam::new(&be, &model, AdamConfig::adam(1e-2)).unwrap();
+        let mut graphs = StepGraphs::new(16);
+        let mut losses = Vec::new();
+        for (step, b) in data.iter().enumerate() {
+            let mode = Mode { dropout: 0.2, seed: 9, step: step as u64 };
+            let o = if graphed {
+                model.train_step_graphed(&be, &mut opt, &mut acts, b, mode, &mut graphs).unwrap()
+            } else {
+                model.train_step(&be, &mut opt, &mut acts, b, mode).unwrap()
+            };
+            losses.push(o.loss_sum);
+            if step == 5 {
+                let db = nli_bert::model::bert::upload_batch(&be, &big).unwrap();
+                let before = acts.generation();
+                let e = model.forward(&be, &mut acts, &db, Mode { dropout: 0.0, seed: 0, step: 0 }).unwrap();
+                assert!(
+                    acts.generation() > before && e.loss_sum.is_finite(),
+                    "the evaluation grows the activations"
+                );
+            }
+        }
+        be.check().unwrap();
+        (losses, model.params_host(&be).unwrap())
+    };
+    let (gl, gp) = go(true);
+    let (ll, lp) = go(false);
+    for (i, (a, b)) in gl.iter().zip(&ll).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "loss of step {i}: graphed {a} vs launched {b}");
+    }
+    let worst =
+        gp.iter().zip(&lp).map(|(a, b)| ((a - b).abs() / (1e-3 + b.abs())) as f64).fold(0.0, f64::max);
+    assert!(worst < 1e-4, "parameters differ by {worst:e}");
+}

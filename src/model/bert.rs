@@ -70,6 +70,8 @@ pub struct Acts<B: Backend> {
     t_cap: usize,
     b_cap: usize,
     att_cap: usize,
+    /// Bumped whenever a buffer is reallocated (a recorded step graph addresses the old ones).
+    generation: u64,
     /// (T, C) embedding sum.
     emb: B::Buf,
     /// (T, C) embedding LayerNorm output and its statistics (HF only; unused for d2l).
@@ -730,6 +732,7 @@ impl<B: Backend> Acts<B> {
             t_cap: 0,
             b_cap: 0,
             att_cap: 0,
+            generation: 0,
             emb: z()?,
             emb_ln: z()?,
             emb_mean: z()?,
@@ -758,9 +761,18 @@ impl<B: Backend> Acts<B> {
         })
     }
 
+    /// How many times the buffers were reallocated: step graphs recorded before a change address
+    /// buffers that are gone and must not be replayed.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Grows the buffers to hold a batch of this layout (never shrinks).
     pub fn ensure(&mut self, be: &B, cfg: &BertConfig, layout: &BatchLayout) -> Result<()> {
         let (t, nb, att) = (layout.t(), layout.b(), be.attention_saved_len(layout, cfg.heads, cfg.hidden));
+        if t > self.t_cap || att > self.att_cap || nb > self.b_cap {
+            self.generation += 1;
+        }
         let (c, f, k) = (cfg.hidden, cfg.ffn, cfg.num_labels);
         if t > self.t_cap {
             let t = t.next_power_of_two().max(t);

@@ -106,6 +106,12 @@ impl<B: Backend> Model<B> {
         // step takes while it is captured).
         let layout = crate::backend::BatchLayout::padded(&batch.lens, pad);
         acts.ensure(be, &self.cfg, &layout)?;
+        if graphs.acts_generation != Some(acts.generation()) {
+            // The activations were reallocated (by this batch or by an evaluation in between):
+            // graphs recorded before address buffers that are gone.
+            graphs.graphs.clear();
+            graphs.acts_generation = Some(acts.generation());
+        }
         // Queued steps of one bucket alternate between two graphs (see train_step_queued).
         let uses = graphs.uses.entry((tb, nb)).or_insert(0);
         let copy = if queue { 1 + *uses % 2 } else { 0 };
@@ -230,6 +236,8 @@ pub struct StepGraphs<B: Backend> {
     /// The metrics ring slot of the oldest queued step, and the number queued.
     first: usize,
     queued: usize,
+    /// The activations' generation the graphs were recorded with.
+    acts_generation: Option<u64>,
     /// Tokens per bucket: a batch of T tokens is padded to the next multiple (at most the
     /// positional table's length, which bounds the padding sequence).
     pub bucket: usize,
@@ -254,6 +262,7 @@ impl<B: Backend> StepGraphs<B> {
             uses: HashMap::new(),
             first: 0,
             queued: 0,
+            acts_generation: None,
             bucket,
             captures: 0,
             updates: 0,
