@@ -177,6 +177,8 @@ pub struct GraphStats {
     pub updates: usize,
     /// Captures after an update found the step changed.
     pub recaptures: usize,
+    /// Graphs dropped because the activations grew (or a graph failed).
+    pub dropped: usize,
     /// Host microseconds per update (re-issuing a step into its graph).
     pub host_us_per_update: f64,
 }
@@ -387,6 +389,7 @@ pub fn time_steps<B: Backend>(
             captures: g.captures,
             updates: g.updates,
             recaptures: g.recaptures,
+            dropped: g.dropped,
             host_us_per_update: 1e6 * g.update_secs / g.updates.max(1) as f64,
         });
     }

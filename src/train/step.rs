@@ -109,6 +109,7 @@ impl<B: Backend> Model<B> {
         if graphs.acts_generation != Some(acts.generation()) {
             // The activations were reallocated (by this batch or by an evaluation in between):
             // graphs recorded before address buffers that are gone.
+            graphs.dropped += graphs.graphs.len();
             graphs.graphs.clear();
             graphs.acts_generation = Some(acts.generation());
         }
@@ -135,14 +136,17 @@ impl<B: Backend> Model<B> {
             r
         };
         let t0 = opt.t;
-        let r = self.graphed(be, opt, acts, graphs, key, &record);
+        let r = self.graphed(be, opt, acts, graphs, key, &record).and_then(|()| {
+            let g = graphs.graphs.get(&key).ok_or_else(|| crate::error::Error::msg("step graph missing"))?;
+            be.graph_replay(g)
+        });
         if r.is_err() {
-            // The host-side optimizer step belongs to a step that did not run.
+            // The host-side optimizer step belongs to a step that did not run, and the graph is
+            // not to be trusted again.
             opt.t = t0;
+            graphs.dropped += usize::from(graphs.graphs.remove(&key).is_some());
         }
-        r?;
-        let g = graphs.graphs.get(&key).ok_or_else(|| crate::error::Error::msg("step graph missing"))?;
-        be.graph_replay(g)
+        r
     }
 
     /// Finds, updates or captures the graph for `key` (see [`Model::train_step_graphed`]).
@@ -161,8 +165,8 @@ impl<B: Backend> Model<B> {
             let mismatch = match be.graph_update(g, &mut || record(self, opt, acts)) {
                 Ok(m) => m,
                 Err(e) => {
-                    // The graph may hold some of the new arguments and not others: never replay it.
-                    graphs.graphs.remove(&key);
+                    // The graph may hold some of the new arguments and not others: never replay it
+                    // (dropped by the caller).
                     return Err(e);
                 }
             };
@@ -249,6 +253,8 @@ pub struct StepGraphs<B: Backend> {
     pub recaptures: usize,
     /// Why the last such update did not match.
     pub last_mismatch: Option<String>,
+    /// Graphs dropped otherwise: the activations were reallocated, or an update or replay failed.
+    pub dropped: usize,
     /// Host seconds spent re-issuing steps into their graphs (the host's cost per replayed step,
     /// which the device does not overlap while the loss is read after every step).
     pub update_secs: f64,
@@ -268,6 +274,7 @@ impl<B: Backend> StepGraphs<B> {
             updates: 0,
             recaptures: 0,
             last_mismatch: None,
+            dropped: 0,
             update_secs: 0.0,
         }
     }
