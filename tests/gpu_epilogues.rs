@@ -61,8 +61,51 @@ fn outputs<B: Backend>(be: &B, seed: u64, n: usize, ic: usize, oc: usize) -> Vec
                 assert_eq!(dpreh[i], want, "ReLU backward [{i}] after matmul_act_forward ({})", be.name());
             }
         }
-        res.push((format!("matmul_act_forward {act:?}"), outh));
+        res.push((format!("matmul_act_forward {act:?}"), outh.clone()));
         res.push((format!("activation_backward after it, {act:?}"), dpreh));
+        // The next Linear (oc → K2) and its backward through the activation: with ReLU after
+        // the fused forward the mask kept in `pre` is applied inside the product (DRELU).
+        const K2: usize = 5;
+        let mut rng2 = HostRng::new(seed, 12);
+        let (w2, dy2, dw20, db20) = (
+            randn(&mut rng2, K2 * oc),
+            randn(&mut rng2, n * K2),
+            randn(&mut rng2, K2 * oc),
+            randn(&mut rng2, K2),
+        );
+        let (w2, dy2) = (up(be, &w2), up(be, &dy2));
+        let (mut dw2, mut db2) = (up(be, &dw20), up(be, &db20));
+        let mut dpre2 = up(be, &vec![f64::NAN; n * oc]);
+        let mut dact = be.alloc(n * oc).unwrap();
+        be.matmul_backward_act(
+            be.view_mut(&mut dpre2),
+            be.view_mut(&mut dact),
+            be.view_mut(&mut dw2),
+            Some(be.view_mut(&mut db2)),
+            be.view(&dy2),
+            be.view(&out),
+            be.view(&pre),
+            be.view(&w2),
+            n,
+            oc,
+            K2,
+            act,
+        );
+        let dpre2h = down(be, &dpre2);
+        if act == Activation::Relu {
+            // zero exactly where the forward's output is not positive (the mask it kept)
+            for i in 0..n * oc {
+                assert!(
+                    outh[i] > 0.0 || dpre2h[i] == 0.0,
+                    "DRELU [{i}]: {} where out = {}",
+                    dpre2h[i],
+                    outh[i]
+                );
+            }
+        }
+        res.push((format!("matmul_backward_act {act:?} dinp"), dpre2h));
+        res.push((format!("matmul_backward_act {act:?} dweight"), down(be, &dw2)));
+        res.push((format!("matmul_backward_act {act:?} dbias"), down(be, &db2)));
     }
     let (mut dx, mut dw, mut db) = (up(be, &dx0), up(be, &dw0), up(be, &db0));
     be.matmul_backward(
@@ -87,7 +130,10 @@ fn compare(what: &str, got: &[(String, Vec<f64>)], want: &[(String, Vec<f64>)], 
     assert_eq!(got.len(), want.len());
     for ((name, g), (_, w)) in got.iter().zip(want) {
         assert_eq!(g.len(), w.len(), "{what} {name}: lengths");
-        if bf16 && name.starts_with("activation_backward after it, Relu") {
+        if bf16
+            && (name.starts_with("activation_backward after it, Relu")
+                || name == "matmul_backward_act Relu dinp")
+        {
             continue; // mask flips near 0: checked against the backend's own forward instead
         }
         if bf16 {
@@ -202,6 +248,40 @@ fn fused_products_replace_the_separate_kernels() {
                 Activation::Gelu,
             )
         });
+        // the next Linear's backward through the ReLU whose mask the fused forward kept
+        let relu_again = families(&be, || {
+            be.matmul_act_forward(
+                be.view_mut(&mut pre),
+                be.view_mut(&mut y),
+                be.view(&x),
+                be.view(&w),
+                Some(be.view(&b)),
+                n,
+                ic,
+                oc,
+                Activation::Relu,
+            )
+        });
+        assert_eq!(relu_again, relu);
+        let (w2, dy2) = (up(&be, &randn(&mut rng, 7 * oc)), up(&be, &randn(&mut rng, n * 7)));
+        let (mut dpre, mut dact) = (be.alloc(n * oc).unwrap(), be.alloc(n * oc).unwrap());
+        let (mut dw2, mut db2) = (be.alloc(7 * oc).unwrap(), be.alloc(7).unwrap());
+        let bwd_act = families(&be, || {
+            be.matmul_backward_act(
+                be.view_mut(&mut dpre),
+                be.view_mut(&mut dact),
+                be.view_mut(&mut dw2),
+                Some(be.view_mut(&mut db2)),
+                be.view(&dy2),
+                be.view(&y),
+                be.view(&pre),
+                be.view(&w2),
+                n,
+                oc,
+                7,
+                Activation::Relu,
+            )
+        });
         let (mut dw, mut db) = (be.alloc(oc * ic).unwrap(), be.alloc(oc).unwrap());
         let bwd = families(&be, || {
             be.matmul_backward(
@@ -226,7 +306,9 @@ fn fused_products_replace_the_separate_kernels() {
             assert_eq!(relu, ["matmul"], "fused forward + bias + ReLU");
             assert_eq!(gelu, ["matmul", "activation"], "forward + bias, then GELU");
             assert_eq!(bwd, ["matmul", "reduce"], "weight and bias gradients");
+            assert_eq!(bwd_act, ["matmul", "reduce"], "ReLU's backward inside the product (DRELU)");
         } else {
+            assert_eq!(bwd_act, ["matmul", "reduce", "activation"], "product, sums, then ReLU's backward");
             assert_eq!(fwd, ["matmul", "activation"], "product, then bias_forward");
             assert_eq!(relu, ["matmul", "activation"], "product, bias_forward, ReLU");
             assert_eq!(bwd, ["matmul", "reduce"], "weight gradient, then column sums");

@@ -160,13 +160,17 @@ fn graphed_steps_match_launched_steps<D: Device>(backend: fn(bool) -> Gpu<D>, sa
             let graphed = run(&backend(bf16), &cfg, Some(&mut graphs), &data);
             let mut qgraphs = StepGraphs::new(16);
             let queued = run_as(&backend(bf16), &cfg, Some(&mut qgraphs), &data, How::Queued);
+            let tol = if same_products { 1e-5 } else { 1e-4 };
             assert_eq!(qgraphs.queued(), 0, "every queued metric was read");
             // Two graphs per bucket alternate for queued steps: more captures, the same numbers.
             assert!(qgraphs.len() > graphs.len(), "{} queued graphs vs {}", qgraphs.len(), graphs.len());
+            // (The device's sum equals the host's bit for bit on the same losses, see
+            // step_metrics_emu_match_the_host_computation; across two runs the emulator's atomics
+            // may order the embedding gradient's sums differently.)
             for (i, (a, b)) in queued.losses.iter().zip(&graphed.losses).enumerate() {
-                assert_eq!(
-                    a, b,
-                    "d2l {d2l} bf16 {bf16}: loss of step {i}: queued (on the device) vs graphed (host)"
+                assert!(
+                    (a - b).abs() <= tol * b.abs(),
+                    "d2l {d2l} bf16 {bf16}: loss of step {i}: queued (on the device) {a} vs graphed (host) {b}"
                 );
             }
             assert_eq!(
@@ -186,7 +190,6 @@ fn graphed_steps_match_launched_steps<D: Device>(backend: fn(bool) -> Gpu<D>, sa
             // Same ops on the same data; only the order of some sums may differ (the emulator's
             // randomised atomics schedule in the embedding gradient; on a GPU also the products'
             // algorithms, chosen for the padded row count).
-            let tol = if same_products { 1e-5 } else { 1e-4 };
             for (i, (a, b)) in graphed.losses.iter().zip(&launched.losses).enumerate() {
                 assert!(
                     (a - b).abs() <= tol * b.abs(),

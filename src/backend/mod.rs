@@ -244,7 +244,8 @@ pub trait Backend {
     /// activation. `pre` (N,OC) receives the pre-activation for [`Backend::activation_backward`]
     /// when `act` needs it there; for ReLU, whose backward reads only `out`, a backend may fuse
     /// the two (the GPU: one cuBLASLt product with the bias and ReLU in its epilogue) and leave
-    /// `pre` unwritten.
+    /// `pre` unwritten, or holding what its [`Backend::matmul_backward_act`] needs instead (the
+    /// GPU: ReLU's bit mask).
     #[allow(clippy::too_many_arguments)]
     fn matmul_act_forward(
         &self,
@@ -261,6 +262,42 @@ pub trait Backend {
         let mut pre = pre;
         self.matmul_forward(self.reborrow_mut(&mut pre), inp, weight, bias, n, ic, oc);
         self.activation_forward(out, self.as_slice(&pre), act);
+    }
+    /// The backward of a Linear layer whose input `act_out` (N,IC) is `act(pre)` from
+    /// [`Backend::matmul_act_forward`]: dinp (N,IC) = act'(pre) ⊙ (dout·weight), overwritten —
+    /// the gradient with respect to `pre` — and, as [`Backend::matmul_backward`], dweight (OC,IC)
+    /// += doutᵀ·act_out, dbias (OC) += Σ_rows dout. `dact` (N,IC) is scratch. For ReLU after a
+    /// fused forward the GPU applies ReLU's mask inside the product (`pre` then holds the mask).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_backward_act(
+        &self,
+        dinp: Self::SliceMut<'_>,
+        dact: Self::SliceMut<'_>,
+        dweight: Self::SliceMut<'_>,
+        dbias: Option<Self::SliceMut<'_>>,
+        dout: Self::Slice<'_>,
+        act_out: Self::Slice<'_>,
+        pre: Self::Slice<'_>,
+        weight: Self::Slice<'_>,
+        n: usize,
+        ic: usize,
+        oc: usize,
+        act: Activation,
+    ) {
+        let mut dact = dact;
+        self.matmul_backward(
+            Some(self.reborrow_mut(&mut dact)),
+            false,
+            dweight,
+            dbias,
+            dout,
+            act_out,
+            weight,
+            n,
+            ic,
+            oc,
+        );
+        self.activation_backward(dinp, self.as_slice(&dact), pre, act_out, act);
     }
     /// dinp (N,IC) = dout·weight (overwritten, or added when `accumulate_dinp`);
     /// dweight (OC,IC) += doutᵀ·inp; dbias (OC) += Σ_rows dout.

@@ -51,8 +51,8 @@ pub struct BlockActs<B: Backend> {
     rstd1: B::Buf,
     /// (T, C) AddNorm 1 output.
     y: B::Buf,
-    /// (T, F) FFN pre-activation (unwritten where a backend fuses ReLU into the product, see
-    /// [`Backend::matmul_act_forward`]) and activation.
+    /// (T, F) FFN pre-activation (where a backend fuses ReLU into the product: unwritten, or its
+    /// bit mask, see [`Backend::matmul_act_forward`]) and activation.
     h_pre: B::Buf,
     h: B::Buf,
     /// (T, C) FFN output.
@@ -523,27 +523,23 @@ impl<B: Backend> Model<B> {
                 );
             }
             {
+                // dh_pre = act'(h_pre) ⊙ (dsub·W2) (dh is scratch), dW2, db2.
                 let (dw, db) = split2(be, g, &br.fc2_weight, &br.fc2_bias)?;
-                be.matmul_backward(
-                    Some(be.slice_mut(&mut acts.dh, tf.clone())),
-                    false,
+                be.matmul_backward_act(
+                    be.slice_mut(&mut acts.dh_pre, tf.clone()),
+                    be.slice_mut(&mut acts.dh, tf.clone()),
                     dw,
                     Some(db),
                     be.slice(&acts.dsub, tc.clone()),
                     be.slice(&a.h, tf.clone()),
+                    be.slice(&a.h_pre, tf.clone()),
                     be.slice(p, br.fc2_weight.clone()),
                     t,
                     f,
                     c,
+                    cfg.activation,
                 );
             }
-            be.activation_backward(
-                be.slice_mut(&mut acts.dh_pre, tf.clone()),
-                be.slice(&acts.dh, tf.clone()),
-                be.slice(&a.h_pre, tf.clone()),
-                be.slice(&a.h, tf.clone()),
-                cfg.activation,
-            );
             {
                 let (dw, db) = split2(be, g, &br.fc1_weight, &br.fc1_bias)?;
                 be.matmul_backward(

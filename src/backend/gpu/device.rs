@@ -159,6 +159,38 @@ pub enum Epilogue {
     /// Also writes `out[i] = Σ_k op(A)[i, k]` (m f32, overwritten), the bias gradient of a Linear
     /// layer when `op(A)` is `doutᵀ` (`CUBLASLT_EPILOGUE_BGRADB` of the column-major product).
     BiasGradA(DevPtr),
+    /// [`Epilogue::ReluBias`] that also writes the ReLU bit mask to `aux`
+    /// (`CUBLASLT_EPILOGUE_RELU_AUX_BIAS`): cuBLASLt's layout, in the column-major terms of the
+    /// product (`Cᵀ`, n × m): bit `j` of column `i` (C[i, j] > 0) at bit `i·aux_ld + j`,
+    /// `aux_ld` a multiple of 128 not below n ([`relu_aux_ld`]).
+    ReluAuxBias {
+        /// Bias (n f32).
+        bias: DevPtr,
+        /// The bit mask (m · aux_ld bits).
+        aux: DevPtr,
+        /// Bits per mask column.
+        aux_ld: usize,
+    },
+    /// `C = product ⊙ [mask]` with the mask an earlier [`Epilogue::ReluAuxBias`] wrote for a C of
+    /// the same shape (`CUBLASLT_EPILOGUE_DRELU`: ReLU's backward fused into the product that
+    /// propagates the gradient; `beta == 0`).
+    DRelu {
+        /// The bit mask.
+        aux: DevPtr,
+        /// Bits per mask column.
+        aux_ld: usize,
+    },
+}
+
+/// cuBLASLt's leading dimension, in bits, of the ReLU bit mask of a C with `n` columns (the
+/// column-major product's rows): a multiple of 128.
+pub fn relu_aux_ld(n: usize) -> usize {
+    n.div_ceil(128) * 128
+}
+
+/// Bytes of the ReLU bit mask of an (m, n) C.
+pub fn relu_aux_bytes(m: usize, n: usize) -> usize {
+    m * relu_aux_ld(n) / 8
 }
 
 impl Epilogue {
@@ -169,6 +201,8 @@ impl Epilogue {
             Epilogue::Bias(_) => "bias",
             Epilogue::ReluBias(_) => "relu_bias",
             Epilogue::BiasGradA(_) => "bgrad_a",
+            Epilogue::ReluAuxBias { .. } => "relu_aux_bias",
+            Epilogue::DRelu { .. } => "drelu",
         }
     }
 }

@@ -396,8 +396,18 @@ impl Device for Emu {
             return Ok(true);
         }
         let _stream = lock(&self.stream);
-        if matches!(ep, Epilogue::Bias(_) | Epilogue::ReluBias(_)) && g.beta != 0.0 {
+        if matches!(
+            ep,
+            Epilogue::Bias(_) | Epilogue::ReluBias(_) | Epilogue::ReluAuxBias { .. } | Epilogue::DRelu { .. }
+        ) && g.beta != 0.0
+        {
             return Err(Error::msg(format!("emu: gemm_lt: the {} epilogue needs beta = 0", ep.kind())));
+        }
+        if let Epilogue::ReluAuxBias { aux, aux_ld, .. } | Epilogue::DRelu { aux, aux_ld } = ep {
+            if aux_ld % 128 != 0 || aux_ld < g.n {
+                return Err(Error::msg(format!("emu: gemm_lt: aux_ld {aux_ld} for {} columns", g.n)));
+            }
+            self.check_range(aux, g.m * aux_ld / 8, "gemm_lt ReLU mask")?;
         }
         let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
         let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
@@ -419,10 +429,10 @@ impl Device for Emu {
         }
         // SAFETY: forwarded from the caller's guarantee on C.
         unsafe { self.gemm_host(g, &a, &b)? };
-        if let Epilogue::Bias(bias) | Epilogue::ReluBias(bias) = ep {
+        let c = g.c as *mut f32;
+        if let Epilogue::Bias(bias) | Epilogue::ReluBias(bias) | Epilogue::ReluAuxBias { bias, .. } = ep {
             let bias = self.read_matrix(bias, 1, g.n, g.n, "bias")?;
-            let relu = matches!(ep, Epilogue::ReluBias(_));
-            let c = g.c as *mut f32;
+            let relu = !matches!(ep, Epilogue::Bias(_));
             for i in 0..g.m {
                 for (j, bj) in bias.iter().enumerate() {
                     // SAFETY: gemm_host checked C's span and alignment.
@@ -430,6 +440,35 @@ impl Device for Emu {
                         let p = c.add(i * g.ldc + j);
                         let v = *p + bj;
                         *p = if relu && v < 0.0 { 0.0 } else { v };
+                    }
+                }
+            }
+        }
+        if let Epilogue::ReluAuxBias { aux, aux_ld, .. } = ep {
+            // The mask of the values kept (> 0), in cuBLASLt's layout (see `Epilogue`).
+            let mut bits = vec![0u8; g.m * aux_ld / 8];
+            for i in 0..g.m {
+                for j in 0..g.n {
+                    // SAFETY: as above.
+                    if unsafe { *c.add(i * g.ldc + j) } > 0.0 {
+                        let b = i * aux_ld + j;
+                        bits[b / 8] |= 1 << (b % 8);
+                    }
+                }
+            }
+            // SAFETY: the mask's range was checked above.
+            unsafe { std::ptr::copy_nonoverlapping(bits.as_ptr(), aux as *mut u8, bits.len()) };
+        }
+        if let Epilogue::DRelu { aux, aux_ld } = ep {
+            let mut bits = vec![0u8; g.m * aux_ld / 8];
+            // SAFETY: the mask's range was checked above.
+            unsafe { std::ptr::copy_nonoverlapping(aux as *const u8, bits.as_mut_ptr(), bits.len()) };
+            for i in 0..g.m {
+                for j in 0..g.n {
+                    let b = i * aux_ld + j;
+                    if bits[b / 8] & (1 << (b % 8)) == 0 {
+                        // SAFETY: as above.
+                        unsafe { *c.add(i * g.ldc + j) = 0.0 };
                     }
                 }
             }

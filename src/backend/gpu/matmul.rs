@@ -4,7 +4,7 @@
 //! GEMMs with the bias added by `bias_forward` (kernels/activation.cu), the ReLU by
 //! activation.cu and the bias gradient by the column sums of reduce.cu.
 
-use super::device::{Device, Epilogue, Gemm, GemmMath};
+use super::device::{relu_aux_bytes, relu_aux_ld, Device, Epilogue, Gemm, GemmMath};
 use super::launch::{i, need, p, pm};
 use super::memory::{GView, GViewMut};
 use super::Gpu;
@@ -164,13 +164,85 @@ pub(super) fn act_forward<D: Device>(
     need("matmul_act_forward", "weight", weight.len, oc * ic);
     if let (Activation::Relu, Some(bias)) = (act, &bias) {
         need("matmul_act_forward", "bias", bias.len, oc);
-        if ic > 0 && g.gemm_fused(forward_gemm(&out, &inp, &weight, n, ic, oc), Epilogue::ReluBias(bias.ptr))
-        {
+        if ic > 0 {
+            let gemm = forward_gemm(&out, &inp, &weight, n, ic, oc);
+            // With the mask kept in `pre` for the backward's DRELU epilogue, when it fits there.
+            let aux = Epilogue::ReluAuxBias { bias: bias.ptr, aux: pre.ptr, aux_ld: relu_aux_ld(oc) };
+            if relu_aux_bytes(n, oc) <= pre.len * 4 && g.gemm_fused(gemm, aux) {
+                g.set_relu_mask(pre.ptr, Some((n, oc)));
+                return;
+            }
+            g.set_relu_mask(pre.ptr, None);
+            if g.gemm_fused(gemm, Epilogue::ReluBias(bias.ptr)) {
+                return;
+            }
+        }
+    }
+    g.set_relu_mask(pre.ptr, None);
+    forward(g, GViewMut::new(pre.ptr, pre.len), inp, weight, bias, n, ic, oc);
+    super::activation::forward(g, out, pre.as_view(), act);
+}
+
+/// See [`Backend::matmul_backward_act`](crate::backend::Backend::matmul_backward_act): after a
+/// forward that kept ReLU's mask in `pre`, the product dout·weight applies it in its `DRELU`
+/// epilogue and writes `dinp` directly; otherwise the product into `dact`, then the activation's
+/// backward kernel.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_act<D: Device>(
+    g: &Gpu<D>,
+    dinp: GViewMut<'_>,
+    dact: GViewMut<'_>,
+    dweight: GViewMut<'_>,
+    dbias: Option<GViewMut<'_>>,
+    dout: GView<'_>,
+    act_out: GView<'_>,
+    pre: GView<'_>,
+    weight: GView<'_>,
+    n: usize,
+    ic: usize,
+    oc: usize,
+    act: Activation,
+) {
+    need("matmul_backward_act", "dinp", dinp.len, n * ic);
+    need("matmul_backward_act", "dout", dout.len, n * oc);
+    need("matmul_backward_act", "weight", weight.len, oc * ic);
+    if act == Activation::Relu && oc > 0 && g.relu_mask(pre.ptr) == Some((n, ic)) {
+        // dinp (n,ic) = [mask] ⊙ (dout (n,oc) · weight (oc,ic))
+        let gemm = Gemm {
+            trans_a: false,
+            trans_b: false,
+            m: n,
+            n: ic,
+            k: oc,
+            alpha: 1.0,
+            a: dout.ptr,
+            lda: oc,
+            b: weight.ptr,
+            ldb: ic,
+            beta: 0.0,
+            c: dinp.ptr,
+            ldc: ic,
+        };
+        if g.gemm_fused(gemm, Epilogue::DRelu { aux: pre.ptr, aux_ld: relu_aux_ld(ic) }) {
+            backward(g, None, false, dweight, dbias, dout, act_out, weight, n, ic, oc);
             return;
         }
     }
-    forward(g, GViewMut::new(pre.ptr, pre.len), inp, weight, bias, n, ic, oc);
-    super::activation::forward(g, out, pre.as_view(), act);
+    need("matmul_backward_act", "dact", dact.len, n * ic);
+    backward(
+        g,
+        Some(GViewMut::new(dact.ptr, dact.len)),
+        false,
+        dweight,
+        dbias,
+        dout,
+        act_out,
+        weight,
+        n,
+        ic,
+        oc,
+    );
+    super::activation::backward(g, dinp, dact.as_view(), pre, act_out, act);
 }
 
 /// See [`Backend::matmul_backward`](crate::backend::Backend::matmul_backward).

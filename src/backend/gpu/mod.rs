@@ -64,6 +64,9 @@ pub struct Gpu<D: Device> {
     /// Matrix products through [`Device::gemm_lt`] (cuBLASLt) with the bias, bias + ReLU and
     /// bias-gradient epilogues fused, where the device offers them; on by default.
     fused: bool,
+    /// The buffers that hold a ReLU bit mask written by a fused forward
+    /// ([`Backend::matmul_act_forward`]) and the (rows, columns) of its product.
+    relu_masks: Mutex<std::collections::HashMap<device::DevPtr, (usize, usize)>>,
     /// The non-finite-loss flag Adam checks while [`Backend::loss_guard`] is on (one i32).
     guard: Mutex<Option<GBuf<D, i32>>>,
     guard_on: AtomicBool,
@@ -89,6 +92,7 @@ impl<D: Device> Gpu<D> {
             bf16_copies: false,
             flash: false,
             fused: true,
+            relu_masks: Mutex::default(),
             guard: Mutex::new(None),
             guard_on: AtomicBool::new(false),
             metrics: Mutex::new(None),
@@ -192,6 +196,24 @@ impl<D: Device> Gpu<D> {
     pub(super) fn alloc_persistent<T>(&self, n: usize) -> Result<GBuf<D, T>> {
         let ptr = if n == 0 { 0 } else { self.pool.get_persistent(n * ELEM as usize)? };
         Ok(GBuf { pool: self.pool.clone(), ptr, len: n, _t: PhantomData })
+    }
+
+    /// Records that `ptr` holds the ReLU mask of an (rows, cols) product, or (None) no mask.
+    pub(super) fn set_relu_mask(&self, ptr: device::DevPtr, shape: Option<(usize, usize)>) {
+        let mut m = self.relu_masks.lock().unwrap_or_else(|p| p.into_inner());
+        match shape {
+            Some(s) => {
+                m.insert(ptr, s);
+            }
+            None => {
+                m.remove(&ptr);
+            }
+        }
+    }
+
+    /// The shape of the ReLU mask `ptr` holds, if it holds one.
+    pub(super) fn relu_mask(&self, ptr: device::DevPtr) -> Option<(usize, usize)> {
+        self.relu_masks.lock().unwrap_or_else(|p| p.into_inner()).get(&ptr).copied()
     }
 
     /// The address of the non-finite-loss flag while the guard is on, else null.
@@ -526,6 +548,24 @@ impl<D: Device> Backend for Gpu<D> {
         act: Activation,
     ) {
         matmul::act_forward(self, pre, out, inp, weight, bias, n, ic, oc, act);
+    }
+
+    fn matmul_backward_act(
+        &self,
+        dinp: GViewMut<'_>,
+        dact: GViewMut<'_>,
+        dweight: GViewMut<'_>,
+        dbias: Option<GViewMut<'_>>,
+        dout: GView<'_>,
+        act_out: GView<'_>,
+        pre: GView<'_>,
+        weight: GView<'_>,
+        n: usize,
+        ic: usize,
+        oc: usize,
+        act: Activation,
+    ) {
+        matmul::backward_act(self, dinp, dact, dweight, dbias, dout, act_out, pre, weight, n, ic, oc, act);
     }
 
     fn matmul_backward(

@@ -9,7 +9,9 @@
 //! `C (m, n) = op(A)·op(B)` is the column-major `Cᵀ (n, m) = op(B)ᵀ·op(A)ᵀ`, so cuBLASLt's
 //! first operand is our B and its second our A. Our per-column bias (length n) is cuBLASLt's
 //! per-row bias of `Cᵀ` (`EPILOGUE_BIAS`), and our `Σ_k op(A)[i, k]` (length m) is its
-//! reduction of the second operand over k (`EPILOGUE_BGRADB`).
+//! reduction of the second operand over k (`EPILOGUE_BGRADB`). d2l's FFN stores the ReLU bit
+//! mask of its first product (`RELU_AUX_BIAS`) and its backward applies it in the product that
+//! propagates the gradient (`DRELU`): the mask has the shape of the column-major `Cᵀ` in both.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -164,14 +166,24 @@ impl Lt {
         let ldc =
             i32::try_from(g.ldc).map_err(|_| Error::msg(format!("cuBLASLt: ldc = {} exceeds i32", g.ldc)))?;
         let vector = match ep {
-            Epilogue::None => None,
-            Epilogue::Bias(p) | Epilogue::ReluBias(p) | Epilogue::BiasGradA(p) => Some(p),
+            Epilogue::None | Epilogue::DRelu { .. } => None,
+            Epilogue::Bias(p)
+            | Epilogue::ReluBias(p)
+            | Epilogue::BiasGradA(p)
+            | Epilogue::ReluAuxBias { bias: p, .. } => Some(p),
         };
-        if matches!(ep, Epilogue::Bias(_) | Epilogue::ReluBias(_)) && g.beta != 0.0 {
+        let aux = match ep {
+            Epilogue::ReluAuxBias { aux, aux_ld, .. } | Epilogue::DRelu { aux, aux_ld } => {
+                Some((aux, aux_ld))
+            }
+            _ => None,
+        };
+        if !matches!(ep, Epilogue::None | Epilogue::BiasGradA(_)) && g.beta != 0.0 {
             return Err(Error::msg(format!("cuBLASLt: the {} epilogue needs beta = 0", ep.kind())));
         }
-        // The epilogue's vector: cuBLASLt wants it 16-byte aligned; otherwise our kernels do it.
-        if vector.is_some_and(|p| p % 16 != 0) {
+        // The epilogue's vectors: cuBLASLt wants them 16-byte aligned (the mask's leading
+        // dimension a multiple of 128 bits); otherwise our kernels do the work.
+        if vector.is_some_and(|p| p % 16 != 0) || aux.is_some_and(|(p, ld)| p % 16 != 0 || ld % 128 != 0) {
             return Ok(false);
         }
         let key = Key {
@@ -208,6 +220,27 @@ impl Lt {
                 )
             }
             .map_err(lt_err("setting the epilogue's vector"))?;
+        }
+        if let Some((p, ld)) = aux {
+            let ld = ld as i64;
+            // SAFETY: `plan.desc` is live; a device pointer and an int64, passed by address.
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    plan.desc,
+                    lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                    (&p as *const DevPtr).cast::<c_void>(),
+                    std::mem::size_of::<DevPtr>(),
+                )
+                .and_then(|()| {
+                    lt::set_matmul_desc_attribute(
+                        plan.desc,
+                        lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                        (&ld as *const i64).cast::<c_void>(),
+                        std::mem::size_of::<i64>(),
+                    )
+                })
+            }
+            .map_err(lt_err("setting the ReLU mask"))?;
         }
         // SAFETY: the plan was made for these layouts and alignments; the caller guarantees the
         // memory; alpha and beta are host f32 (the default pointer mode, scale type 32F);
@@ -274,6 +307,8 @@ impl Lt {
             Epilogue::Bias(_) => lt_sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
             Epilogue::ReluBias(_) => lt_sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_RELU_BIAS,
             Epilogue::BiasGradA(_) => lt_sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BGRADB,
+            Epilogue::ReluAuxBias { .. } => lt_sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_RELU_AUX_BIAS,
+            Epilogue::DRelu { .. } => lt_sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DRELU,
         };
         let (ta, tb) = (op(key.trans_first), op(key.trans_second));
         // SAFETY: `desc` is live; each value is passed by address with its exact size.
