@@ -335,6 +335,44 @@ impl Lt {
             )
             .map_err(lt_err("EPILOGUE"))?;
         }
+        // The epilogue's pointers and the mask's leading dimension before the heuristic, which may
+        // depend on them (as PyTorch and llm.c do); the pointers are set again at every call.
+        let vector = match ep {
+            Epilogue::Bias(p)
+            | Epilogue::ReluBias(p)
+            | Epilogue::BiasGradA(p)
+            | Epilogue::ReluAuxBias { bias: p, .. } => Some(p),
+            Epilogue::None | Epilogue::DRelu { .. } => None,
+        };
+        // SAFETY: `desc` is live; each value is passed by address with its exact size.
+        unsafe {
+            if let Some(p) = vector {
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    D::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    (&p as *const DevPtr).cast(),
+                    std::mem::size_of::<DevPtr>(),
+                )
+                .map_err(lt_err("BIAS_POINTER"))?;
+            }
+            if let Epilogue::ReluAuxBias { aux, aux_ld, .. } | Epilogue::DRelu { aux, aux_ld } = ep {
+                let ld = aux_ld as i64;
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                    (&aux as *const DevPtr).cast(),
+                    std::mem::size_of::<DevPtr>(),
+                )
+                .map_err(lt_err("EPILOGUE_AUX_POINTER"))?;
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                    (&ld as *const i64).cast(),
+                    std::mem::size_of::<i64>(),
+                )
+                .map_err(lt_err("EPILOGUE_AUX_LD"))?;
+            }
+        }
         // Stored (column-major) shapes: the first operand is m×k (k×m transposed), the second
         // k×n (n×k transposed), C is m×n.
         let (r1, c1) = if key.trans_first { (key.k, key.m) } else { (key.m, key.k) };
