@@ -332,6 +332,14 @@ if g:
     print("%d captured (%d after a changed step), %d updates, %.0f us host per update, bucket %d"
           % (g["captures"], g["recaptures"], g["updates"], g["host_us_per_update"], g["bucket"]))' 2>/dev/null || true
 }
+# The last JSON line's step.fused (cuBLASLt epilogues run fused / asked), or nothing.
+fused_of() {
+    grep '^{' "$1" 2>/dev/null | tail -1 | python3 -c 'import json, sys
+try:
+    print((json.load(sys.stdin).get("step") or {}).get("fused") or "")
+except ValueError:
+    pass' 2>/dev/null || true
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else printf "-" }'; }
 
 run() {
@@ -561,6 +569,7 @@ run() {
                     --batch-size "$batch" --steps "$bsteps" --breakdown "${b_args[@]}"
                 note "ours_bench_${shape}_${prec}_breakdown" "$(breakdown_of "$logs/bench-$shape-$prec.log")"
                 note "ours_bench_${shape}_${prec}_graphs" "$(graphs_of "$logs/bench-$shape-$prec.log")"
+                note "ours_bench_${shape}_${prec}_fused" "$(fused_of "$logs/bench-$shape-$prec.log")"
                 v="$(json_key "$logs/bench-$shape-$prec.log" examples_per_s)"
                 [ -n "$v" ] || v="$(sed -nE 's/.* ([0-9]+(\.[0-9]+)?) examples\/s(ec)?.*/\1/p' "$logs/bench-$shape-$prec.log" | tail -1)"
                 note "ours_bench_${shape}_$prec" "$v"
@@ -818,6 +827,11 @@ summarize() {
     if [ -n "$(awk -F'\t' '$1 ~ /_graphs$/ && $2 != ""' "$r")" ]; then
         echo "step graphs (nli-bert bench):"
         awk -F'\t' '$1 ~ /^ours_bench_.*_graphs$/ && $2 != "" { k = $1; sub(/^ours_bench_/, "", k); sub(/_graphs$/, "", k); printf "  %s: %s\n", k, $2 }' "$r"
+        echo
+    fi
+    if [ -n "$(awk -F'\t' '$1 ~ /_fused$/ && $2 != ""' "$r")" ]; then
+        echo "fused products (cuBLASLt epilogue: run fused / asked; the rest ran as cuBLAS + our kernels):"
+        awk -F'\t' '$1 ~ /^ours_bench_.*_fused$/ && $2 != "" { k = $1; sub(/^ours_bench_/, "", k); sub(/_fused$/, "", k); printf "  %s: %s\n", k, $2 }' "$r"
         echo
     fi
     if [ -n "$(awk -F'\t' '$1 ~ /^(sanitizer|ncu)/' "$r")" ]; then

@@ -194,6 +194,14 @@ fn fused_products_cuda_match_cpu_f64() {
                 let got = outputs(&be, si as u64, n, ic, oc);
                 be.check().expect("no device error");
                 compare(&format!("cuda shape {si} fused {fused} bf16 {bf16}"), &got, &want, bf16);
+                if fused {
+                    // Which epilogues cuBLASLt took on this card (the rest ran as cuBLAS + our
+                    // kernels, checked above all the same); at least the plain bias must have.
+                    let report = be.fused_report().unwrap_or_default();
+                    println!("shape {si} (n {n} ic {ic} oc {oc}) bf16 {bf16}: fused {report}");
+                    let bias = report.split(", ").find_map(|x| x.strip_prefix("bias ")).unwrap_or("0/0");
+                    assert!(!bias.starts_with("0/"), "cuBLASLt fused no bias product: {report}");
+                }
             }
         }
     }

@@ -504,6 +504,11 @@ pub trait Backend {
     }
     /// Ends [`Backend::loss_guard`].
     fn loss_guard_clear(&self) {}
+    /// What the device reports about its fused products (the GPU: per cuBLASLt epilogue, the
+    /// products that ran fused out of those asked), if anything.
+    fn fused_report(&self) -> Option<String> {
+        None
+    }
     /// Writes the metrics of the forward just issued into slot `slot` (< [`METRICS_SLOTS`]) of the
     /// backend's ring on the device — the loss sum (`Σ losses` in f64, in order) and the correct
     /// count (argmax of `logits` (B,K) against the batch's labels), as

@@ -164,6 +164,8 @@ pub struct StepReport {
     pub breakdown: Option<Breakdown>,
     /// The step graphs, when the steps ran as graphs.
     pub graphs: Option<GraphStats>,
+    /// Per cuBLASLt epilogue, the products that ran fused out of those asked (CUDA).
+    pub fused: Option<String>,
 }
 
 /// How the step graphs of a bench went.
@@ -393,6 +395,7 @@ pub fn time_steps<B: Backend>(
             host_us_per_update: 1e6 * g.update_secs / g.updates.max(1) as f64,
         });
     }
+    rep.fused = be.fused_report();
     // Events cannot be recorded inside a graph: the breakdown's steps run op by op.
     drop(stepper);
     if a.breakdown && be.breakdown_start()? {
@@ -630,6 +633,9 @@ fn step_lines(a: &BenchArgs, cfg: &BertConfig, s: &StepReport) -> Vec<String> {
             s.mean_loss
         ),
     ];
+    if let Some(f) = &s.fused {
+        out.push(format!("fused products (cuBLASLt epilogue: run fused / asked): {f}"));
+    }
     if let Some(g) = &s.graphs {
         out.push(format!(
             "step graphs: {} captured ({} after a changed step), {} steps replayed through an updated graph \

@@ -613,6 +613,10 @@ impl Device for Cuda {
         self.cublaslt_status().is_ok()
     }
 
+    fn fused_report(&self) -> Option<String> {
+        self.lt.lock().unwrap_or_else(|p| p.into_inner()).as_ref().ok().map(lt::Lt::report)
+    }
+
     unsafe fn gemm_lt(&self, g: &Gemm, math: GemmMath, ep: Epilogue) -> Result<bool> {
         let mut lt = self.lt.lock().unwrap_or_else(|p| p.into_inner());
         let Ok(lt) = lt.as_mut() else { return Ok(false) };

@@ -279,6 +279,11 @@ pub trait Device: Send + Sync + 'static {
     unsafe fn gemm_lt(&self, g: &Gemm, math: GemmMath, ep: Epilogue) -> Result<bool>;
     /// Whether [`Device::gemm_lt`] can run fused products at all (cuBLASLt loaded).
     fn has_fused_gemms(&self) -> bool;
+    /// Per epilogue, how many products ran fused out of those asked (`bias 120/120, …`), where
+    /// the device keeps count.
+    fn fused_report(&self) -> Option<String> {
+        None
+    }
     // ---- step graphs (see super::graph) -----------------------------------------------
     /// Starts capturing: until [`Device::end_capture`] every op is recorded into a new graph and
     /// not run; uploads are staged in host memory the graph reads at each replay; reading device

@@ -450,6 +450,10 @@ impl<D: Device> Backend for Gpu<D> {
         self.guard_on.store(false, Ordering::Relaxed);
     }
 
+    fn fused_report(&self) -> Option<String> {
+        self.dev.fused_report()
+    }
+
     fn metrics_push(
         &self,
         slot: usize,

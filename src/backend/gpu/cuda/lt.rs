@@ -41,7 +41,9 @@ struct Key {
     math: GemmMath,
     epilogue: &'static str,
     accumulate: bool,
-    align: [u32; 3],
+    /// Alignments of the first and second operands, C, and the epilogue's vector and mask (the
+    /// heuristic reads them off the pointers; a plan made for one alignment may fail for a lower one).
+    align: [u32; 5],
 }
 
 struct Plan {
@@ -69,6 +71,8 @@ pub(super) struct Lt {
     workspace: DevPtr,
     /// `None`: the heuristic offered no algorithm for this key.
     plans: HashMap<Key, Option<Plan>>,
+    /// Products run fused and declined, per epilogue (launched ones, not graph replays).
+    counts: HashMap<&'static str, (u64, u64)>,
 }
 
 // SAFETY: the handle and descriptors are used only under the device's Mutex around `Lt`.
@@ -108,7 +112,7 @@ impl Lt {
                 return Err(format!("allocating the cuBLASLt workspace: {e:?}"));
             }
         };
-        Ok(Lt { handle, workspace, plans: HashMap::new() })
+        Ok(Lt { handle, workspace, plans: HashMap::new(), counts: HashMap::new() })
     }
 
     /// Whether [`Lt::run`] would run `g` (a plan with an algorithm exists or can be made), without
@@ -159,8 +163,9 @@ impl Lt {
             }
             return Ok(true);
         }
-        if k == 0 {
-            // Degenerate (cuBLASLt rejects k = 0): the caller's plain path handles it.
+        if k == 0 || (k == 1 && matches!(ep, Epilogue::DRelu { .. })) {
+            // Degenerate (cuBLASLt rejects k = 0, and k = 1 with the ReLU-gradient epilogue): the
+            // caller's plain path handles it.
             return Ok(false);
         }
         let ldc =
@@ -198,12 +203,27 @@ impl Lt {
             math,
             epilogue: ep.kind(),
             accumulate: g.beta != 0.0,
-            align: [alignment(first), alignment(second), alignment(g.c)],
+            align: [
+                alignment(first),
+                alignment(second),
+                alignment(g.c),
+                vector.map_or(256, alignment),
+                aux.map_or(256, |(p, _)| alignment(p)),
+            ],
         };
         if !self.plans.contains_key(&key) {
             // SAFETY: the handle is live; the key describes valid layouts (checked above).
             let plan = unsafe { self.plan(&key, ep)? };
             self.plans.insert(key, plan);
+        }
+        let fused = matches!(self.plans.get(&key), Some(Some(_)));
+        if !dry {
+            let c = self.counts.entry(ep.kind()).or_default();
+            if fused {
+                c.0 += 1;
+            } else {
+                c.1 += 1;
+            }
         }
         let Some(Some(plan)) = self.plans.get(&key) else { return Ok(false) };
         if dry {
@@ -278,6 +298,13 @@ impl Lt {
             ))
         })?;
         Ok(true)
+    }
+
+    /// `bias 120/120, drelu 24/24, …`: per epilogue, the products run fused out of those asked.
+    pub(super) fn report(&self) -> String {
+        let mut v: Vec<_> = self.counts.iter().collect();
+        v.sort();
+        v.iter().map(|(k, (f, d))| format!("{k} {f}/{}", f + d)).collect::<Vec<_>>().join(", ")
     }
 
     /// A plan for `key`, or `None` when the heuristic offers no algorithm.
@@ -384,7 +411,7 @@ impl Lt {
         }
         let pref = lt::create_matmul_pref().map_err(lt_err("cublasLtMatmulPreferenceCreate"))?;
         let ws = WORKSPACE_BYTES as u64;
-        let [a1, a2, ac] = key.align;
+        let [a1, a2, ac, _, _] = key.align;
         // SAFETY: `pref` is live; values by address with their sizes; destroyed below.
         let found = unsafe {
             let set =
@@ -418,8 +445,21 @@ impl Lt {
                 plan.workspace = h.workspaceSize.min(WORKSPACE_BYTES);
                 Ok(Some(plan))
             }
-            // No algorithm (NOT_SUPPORTED and the like): remembered, the caller falls back.
-            Err(_) => Ok(None),
+            // No algorithm for it: remembered, the caller falls back.
+            Err(e) if e.0 == lt_sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED => Ok(None),
+            // Anything else means a descriptor this code got wrong: said once per plan, on stderr
+            // (a GPU run's log shows it), and the caller falls back all the same.
+            Err(e) => {
+                eprintln!(
+                    "warning: cuBLASLt rejected a {} product (m={} n={} k={}, {:?}): {e}; using cuBLAS and separate kernels for it",
+                    ep.kind(),
+                    key.m,
+                    key.n,
+                    key.k,
+                    key.math
+                );
+                Ok(None)
+            }
         }
     }
 }
