@@ -214,7 +214,7 @@ fn graphed_steps_match_launched_steps<D: Device>(backend: fn(bool) -> Gpu<D>, sa
             // Packed lengths 26, 30, 25, 40, 31, 45, 27, 24, 42, 27 and 23 in buckets of 16:
             // graphs for 32 tokens (3 examples), 48 (3) and 32 (2, the last batch); the first steps
             // capture again when the gradients become known clean and when the embedding-row list
-            // outgrows its power of two; then the steps are updates.
+            // outgrows its power of four; then the steps are updates.
             println!(
                 "{what}: {} steps, {} captures ({} after a mismatch, last: {:?}), {} updates",
                 data.len(),

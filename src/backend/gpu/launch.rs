@@ -69,7 +69,7 @@ impl<D: Device> Gpu<D> {
     }
 
     /// Checks `rows` against a table of `n_rows` rows, uploads them (padded with -1 up to a power
-    /// of two), and calls `launch` with the address of each chunk of at most 65,535 rows (the
+    /// of four), and calls `launch` with the address of each chunk of at most 65,535 rows (the
     /// grid's y limit) and its launch shape: grid (ceil(row_len / THREADS), rows in the chunk).
     pub(super) fn row_launches(
         &self,
@@ -85,9 +85,17 @@ impl<D: Device> Gpu<D> {
         if rows.is_empty() || row_len == 0 || self.failed() {
             return;
         }
-        // Launched over the list rounded up to a power of two (the padding rows exit at once),
-        // so that a step graph keeps its launch shape while the list grows.
-        let capacity = rows.len().next_power_of_two();
+        // Launched over the list rounded up to a power of four (the padding rows exit at once),
+        // so that a step graph keeps its launch shape while the list grows (and is captured anew
+        // only a few times over a run).
+        let capacity = {
+            let p = rows.len().next_power_of_two();
+            if p.trailing_zeros() % 2 == 1 {
+                p * 2
+            } else {
+                p
+            }
+        };
         let ptr = match self.upload_rows(rows, capacity) {
             Ok(p) => p,
             Err(e) => return self.record(Err(e)),
