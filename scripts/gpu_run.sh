@@ -564,7 +564,7 @@ run() {
                 *-unfused) v_env=(NLI_BERT_CUBLASLT=0) ;;
                 *-nographs) v_args+=(--graphs off) ;;
                 esac
-                [ "$dry" = 1 ] && [ "$variant" != f32 ] && continue # bf16 needs a GPU
+                [ "$dry" = 1 ] && [ "$dev" != emu ] && [ "$variant" != f32 ] && continue # bf16 needs a GPU (or the emulator)
                 sub "bench-$shape-$prec" 60 env "${v_env[@]}" "$bin" bench --shape "$shape" --device "$dev" "${v_args[@]}" \
                     --batch-size "$batch" --steps "$bsteps" --breakdown "${b_args[@]}"
                 note "ours_bench_${shape}_${prec}_breakdown" "$(breakdown_of "$logs/bench-$shape-$prec.log")"
