@@ -432,3 +432,47 @@ fn graphs_survive_an_evaluation_that_grows_the_activations() {
         gp.iter().zip(&lp).map(|(a, b)| ((a - b).abs() / (1e-3 + b.abs())) as f64).fold(0.0, f64::max);
     assert!(worst < 1e-4, "parameters differ by {worst:e}");
 }
+
+#[test]
+fn stepper_falls_back_op_by_op_when_graphs_fail() {
+    use nli_bert::train::step::{GraphsSel, Stepper};
+    // A device whose graph capture fails: with --graphs auto the run goes on op by op after a
+    // warning, with the same numbers as a run that never tried (the optimizer's step count given
+    // back); with --graphs on it is an error.
+    let cfg = cfg(true);
+    let data = batches();
+    let go = |refuse: bool, sel: GraphsSel| -> nli_bert::Result<(Vec<f64>, Vec<f32>, bool)> {
+        let be = Gpu::new_bf16(Emu::new().unwrap().with_capture_refused(refuse));
+        let host = init_params(&ParamLayout::new(&cfg), 3);
+        let mut model = Model::from_host(&be, cfg.clone(), &cast_params::<f32>(&host)).unwrap();
+        let mut acts = Acts::new(&be, &cfg).unwrap();
+        let mut opt = Adam::new(&be, &model, AdamConfig::adam(1e-2)).unwrap();
+        let mut stepper = Stepper::new(&be, sel, cfg.heads, cfg.hidden)?;
+        let mut losses = Vec::new();
+        for (step, b) in data.iter().enumerate() {
+            stepper.step(
+                &mut model,
+                &be,
+                &mut opt,
+                &mut acts,
+                b,
+                Mode { dropout: 0.2, seed: 9, step: step as u64 },
+            )?;
+            losses.extend(stepper.drain(&be)?.into_iter().map(|o| o.loss_sum));
+        }
+        assert_eq!(opt.t, data.len() as u64, "one optimizer step per batch");
+        Ok((losses, model.params_host(&be).unwrap(), stepper.graphs().is_some()))
+    };
+    let (fl, fp, graphs_left) = go(true, GraphsSel::Auto).unwrap();
+    assert!(!graphs_left, "the stepper gave up on graphs");
+    let (ol, op, _) = go(false, GraphsSel::Off).unwrap();
+    assert_eq!(fl.len(), data.len());
+    for (i, (a, b)) in fl.iter().zip(&ol).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "loss of step {i}: after the fallback {a} vs op by op {b}");
+    }
+    let worst =
+        fp.iter().zip(&op).map(|(a, b)| ((a - b).abs() / (1e-3 + b.abs())) as f64).fold(0.0, f64::max);
+    assert!(worst < 1e-4, "parameters differ by {worst:e}");
+    let err = go(true, GraphsSel::On).err().expect("--graphs on with a failing capture is an error");
+    assert!(err.to_string().contains("capture refused"), "{err}");
+}

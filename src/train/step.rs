@@ -8,7 +8,11 @@
 //! padding sequence (no example, no gradient), the ops are re-issued into the graph only to
 //! update what changes from step to step (the uploaded batch, the dropout step, Adam's bias
 //! corrections), and Adam skips a batch with a non-finite loss on the device. The results are
-//! those of [`Model::train_step`] on the unpadded batch.
+//! those of [`Model::train_step`] on the unpadded batch. [`Model::train_step_queued`] does not
+//! wait for the step: its loss and correct count go to a ring on the device, read in batches, so
+//! the host prepares the next steps while the device runs this one. [`Stepper`] is what the
+//! trainer and `nli-bert bench` drive: queued graph steps where `--graphs` allows, else
+//! [`Model::train_step`].
 
 use std::collections::HashMap;
 

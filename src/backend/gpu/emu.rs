@@ -48,6 +48,8 @@ pub struct Emu {
     /// Whether [`Device::gemm_lt`] runs fused products (as a GPU with cuBLASLt) or declines them
     /// all (as a GPU without it), so tests cover both of the launch code's paths.
     lt: bool,
+    /// Refuse to capture step graphs (as a device whose capture fails), for the fallback's tests.
+    refuse_capture: bool,
     /// Step graphs: recorded ops (an upload's staging bytes as device data), and whether the
     /// emulator is capturing or updating one (see [`super::graph`]).
     graphs: Mutex<Graphs<Vec<u8>>>,
@@ -78,6 +80,13 @@ impl Emu {
         self
     }
 
+    /// The same emulator refusing (true) to capture step graphs, as a device on which capture
+    /// fails: tests of the op-by-op fallback.
+    pub fn with_capture_refused(mut self, refuse: bool) -> Self {
+        self.refuse_capture = refuse;
+        self
+    }
+
     /// An emulator whose n-th launch (from 0) uses schedule seed `seed + n`.
     pub fn with_seed(seed: u64) -> Result<Self> {
         if !super::EMU_AVAILABLE {
@@ -91,6 +100,7 @@ impl Emu {
             sticky: Mutex::default(),
             stream: Mutex::default(),
             lt: true,
+            refuse_capture: false,
             graphs: Mutex::default(),
         })
     }
@@ -477,6 +487,9 @@ impl Device for Emu {
     }
 
     fn begin_capture(&self) -> Result<()> {
+        if self.refuse_capture {
+            return Err(Error::msg("emu: step graph capture refused (Emu::with_capture_refused)"));
+        }
         lock(&self.graphs).begin_capture()
     }
 
