@@ -473,6 +473,6 @@ fn stepper_falls_back_op_by_op_when_graphs_fail() {
     let worst =
         fp.iter().zip(&op).map(|(a, b)| ((a - b).abs() / (1e-3 + b.abs())) as f64).fold(0.0, f64::max);
     assert!(worst < 1e-4, "parameters differ by {worst:e}");
-    let err = go(true, GraphsSel::On).err().expect("--graphs on with a failing capture is an error");
+    let err = go(true, GraphsSel::On).expect_err("--graphs on with a failing capture is an error");
     assert!(err.to_string().contains("capture refused"), "{err}");
 }
