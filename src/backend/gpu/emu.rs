@@ -292,7 +292,9 @@ impl Device for Emu {
                 }
             }
         }
-        if self.recorded(Op::Launch { name: name.to_string(), cfg: *cfg, args: args.to_vec() }) {
+        if lock(&self.graphs).busy()
+            && self.recorded(Op::Launch { name: name.to_string(), cfg: *cfg, args: args.to_vec() })
+        {
             return Ok(());
         }
         let cname =
