@@ -1,5 +1,6 @@
 //! [`Cuda`]: the [`Device`] of a real NVIDIA GPU, through cudarc's low-level driver API (raw
-//! `CUdeviceptr`s, `cuLaunchKernel`), cuBLAS for the f32 matrix products, and our kernels loaded
+//! `CUdeviceptr`s, `cuLaunchKernel`), cuBLASLt and cuBLAS for the matrix products (`cuda/lt.rs`,
+//! `cuda/cublas.rs`), CUDA graphs for step graphs (`cuda/graphs.rs`), and our kernels loaded
 //! once per device: the PTX build.rs precompiled with nvcc when the driver accepts it, else a
 //! cubin NVRTC compiles for the device's `sm_XY` (cached in the cache dir, see [`super::nvrtc`]).
 //!
@@ -8,10 +9,13 @@
 //! the library first (after [`preload_libraries`], which also searches the toolkit and PyPI
 //! wheel folders and `NLI_BERT_CUDA_LIB_DIR`) and returns an error naming it.
 //!
-//! All work goes to one non-blocking stream, in call order. Environment:
+//! All work goes to one non-blocking stream, in call order (a second one only zero-fills
+//! allocations made while a step graph is captured). Environment:
 //! `NLI_BERT_CUDA_LIB_DIR` (library folders), `NLI_BERT_CUDA_KERNELS=auto|ptx|nvrtc` (kernel
-//! image; `auto`: the precompiled PTX if usable, else NVRTC), `NLI_BERT_HOME` (cubin cache).
+//! image; `auto`: the precompiled PTX if usable, else NVRTC), `NLI_BERT_HOME` (cubin cache),
+//! `NLI_BERT_CUBLASLT=0` (no cuBLASLt: plain cuBLAS products and separate epilogue kernels).
 
+mod cublas;
 mod graphs;
 mod libs;
 mod lt;
@@ -30,7 +34,7 @@ pub use libs::{missing_library_error, preload_libraries, LibraryReport};
 pub use module::Module;
 
 use super::device::{check_args, DevPtr, Device, Epilogue, Gemm, GemmMath, KArg, LaunchCfg};
-use super::graph::{GemmOp, Op, UpdateOutcome};
+use super::graph::{Op, UpdateOutcome};
 use super::nvrtc;
 use crate::error::{Error, Result};
 use ptx::ptx_fits;
@@ -125,60 +129,6 @@ pub struct Cuda {
 unsafe impl Send for Cuda {}
 // SAFETY: as above.
 unsafe impl Sync for Cuda {}
-
-impl Cuda {
-    /// cuBLAS `GemmEx` for a row-major [`Gemm`]: A and B of type `ab`, C f32, fp32 scalars.
-    ///
-    /// # Safety
-    /// The matrices described by `g` lie in live allocations with those element types.
-    unsafe fn gemm_ex(
-        &self,
-        g: &Gemm,
-        ab: blas_sys::cudaDataType,
-        compute: blas_sys::cublasComputeType_t,
-        what: &str,
-    ) -> Result<()> {
-        let (t1, t2, m, n, k, first, ld1, second, ld2) = sgemm_colmajor(g)?;
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        let ldc =
-            i32::try_from(g.ldc).map_err(|_| Error::msg(format!("{what}: ldc = {} exceeds i32", g.ldc)))?;
-        let h = self.blas.lock().unwrap_or_else(|p| p.into_inner());
-        bind(self.ctx)?;
-        // SAFETY: `*h` is a live handle on our stream; the caller guarantees the matrices; alpha
-        // and beta are host f32 values, as the 32F compute types require.
-        unsafe {
-            blas::gemm_ex(
-                *h,
-                op(t1),
-                op(t2),
-                m,
-                n,
-                k,
-                (&g.alpha as *const f32).cast::<c_void>(),
-                first as *const c_void,
-                ab,
-                ld1,
-                second as *const c_void,
-                ab,
-                ld2,
-                (&g.beta as *const f32).cast::<c_void>(),
-                g.c as *mut c_void,
-                blas_sys::cudaDataType::CUDA_R_32F,
-                ldc,
-                compute,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(|e| {
-            Error::msg(format!(
-                "cuBLAS {what} (row-major m={} n={} k={}, trans_a={}, trans_b={}): {e}",
-                g.m, g.n, g.k, g.trans_a, g.trans_b
-            ))
-        })
-    }
-}
 
 impl Cuda {
     /// Opens device `ordinal`: context, stream, cuBLAS, and the kernels (PTX, or an NVRTC cubin
@@ -408,42 +358,6 @@ impl Drop for Cuda {
     }
 }
 
-/// cuBLAS (column-major) arguments for a row-major [`Gemm`]: row-major `C = op(A)·op(B)` is
-/// column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`, so A and B swap places, m and n swap, the transpose
-/// flags stay with their matrices. Returns `(trans_first, trans_second, m', n', k, first, ld1,
-/// second, ld2)` after checking the sizes and strides.
-#[allow(clippy::type_complexity)]
-fn sgemm_colmajor(g: &Gemm) -> Result<(bool, bool, i32, i32, i32, DevPtr, i32, DevPtr, i32)> {
-    let a_cols = if g.trans_a { g.m } else { g.k };
-    let b_cols = if g.trans_b { g.k } else { g.n };
-    let bad = |what: String| Error::msg(format!("sgemm m={} n={} k={}: {what}", g.m, g.n, g.k));
-    for (name, ld, cols) in [("lda", g.lda, a_cols), ("ldb", g.ldb, b_cols), ("ldc", g.ldc, g.n)] {
-        if ld < cols.max(1) {
-            return Err(bad(format!("{name} = {ld} is less than the row length {cols}")));
-        }
-    }
-    let int = |x: usize, what: &str| i32::try_from(x).map_err(|_| bad(format!("{what} = {x} exceeds i32")));
-    Ok((
-        g.trans_b,
-        g.trans_a,
-        int(g.n, "n")?,
-        int(g.m, "m")?,
-        int(g.k, "k")?,
-        g.b,
-        int(g.ldb, "ldb")?,
-        g.a,
-        int(g.lda, "lda")?,
-    ))
-}
-
-fn op(t: bool) -> blas_sys::cublasOperation_t {
-    if t {
-        blas_sys::cublasOperation_t::CUBLAS_OP_T
-    } else {
-        blas_sys::cublasOperation_t::CUBLAS_OP_N
-    }
-}
-
 impl Device for Cuda {
     fn name(&self) -> String {
         format!("cuda:{} ({})", self.ordinal, self.name)
@@ -551,62 +465,18 @@ impl Device for Cuda {
     }
 
     unsafe fn sgemm(&self, g: &Gemm) -> Result<()> {
-        let (t1, t2, m, n, k, first, ld1, second, ld2) = sgemm_colmajor(g)?;
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        if let graphs::Step::Done = self.graph_op(Op::Gemm { op: GemmOp::F32, g: *g }) {
-            return Ok(());
-        }
-        let ldc =
-            i32::try_from(g.ldc).map_err(|_| Error::msg(format!("sgemm: ldc = {} exceeds i32", g.ldc)))?;
-        let h = self.blas.lock().unwrap_or_else(|p| p.into_inner());
-        bind(self.ctx)?;
-        // SAFETY: `*h` is a live handle on our stream; the caller guarantees the matrices lie
-        // in live allocations; alpha/beta are host values (the default pointer mode).
-        unsafe {
-            blas::sgemm(
-                *h,
-                op(t1),
-                op(t2),
-                m,
-                n,
-                k,
-                &g.alpha,
-                first as *const f32,
-                ld1,
-                second as *const f32,
-                ld2,
-                &g.beta,
-                g.c as *mut f32,
-                ldc,
-            )
-        }
-        .map_err(|e| {
-            Error::msg(format!(
-                "cuBLAS sgemm (row-major m={} n={} k={}, trans_a={}, trans_b={}): {e}",
-                g.m, g.n, g.k, g.trans_a, g.trans_b
-            ))
-        })
+        // SAFETY: forwarded.
+        unsafe { self.blas_sgemm(g) }
     }
 
     unsafe fn gemm_bf16(&self, g: &Gemm) -> Result<()> {
-        if let graphs::Step::Done = self.graph_op(Op::Gemm { op: GemmOp::Bf16, g: *g }) {
-            return Ok(());
-        }
-        let bf16 = blas_sys::cudaDataType::CUDA_R_16BF;
-        // SAFETY: forwarded from the caller (A, B bf16; C f32).
-        unsafe { self.gemm_ex(g, bf16, blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, "GemmEx bf16") }
+        // SAFETY: forwarded.
+        unsafe { self.blas_gemm_bf16(g) }
     }
 
     unsafe fn gemm_fast_bf16(&self, g: &Gemm) -> Result<()> {
-        if let graphs::Step::Done = self.graph_op(Op::Gemm { op: GemmOp::FastBf16, g: *g }) {
-            return Ok(());
-        }
-        let f32t = blas_sys::cudaDataType::CUDA_R_32F;
-        let compute = blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF;
-        // SAFETY: forwarded from the caller (A, B, C f32).
-        unsafe { self.gemm_ex(g, f32t, compute, "GemmEx f32 with bf16 compute") }
+        // SAFETY: forwarded.
+        unsafe { self.blas_gemm_fast_bf16(g) }
     }
 
     fn has_fused_gemms(&self) -> bool {
@@ -618,21 +488,8 @@ impl Device for Cuda {
     }
 
     unsafe fn gemm_lt(&self, g: &Gemm, math: GemmMath, ep: Epilogue) -> Result<bool> {
-        let mut lt = self.lt.lock().unwrap_or_else(|p| p.into_inner());
-        let Ok(lt) = lt.as_mut() else { return Ok(false) };
-        bind(self.ctx)?;
-        if self.graph_busy() {
-            // A graph records only the products that run: decide first.
-            // SAFETY: forwarded; nothing runs.
-            if !unsafe { lt.available(g, math, ep)? } {
-                return Ok(false);
-            }
-            if let graphs::Step::Done = self.graph_op(Op::Gemm { op: GemmOp::Lt(math, ep), g: *g }) {
-                return Ok(true);
-            }
-        }
-        // SAFETY: forwarded from the caller; the context is current.
-        unsafe { lt.run(g, math, ep, self.stream) }
+        // SAFETY: forwarded.
+        unsafe { self.blas_gemm_lt(g, math, ep) }
     }
 
     fn begin_capture(&self) -> Result<()> {
@@ -703,32 +560,5 @@ impl Drop for CudaMark {
         // SAFETY: the event came from cuEventCreate and is destroyed once; destroying an event
         // whose work is pending is allowed (the driver releases it when done).
         let _ = unsafe { drv::event::destroy(self.0) };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sgemm_maps_row_major_to_column_major() {
-        let g = Gemm {
-            trans_a: true,
-            trans_b: false,
-            m: 3,
-            n: 5,
-            k: 7,
-            alpha: 1.0,
-            a: 0xA,
-            lda: 3,
-            b: 0xB,
-            ldb: 6,
-            beta: 0.0,
-            c: 0xC,
-            ldc: 5,
-        };
-        assert_eq!(sgemm_colmajor(&g).ok(), Some((false, true, 5, 3, 7, 0xB, 6, 0xA, 3)));
-        let bad = Gemm { lda: 2, ..g };
-        assert!(sgemm_colmajor(&bad).unwrap_err().to_string().contains("lda = 2"));
     }
 }

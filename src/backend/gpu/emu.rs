@@ -15,14 +15,16 @@
 //!
 //! Memory is host memory (256-byte aligned, zeroed); every copy, launch pointer and GEMM operand
 //! is checked against the live allocations, so a stray address is an error, not a crash. GEMMs
-//! run on the host in f32 (one accumulator per output element, in `k` order).
+//! run on the host in f32 (one accumulator per output element, in `k` order; `emu/gemm.rs`, with
+//! cuBLASLt's epilogues as documented).
+
+mod gemm;
 
 use super::device::{
     check_args, kernel_signature, ArgKind, DevPtr, Device, Epilogue, Gemm, GemmMath, KArg, LaunchCfg,
 };
 use super::graph::{GemmOp, Graphs, Intercept, Op, UpdateOutcome};
 use crate::error::{Error, Result};
-use rayon::prelude::*;
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void, CString};
@@ -343,57 +345,18 @@ impl Device for Emu {
     }
 
     unsafe fn sgemm(&self, g: &Gemm) -> Result<()> {
-        if self.recorded(Op::Gemm { op: GemmOp::F32, g: *g }) {
-            return Ok(());
-        }
-        let _stream = lock(&self.stream);
-        if g.m == 0 || g.n == 0 {
-            return Ok(());
-        }
-        let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
-        let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
-        let a = self.read_matrix(g.a, ar, ac, g.lda, "A")?;
-        let b = self.read_matrix(g.b, br, bc, g.ldb, "B")?;
-        // SAFETY: forwarded from the caller's guarantee on C.
-        unsafe { self.gemm_host(g, &a, &b) }
+        // SAFETY: forwarded.
+        unsafe { self.gemm_f32(g) }
     }
 
     unsafe fn gemm_bf16(&self, g: &Gemm) -> Result<()> {
-        if self.recorded(Op::Gemm { op: GemmOp::Bf16, g: *g }) {
-            return Ok(());
-        }
-        let _stream = lock(&self.stream);
-        if g.m == 0 || g.n == 0 {
-            return Ok(());
-        }
-        let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
-        let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
-        let a = self.read_matrix_bf16(g.a, ar, ac, g.lda, "A")?;
-        let b = self.read_matrix_bf16(g.b, br, bc, g.ldb, "B")?;
-        // SAFETY: forwarded from the caller's guarantee on C.
-        unsafe { self.gemm_host(g, &a, &b) }
+        // SAFETY: forwarded.
+        unsafe { self.gemm_bf16_copies(g) }
     }
 
     unsafe fn gemm_fast_bf16(&self, g: &Gemm) -> Result<()> {
-        if self.recorded(Op::Gemm { op: GemmOp::FastBf16, g: *g }) {
-            return Ok(());
-        }
-        let _stream = lock(&self.stream);
-        if g.m == 0 || g.n == 0 {
-            return Ok(());
-        }
-        let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
-        let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
-        // The library's down-conversion, modelled as round to nearest even (what cvt.rn does).
-        let round = |v: Vec<f32>| -> Vec<f32> {
-            v.into_iter()
-                .map(|x| f32::from_bits((crate::backend::cpu::convert::f32_to_bf16(x) as u32) << 16))
-                .collect()
-        };
-        let a = round(self.read_matrix(g.a, ar, ac, g.lda, "A")?);
-        let b = round(self.read_matrix(g.b, br, bc, g.ldb, "B")?);
-        // SAFETY: forwarded from the caller's guarantee on C.
-        unsafe { self.gemm_host(g, &a, &b) }
+        // SAFETY: forwarded.
+        unsafe { self.gemm_fast(g) }
     }
 
     fn has_fused_gemms(&self) -> bool {
@@ -401,91 +364,8 @@ impl Device for Emu {
     }
 
     unsafe fn gemm_lt(&self, g: &Gemm, math: GemmMath, ep: Epilogue) -> Result<bool> {
-        if !self.lt {
-            return Ok(false);
-        }
-        if self.recorded(Op::Gemm { op: GemmOp::Lt(math, ep), g: *g }) {
-            return Ok(true);
-        }
-        let _stream = lock(&self.stream);
-        if matches!(
-            ep,
-            Epilogue::Bias(_) | Epilogue::ReluBias(_) | Epilogue::ReluAuxBias { .. } | Epilogue::DRelu { .. }
-        ) && g.beta != 0.0
-        {
-            return Err(Error::msg(format!("emu: gemm_lt: the {} epilogue needs beta = 0", ep.kind())));
-        }
-        if let Epilogue::ReluAuxBias { aux, aux_ld, .. } | Epilogue::DRelu { aux, aux_ld } = ep {
-            if aux_ld % 128 != 0 || aux_ld < g.n {
-                return Err(Error::msg(format!("emu: gemm_lt: aux_ld {aux_ld} for {} columns", g.n)));
-            }
-            self.check_range(aux, g.m * aux_ld / 8, "gemm_lt ReLU mask")?;
-        }
-        let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
-        let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
-        let mut a = self.read_matrix(g.a, ar, ac, g.lda, "A")?;
-        let mut b = self.read_matrix(g.b, br, bc, g.ldb, "B")?;
-        if math == GemmMath::Bf16Fast {
-            // The library's down-conversion, modelled as round to nearest even (what cvt.rn does).
-            for x in a.iter_mut().chain(b.iter_mut()) {
-                *x = f32::from_bits((crate::backend::cpu::convert::f32_to_bf16(*x) as u32) << 16);
-            }
-        }
-        if let Epilogue::BiasGradA(out) = ep {
-            // Σ_k op(A)[i, k], in f32 in k order, over the operand as the product reads it.
-            let at = |i: usize, kk: usize| if g.trans_a { a[kk * g.lda + i] } else { a[i * g.lda + kk] };
-            let sums: Vec<f32> = (0..g.m).map(|i| (0..g.k).fold(0f32, |s, kk| s + at(i, kk))).collect();
-            self.check_range(out, g.m * 4, "gemm_lt bias gradient")?;
-            // SAFETY: `m` f32 at `out` lie inside a live allocation (checked above).
-            unsafe { std::ptr::copy_nonoverlapping(sums.as_ptr(), out as *mut f32, g.m) };
-        }
-        // SAFETY: forwarded from the caller's guarantee on C.
-        unsafe { self.gemm_host(g, &a, &b)? };
-        let c = g.c as *mut f32;
-        if let Epilogue::Bias(bias) | Epilogue::ReluBias(bias) | Epilogue::ReluAuxBias { bias, .. } = ep {
-            let bias = self.read_matrix(bias, 1, g.n, g.n, "bias")?;
-            let relu = !matches!(ep, Epilogue::Bias(_));
-            for i in 0..g.m {
-                for (j, bj) in bias.iter().enumerate() {
-                    // SAFETY: gemm_host checked C's span and alignment.
-                    unsafe {
-                        let p = c.add(i * g.ldc + j);
-                        let v = *p + bj;
-                        *p = if relu && v < 0.0 { 0.0 } else { v };
-                    }
-                }
-            }
-        }
-        if let Epilogue::ReluAuxBias { aux, aux_ld, .. } = ep {
-            // The mask of the values kept (> 0), in cuBLASLt's layout (see `Epilogue`).
-            let mut bits = vec![0u8; g.m * aux_ld / 8];
-            for i in 0..g.m {
-                for j in 0..g.n {
-                    // SAFETY: as above.
-                    if unsafe { *c.add(i * g.ldc + j) } > 0.0 {
-                        let b = i * aux_ld + j;
-                        bits[b / 8] |= 1 << (b % 8);
-                    }
-                }
-            }
-            // SAFETY: the mask's range was checked above.
-            unsafe { std::ptr::copy_nonoverlapping(bits.as_ptr(), aux as *mut u8, bits.len()) };
-        }
-        if let Epilogue::DRelu { aux, aux_ld } = ep {
-            let mut bits = vec![0u8; g.m * aux_ld / 8];
-            // SAFETY: the mask's range was checked above.
-            unsafe { std::ptr::copy_nonoverlapping(aux as *const u8, bits.as_mut_ptr(), bits.len()) };
-            for i in 0..g.m {
-                for j in 0..g.n {
-                    let b = i * aux_ld + j;
-                    if bits[b / 8] & (1 << (b % 8)) == 0 {
-                        // SAFETY: as above.
-                        unsafe { *c.add(i * g.ldc + j) = 0.0 };
-                    }
-                }
-            }
-        }
-        Ok(true)
+        // SAFETY: forwarded.
+        unsafe { self.gemm_fused(g, math, ep) }
     }
 
     fn begin_capture(&self) -> Result<()> {
@@ -572,23 +452,6 @@ impl Device for Emu {
     }
 }
 
-/// Elements spanned by a (rows, cols) row-major matrix with row stride `ld`.
-fn span(rows: usize, cols: usize, ld: usize, what: &str) -> Result<usize> {
-    if rows == 0 || cols == 0 {
-        return Ok(0);
-    }
-    if ld < cols {
-        return Err(Error::msg(format!(
-            "emu: sgemm {what}: row stride {ld} is less than its {cols} columns"
-        )));
-    }
-    (rows - 1)
-        .checked_mul(ld)
-        .and_then(|x| x.checked_add(cols))
-        .filter(|x| x.checked_mul(4).is_some())
-        .ok_or_else(|| Error::msg(format!("emu: sgemm {what}: ({rows}, {cols}) with stride {ld} overflows")))
-}
-
 impl Emu {
     /// Whether `op` was recorded (capturing) or matched (updating) instead of being run.
     fn recorded(&self, op: Op) -> bool {
@@ -601,90 +464,6 @@ impl Emu {
             return Err(Error::msg(format!("emu: {what} while capturing or updating a step graph")));
         }
         Ok(())
-    }
-
-    /// A copy of the (rows, cols) f32 matrix at `ptr` with row stride `ld` (the whole span).
-    /// C = alpha·op(A)·op(B) + beta·C on the host, A and B already read as f32 (see [`Gemm`]).
-    ///
-    /// # Safety
-    /// C as described by `g` lies inside a live allocation (checked again here).
-    unsafe fn gemm_host(&self, g: &Gemm, a: &[f32], b: &[f32]) -> Result<()> {
-        let (m, n, k) = (g.m, g.n, g.k);
-        let c_span = span(m, n, g.ldc, "C")?;
-        self.check_range(g.c, c_span * 4, "sgemm C")?;
-        if g.c % 4 != 0 {
-            return Err(Error::msg(format!("emu: sgemm C at {:#x} is not 4-byte aligned", g.c)));
-        }
-        // op(A) as (m, k) rows and op(B)ᵀ as (n, k) rows, contiguous.
-        let at =
-            |r: usize, c: usize, t: bool, x: &[f32], ld: usize| if t { x[c * ld + r] } else { x[r * ld + c] };
-        let a_rows: Vec<f32> = (0..m * k).map(|i| at(i / k, i % k, g.trans_a, a, g.lda)).collect();
-        let b_cols: Vec<f32> = (0..n * k).map(|i| at(i % k, i / k, g.trans_b, b, g.ldb)).collect();
-        let mut prod = vec![0f32; m * n];
-        prod.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-            let ai = &a_rows[i * k..(i + 1) * k];
-            for (j, out) in row.iter_mut().enumerate() {
-                let bj = &b_cols[j * k..(j + 1) * k];
-                let mut acc = 0f32;
-                for (x, y) in ai.iter().zip(bj) {
-                    acc += x * y;
-                }
-                *out = acc;
-            }
-        });
-        let c = g.c as *mut f32;
-        for i in 0..m {
-            for j in 0..n {
-                // SAFETY: (i, j) lies in C's checked span: i*ldc + j <= (m-1)*ldc + n-1 < c_span
-                // (ldc >= n was checked by `span`), and C is 4-byte aligned.
-                unsafe {
-                    let p = c.add(i * g.ldc + j);
-                    let v = g.alpha * prod[i * n + j];
-                    *p = if g.beta == 0.0 { v } else { v + g.beta * *p };
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A (rows, cols) bf16 matrix with row stride `ld`, widened to f32 (exact).
-    fn read_matrix_bf16(
-        &self,
-        ptr: DevPtr,
-        rows: usize,
-        cols: usize,
-        ld: usize,
-        what: &str,
-    ) -> Result<Vec<f32>> {
-        let n = span(rows, cols, ld, what)?;
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        self.check_range(ptr, n * 2, &format!("gemm_bf16 {what}"))?;
-        if ptr % 2 != 0 {
-            return Err(Error::msg(format!("emu: gemm_bf16 {what} at {ptr:#x} is not 2-byte aligned")));
-        }
-        let mut raw = vec![0u16; n];
-        // SAFETY: `n` u16 at `ptr` lie inside a live allocation (checked above) and `ptr` is
-        // 2-byte aligned; `raw` is a distinct host buffer.
-        unsafe { std::ptr::copy_nonoverlapping(ptr as *const u16, raw.as_mut_ptr(), n) };
-        Ok(raw.into_iter().map(|h| f32::from_bits((h as u32) << 16)).collect())
-    }
-
-    fn read_matrix(&self, ptr: DevPtr, rows: usize, cols: usize, ld: usize, what: &str) -> Result<Vec<f32>> {
-        let n = span(rows, cols, ld, what)?;
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        self.check_range(ptr, n * 4, &format!("sgemm {what}"))?;
-        if ptr % 4 != 0 {
-            return Err(Error::msg(format!("emu: sgemm {what} at {ptr:#x} is not 4-byte aligned")));
-        }
-        let mut out = vec![0f32; n];
-        // SAFETY: `n` f32 at `ptr` lie inside a live allocation (checked above) and `ptr` is
-        // 4-byte aligned; `out` is a distinct host buffer.
-        unsafe { std::ptr::copy_nonoverlapping(ptr as *const f32, out.as_mut_ptr(), n) };
-        Ok(out)
     }
 }
 

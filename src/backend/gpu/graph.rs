@@ -19,9 +19,13 @@
 //! host exactly as without graphs (PyTorch's f64 bias corrections), rather than read from device
 //! memory: the kernels, and every result, are the same with and without graphs.
 
-use super::device::{DevPtr, Epilogue, Gemm, GemmMath, KArg, LaunchCfg};
+use super::device::{DevPtr, Device, Epilogue, Gemm, GemmMath, KArg, LaunchCfg};
+use super::memory::{self, Pool};
+use super::Gpu;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// Which matrix product an op is.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -307,5 +311,101 @@ impl<X: Default> Graphs<X> {
                 }
             }
         }
+    }
+}
+
+// ---- the GPU backend's side -----------------------------------------------------------------
+
+impl<D: Device> Gpu<D> {
+    /// Captures a step graph: `f` issues the step's ops, which are recorded, not run (replay the
+    /// graph to run them). Earlier work is waited for first.
+    pub fn graph_capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<GpuGraph<D>> {
+        self.check()?;
+        if self.profiling.load(Ordering::Relaxed) {
+            return Err(crate::error::Error::msg("step graphs cannot be captured while ops are timed"));
+        }
+        self.dev.begin_capture()?;
+        self.pool.begin_capture();
+        let r = f().and_then(|()| self.sticky_error().map_or(Ok(()), Err));
+        if let Err(e) = r {
+            self.dev.abort_capture();
+            let blocks = self.pool.end_capture();
+            self.pool.release(&blocks);
+            self.forget_capture_error();
+            return Err(e);
+        }
+        let blocks = self.pool.end_capture();
+        match self.dev.end_capture() {
+            Ok(id) => Ok(GpuGraph { dev: self.dev.clone(), pool: self.pool.clone(), id, blocks }),
+            Err(e) => {
+                self.pool.release(&blocks);
+                self.forget_capture_error();
+                Err(e)
+            }
+        }
+    }
+
+    /// After a failed capture: an op that failed while being captured failed the capture (nothing
+    /// ran), not the device, so its error is not kept; the device is checked instead.
+    fn forget_capture_error(&self) {
+        *self.sticky.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let r = self.dev.synchronize();
+        self.record(r);
+    }
+
+    /// Re-issues a step's ops into `graph` (new kernel arguments and uploads; nothing runs).
+    /// `Ok(Some(why))`: the ops no longer match the graph's (capture a new one).
+    pub fn graph_update(
+        &self,
+        graph: &GpuGraph<D>,
+        f: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Option<String>> {
+        if let Some(e) = self.sticky_error() {
+            return Err(e);
+        }
+        self.dev.begin_update(graph.id)?;
+        self.pool.begin_update(&graph.blocks);
+        let r = f();
+        let outcome = self.dev.end_update();
+        let blocks_ok = self.pool.end_update();
+        r?;
+        if let Some(e) = self.sticky_error() {
+            return Err(e);
+        }
+        Ok(match outcome? {
+            UpdateOutcome::Mismatch(why) => Some(why),
+            UpdateOutcome::Updated if !blocks_ok => {
+                Some("the step took other memory blocks than the graph's".to_string())
+            }
+            UpdateOutcome::Updated => None,
+        })
+    }
+
+    /// Runs a captured step graph.
+    pub fn graph_replay(&self, graph: &GpuGraph<D>) -> Result<()> {
+        if let Some(e) = self.sticky_error() {
+            return Err(e);
+        }
+        // SAFETY: the graph owns its scratch blocks and its other buffers are kept alive by the
+        // step code that captured it (the model, optimizer and activations).
+        let r = unsafe { self.dev.replay(graph.id) };
+        self.record(r);
+        self.sticky_error().map_or(Ok(()), Err)
+    }
+}
+
+/// A captured step graph of a [`Gpu`] (see [`graph`]): its device id and the pool blocks its
+/// ops address; dropping it frees the graph and gives the blocks back.
+pub struct GpuGraph<D: Device> {
+    dev: Arc<D>,
+    pool: Arc<Pool<D>>,
+    id: u64,
+    blocks: Vec<memory::Block>,
+}
+
+impl<D: Device> Drop for GpuGraph<D> {
+    fn drop(&mut self) {
+        self.dev.drop_graph(self.id);
+        self.pool.release(&self.blocks);
     }
 }

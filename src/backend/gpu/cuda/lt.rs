@@ -21,7 +21,7 @@ use cudarc::driver::result as drv;
 use cudarc::driver::sys;
 
 use super::super::device::{DevPtr, Epilogue, Gemm, GemmMath};
-use super::sgemm_colmajor;
+use super::cublas::sgemm_colmajor;
 use crate::error::{Error, Result};
 
 /// Bytes of the one workspace handed to every cuBLASLt call (what cuBLASLt recommends on Hopper).
