@@ -300,14 +300,19 @@ fn cli_demo_trains_from_scratch_and_predicts() {
     assert!(out.join("model.safetensors").is_file() && out.join("metrics.jsonl").is_file());
 }
 
-fn metrics_no_timing(dir: &Path) -> Vec<String> {
+/// The lines of a run's metrics.jsonl.
+fn read_metrics(dir: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            format!("{} {} {} {} {}", v["epoch"], v["loss"], v["train_acc"], v["test_acc"], v["steps"])
-        })
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn metrics_no_timing(dir: &Path) -> Vec<String> {
+    read_metrics(dir)
+        .iter()
+        .map(|v| format!("{} {} {} {} {}", v["epoch"], v["loss"], v["train_acc"], v["test_acc"], v["steps"]))
         .collect()
 }
 
@@ -416,14 +421,7 @@ fn cli_resume_and_max_steps_with_step_graphs_on_emu() {
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stderr}");
     assert!(stdout.contains("epoch 2/2: ") && stdout.contains("step graphs"), "{stdout}");
-    let read = |d: &Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(d.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
-    let (a, b) = (read(&full), read(&short));
+    let (a, b) = (read_metrics(&full), read_metrics(&short));
     assert_eq!(a.len(), 2);
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(&b) {
@@ -442,7 +440,7 @@ fn cli_resume_and_max_steps_with_step_graphs_on_emu() {
     let loss: f64 =
         line.split("loss ").nth(1).and_then(|r| r.split(',').next()).and_then(|x| x.parse().ok()).unwrap();
     assert!(loss.is_finite() && loss > 0.5, "the stopped epoch's loss was read from the device: {line}");
-    let m = read(&cut);
+    let m = read_metrics(&cut);
     assert_eq!(m[0]["examples"], 48, "3 batches of 16 were counted: {:?}", m[0]);
 }
 
@@ -560,14 +558,7 @@ fn cli_finetune_on_emu_device_matches_cpu() {
             .all(|l| l.ends_with("on emu, f32, fused epilogues")),
         "{stdout}"
     );
-    let read = |d: &Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(d.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
-    let (c, e) = (read(&cpu_out), read(&emu_out));
+    let (c, e) = (read_metrics(&cpu_out), read_metrics(&emu_out));
     assert_eq!(c.len(), 2);
     assert_eq!(c.len(), e.len());
     for (c, e) in c.iter().zip(&e) {
@@ -714,14 +705,7 @@ fn cli_finetune_with_step_graphs_matches_op_by_op() {
     );
     let o = small_finetune(dir.path(), &off, "bf16", &["--device", "emu", "--graphs", "off"]);
     assert!(o.status.success(), "{:?}", text(&o));
-    let read = |d: &Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(d.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
-    let (a, b) = (read(&on), read(&off));
+    let (a, b) = (read_metrics(&on), read_metrics(&off));
     assert_eq!(a.len(), 2);
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(&b) {

@@ -230,46 +230,25 @@ fn fused_products_replace_the_separate_kernels() {
         let fwd = families(&be, || {
             be.matmul_forward(be.view_mut(&mut y), be.view(&x), be.view(&w), Some(be.view(&b)), n, ic, oc)
         });
-        let relu = families(&be, || {
-            be.matmul_act_forward(
-                be.view_mut(&mut pre),
-                be.view_mut(&mut y),
-                be.view(&x),
-                be.view(&w),
-                Some(be.view(&b)),
-                n,
-                ic,
-                oc,
-                Activation::Relu,
-            )
-        });
-        let gelu = families(&be, || {
-            be.matmul_act_forward(
-                be.view_mut(&mut pre),
-                be.view_mut(&mut y),
-                be.view(&x),
-                be.view(&w),
-                Some(be.view(&b)),
-                n,
-                ic,
-                oc,
-                Activation::Gelu,
-            )
-        });
+        let mut act_forward = |act: Activation| {
+            families(&be, || {
+                be.matmul_act_forward(
+                    be.view_mut(&mut pre),
+                    be.view_mut(&mut y),
+                    be.view(&x),
+                    be.view(&w),
+                    Some(be.view(&b)),
+                    n,
+                    ic,
+                    oc,
+                    act,
+                )
+            })
+        };
+        let relu = act_forward(Activation::Relu);
+        let gelu = act_forward(Activation::Gelu);
         // the next Linear's backward through the ReLU whose mask the fused forward kept
-        let relu_again = families(&be, || {
-            be.matmul_act_forward(
-                be.view_mut(&mut pre),
-                be.view_mut(&mut y),
-                be.view(&x),
-                be.view(&w),
-                Some(be.view(&b)),
-                n,
-                ic,
-                oc,
-                Activation::Relu,
-            )
-        });
+        let relu_again = act_forward(Activation::Relu);
         assert_eq!(relu_again, relu);
         let (w2, dy2) = (up(&be, &randn(&mut rng, 7 * oc)), up(&be, &randn(&mut rng, n * 7)));
         let (mut dpre, mut dact) = (be.alloc(n * oc).unwrap(), be.alloc(n * oc).unwrap());

@@ -364,6 +364,17 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The same batch with `pad` more tokens after its sequences (token 0, segment 0, positions
+    /// 0..pad): the padding sequence of `BatchLayout::padded`, which is no example (its lengths
+    /// and labels are this batch's). `pad` must not exceed the positional table.
+    pub fn with_padding_sequence(&self, pad: usize) -> Batch {
+        let mut b = self.clone();
+        b.tokens.resize(b.tokens.len() + pad, 0);
+        b.segments.resize(b.segments.len() + pad, 0);
+        b.positions.extend(0..pad as i32);
+        b
+    }
+
     /// Packs `items` in order.
     pub fn from_encoded(items: &[&Encoded]) -> Batch {
         let t: usize = items.iter().map(|e| e.ids.len()).sum();

@@ -145,25 +145,12 @@ pub struct Output {
 
 /// Uploads a packed host batch.
 pub fn upload_batch<B: Backend>(be: &B, batch: &Batch) -> Result<DeviceBatch<B>> {
-    upload_batch_padded(be, batch, 0)
+    upload_batch_with(be, batch, BatchLayout::new(&batch.lens))
 }
 
-/// Uploads a packed host batch followed by a padding sequence of `pad` tokens (token 0, segment
-/// 0, positions 0..pad; see [`BatchLayout::padded`]); `pad` must not exceed the positional table.
-pub fn upload_batch_padded<B: Backend>(be: &B, batch: &Batch, pad: usize) -> Result<DeviceBatch<B>> {
-    if pad > 0 {
-        let mut b = batch.clone();
-        b.tokens.resize(b.tokens.len() + pad, 0);
-        b.segments.resize(b.segments.len() + pad, 0);
-        b.positions.extend(0..pad as i32);
-        let mut db = upload_layout(be, &b, BatchLayout::padded(&batch.lens, pad))?;
-        db.labels_host.truncate(batch.lens.len());
-        return Ok(db);
-    }
-    upload_layout(be, batch, BatchLayout::new(&batch.lens))
-}
-
-fn upload_layout<B: Backend>(be: &B, batch: &Batch, layout: BatchLayout) -> Result<DeviceBatch<B>> {
+/// Uploads a packed host batch with `layout`, which may hold more tokens than the batch's
+/// sequences: a batch from [`Batch::with_padding_sequence`] with [`BatchLayout::padded`].
+pub fn upload_batch_with<B: Backend>(be: &B, batch: &Batch, layout: BatchLayout) -> Result<DeviceBatch<B>> {
     let to_i32 = |v: &[usize]| -> Result<Vec<i32>> {
         v.iter()
             .map(|&x| {

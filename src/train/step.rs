@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use crate::backend::Backend;
 use crate::data::batch::Batch;
 use crate::error::Result;
-use crate::model::bert::{upload_batch, upload_batch_padded, Acts, Mode, Model, Output};
+use crate::model::bert::{upload_batch, upload_batch_with, Acts, Mode, Model, Output};
 use crate::train::optim::Adam;
 
 impl<B: Backend> Model<B> {
@@ -109,6 +109,7 @@ impl<B: Backend> Model<B> {
         // Buffers that outlive the step are sized before any capture (a graph owns only what a
         // step takes while it is captured).
         let layout = crate::backend::BatchLayout::padded(&batch.lens, pad);
+        let padded = batch.with_padding_sequence(pad);
         acts.ensure(be, &self.cfg, &layout)?;
         if graphs.acts_generation != Some(acts.generation()) {
             // The activations were reallocated (by this batch or by an evaluation in between):
@@ -125,7 +126,7 @@ impl<B: Backend> Model<B> {
         let slot = (graphs.first + graphs.queued) % crate::backend::METRICS_SLOTS;
         let k = self.cfg.num_labels;
         let record = |model: &mut Model<B>, opt: &mut Adam<B>, acts: &mut Acts<B>| -> Result<()> {
-            let db = upload_batch_padded(be, batch, pad)?;
+            let db = upload_batch_with(be, &padded, layout.clone())?;
             opt.zero_grad(be, model);
             model.forward_ops(be, acts, &db, mode)?;
             be.loss_guard(model.losses(be, acts, nb));

@@ -134,18 +134,13 @@ pub(super) fn metrics_read<D: Device>(
     g.check()?;
     let ring = g.metrics.lock().unwrap_or_else(|p| p.into_inner());
     let Some(buf) = ring.as_ref() else { return Ok(Vec::new()) };
-    let mut words = vec![0u8; 16 * METRICS_SLOTS];
+    let mut words = vec![0u32; 4 * METRICS_SLOTS];
     // SAFETY: the ring holds 4 * METRICS_SLOTS i32.
-    unsafe { g.dev.copy_dtoh(buf.ptr, &mut words)? };
+    unsafe { g.dev.copy_dtoh(buf.ptr, bytemuck::cast_slice_mut(&mut words))? };
     Ok((0..count)
         .map(|q| {
-            let s = (first + q) % METRICS_SLOTS;
-            let w = |j: usize| {
-                let o = 16 * s + 4 * j;
-                u32::from_le_bytes([words[o], words[o + 1], words[o + 2], words[o + 3]])
-            };
-            let bits = u64::from(w(0)) | (u64::from(w(1)) << 32);
-            (f64::from_bits(bits), w(2) as usize, w(3) as usize)
+            let w = &words[4 * ((first + q) % METRICS_SLOTS)..][..4];
+            (f64::from_bits(u64::from(w[0]) | (u64::from(w[1]) << 32)), w[2] as usize, w[3] as usize)
         })
         .collect())
 }

@@ -20,6 +20,8 @@
 
 mod gemm;
 
+use gemm::Operands;
+
 use super::device::{
     check_args, kernel_signature, ArgKind, DevPtr, Device, Epilogue, Gemm, GemmMath, KArg, LaunchCfg,
 };
@@ -346,17 +348,17 @@ impl Device for Emu {
 
     unsafe fn sgemm(&self, g: &Gemm) -> Result<()> {
         // SAFETY: forwarded.
-        unsafe { self.gemm_f32(g) }
+        unsafe { self.gemm_plain(g, GemmOp::F32, Operands::F32) }
     }
 
     unsafe fn gemm_bf16(&self, g: &Gemm) -> Result<()> {
         // SAFETY: forwarded.
-        unsafe { self.gemm_bf16_copies(g) }
+        unsafe { self.gemm_plain(g, GemmOp::Bf16, Operands::Bf16) }
     }
 
     unsafe fn gemm_fast_bf16(&self, g: &Gemm) -> Result<()> {
         // SAFETY: forwarded.
-        unsafe { self.gemm_fast(g) }
+        unsafe { self.gemm_plain(g, GemmOp::FastBf16, Operands::RoundedToBf16) }
     }
 
     fn has_fused_gemms(&self) -> bool {

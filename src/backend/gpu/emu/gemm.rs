@@ -8,59 +8,52 @@ use super::{lock, Emu};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 
+/// How a product reads its operands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Operands {
+    /// f32, as stored.
+    F32,
+    /// bf16 (`u16`), widened exactly.
+    Bf16,
+    /// f32, rounded to bf16 as the library does inside the product (round to nearest even,
+    /// what `cvt.rn` does).
+    RoundedToBf16,
+}
+
 impl Emu {
-    pub(super) unsafe fn gemm_f32(&self, g: &Gemm) -> Result<()> {
-        if self.recorded(Op::Gemm { op: GemmOp::F32, g: *g }) {
+    /// A plain product (`Device::sgemm`, `gemm_bf16`, `gemm_fast_bf16`), recorded as `op` while
+    /// a step graph is captured or updated.
+    ///
+    /// # Safety
+    /// The matrices described by `g` lie inside live allocations.
+    pub(super) unsafe fn gemm_plain(&self, g: &Gemm, op: GemmOp, how: Operands) -> Result<()> {
+        if self.recorded(Op::Gemm { op, g: *g }) {
             return Ok(());
         }
         let _stream = lock(&self.stream);
         if g.m == 0 || g.n == 0 {
             return Ok(());
         }
-        let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
-        let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
-        let a = self.read_matrix(g.a, ar, ac, g.lda, "A")?;
-        let b = self.read_matrix(g.b, br, bc, g.ldb, "B")?;
+        let (a, b) = self.operands(g, how)?;
         // SAFETY: forwarded from the caller's guarantee on C.
         unsafe { self.gemm_host(g, &a, &b) }
     }
 
-    pub(super) unsafe fn gemm_bf16_copies(&self, g: &Gemm) -> Result<()> {
-        if self.recorded(Op::Gemm { op: GemmOp::Bf16, g: *g }) {
-            return Ok(());
-        }
-        let _stream = lock(&self.stream);
-        if g.m == 0 || g.n == 0 {
-            return Ok(());
-        }
+    /// op(A)'s and op(B)'s stored matrices, read as `how` says.
+    fn operands(&self, g: &Gemm, how: Operands) -> Result<(Vec<f32>, Vec<f32>)> {
         let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
         let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
-        let a = self.read_matrix_bf16(g.a, ar, ac, g.lda, "A")?;
-        let b = self.read_matrix_bf16(g.b, br, bc, g.ldb, "B")?;
-        // SAFETY: forwarded from the caller's guarantee on C.
-        unsafe { self.gemm_host(g, &a, &b) }
-    }
-
-    pub(super) unsafe fn gemm_fast(&self, g: &Gemm) -> Result<()> {
-        if self.recorded(Op::Gemm { op: GemmOp::FastBf16, g: *g }) {
-            return Ok(());
-        }
-        let _stream = lock(&self.stream);
-        if g.m == 0 || g.n == 0 {
-            return Ok(());
-        }
-        let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
-        let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
-        // The library's down-conversion, modelled as round to nearest even (what cvt.rn does).
-        let round = |v: Vec<f32>| -> Vec<f32> {
-            v.into_iter()
-                .map(|x| f32::from_bits((crate::backend::cpu::convert::f32_to_bf16(x) as u32) << 16))
-                .collect()
+        let read = |ptr, rows, cols, ld, what| match how {
+            Operands::Bf16 => self.read_matrix_bf16(ptr, rows, cols, ld, what),
+            Operands::F32 | Operands::RoundedToBf16 => self.read_matrix(ptr, rows, cols, ld, what),
         };
-        let a = round(self.read_matrix(g.a, ar, ac, g.lda, "A")?);
-        let b = round(self.read_matrix(g.b, br, bc, g.ldb, "B")?);
-        // SAFETY: forwarded from the caller's guarantee on C.
-        unsafe { self.gemm_host(g, &a, &b) }
+        let (mut a, mut b) = (read(g.a, ar, ac, g.lda, "A")?, read(g.b, br, bc, g.ldb, "B")?);
+        if how == Operands::RoundedToBf16 {
+            for x in a.iter_mut().chain(b.iter_mut()) {
+                *x = f32::from_bits((crate::backend::cpu::convert::f32_to_bf16(*x) as u32) << 16);
+            }
+        }
+        Ok((a, b))
     }
 
     pub(super) unsafe fn gemm_fused(&self, g: &Gemm, math: GemmMath, ep: Epilogue) -> Result<bool> {
@@ -84,16 +77,8 @@ impl Emu {
             }
             self.check_range(aux, g.m * aux_ld / 8, "gemm_lt ReLU mask")?;
         }
-        let (ar, ac) = if g.trans_a { (g.k, g.m) } else { (g.m, g.k) };
-        let (br, bc) = if g.trans_b { (g.n, g.k) } else { (g.k, g.n) };
-        let mut a = self.read_matrix(g.a, ar, ac, g.lda, "A")?;
-        let mut b = self.read_matrix(g.b, br, bc, g.ldb, "B")?;
-        if math == GemmMath::Bf16Fast {
-            // The library's down-conversion, modelled as round to nearest even (what cvt.rn does).
-            for x in a.iter_mut().chain(b.iter_mut()) {
-                *x = f32::from_bits((crate::backend::cpu::convert::f32_to_bf16(*x) as u32) << 16);
-            }
-        }
+        let how = if math == GemmMath::Bf16Fast { Operands::RoundedToBf16 } else { Operands::F32 };
+        let (a, b) = self.operands(g, how)?;
         if let Epilogue::BiasGradA(out) = ep {
             // Σ_k op(A)[i, k], in f32 in k order, over the operand as the product reads it.
             let at = |i: usize, kk: usize| if g.trans_a { a[kk * g.lda + i] } else { a[i * g.lda + kk] };
