@@ -10,9 +10,12 @@
 // rounded up to a fixed capacity, so that a step graph keeps its launch shape) and is skipped.
 // `skip` (may be null): when it points at a non-zero flag the step does nothing (the loss of the
 // batch was not finite, see classifier.cu's loss_nonfinite; the parameters stay as they were).
+// `p16` (may be null): the parameters' bf16 copy (bf16 storage), written with each new value
+// (round to nearest even) in the same pass, so that no product converts a weight.
 #include "common.cuh"
 
-__device__ __forceinline__ void nli_adam_one(float* p, const float* g, float* m, float* v, long long i, float l2,
+__device__ __forceinline__ void nli_adam_one(float* p, unsigned short* p16, const float* g, float* m, float* v,
+                                             long long i, float l2,
                                              float decay, float lerp_w, float lerp_w1, int small_w, float beta2,
                                              float one_minus_beta2, float neg_step, float bc2, float eps) {
     float gi = g[i];
@@ -25,22 +28,25 @@ __device__ __forceinline__ void nli_adam_one(float* p, const float* g, float* m,
     float denom = sqrtf(vi) / bc2 + eps;
     pi = pi + neg_step * mi / denom;
     p[i] = pi;
+    if (p16 != nullptr) p16[i] = nli_f32_to_bf16(pi);
     m[i] = mi;
     v[i] = vi;
 }
 
-extern "C" __global__ void adam_update(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
+extern "C" __global__ void adam_update(float* __restrict__ p, unsigned short* __restrict__ p16,
+                                       const float* __restrict__ g, float* __restrict__ m,
                                        float* __restrict__ v, long long n, float l2, float decay, float lerp_w,
                                        float lerp_w1, int small_w, float beta2, float one_minus_beta2,
                                        float neg_step, float bc2, float eps, const int* __restrict__ skip) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     if (skip != nullptr && *skip != 0) return;
-    nli_adam_one(p, g, m, v, i, l2, decay, lerp_w, lerp_w1, small_w, beta2, one_minus_beta2, neg_step, bc2, eps);
+    nli_adam_one(p, p16, g, m, v, i, l2, decay, lerp_w, lerp_w1, small_w, beta2, one_minus_beta2, neg_step, bc2, eps);
 }
 
 // grid: (ceil(row_len / blockDim.x), nrows)
-extern "C" __global__ void adam_update_rows(float* __restrict__ p, const float* __restrict__ g,
+extern "C" __global__ void adam_update_rows(float* __restrict__ p, unsigned short* __restrict__ p16,
+                                            const float* __restrict__ g,
                                             float* __restrict__ m, float* __restrict__ v,
                                             const int* __restrict__ rows, int row_len, float l2, float decay,
                                             float lerp_w, float lerp_w1, int small_w, float beta2,
@@ -51,7 +57,7 @@ extern "C" __global__ void adam_update_rows(float* __restrict__ p, const float* 
     if (j >= row_len || r < 0) return;
     if (skip != nullptr && *skip != 0) return;
     long long i = (long long)r * row_len + j;
-    nli_adam_one(p, g, m, v, i, l2, decay, lerp_w, lerp_w1, small_w, beta2, one_minus_beta2, neg_step, bc2, eps);
+    nli_adam_one(p, p16, g, m, v, i, l2, decay, lerp_w, lerp_w1, small_w, beta2, one_minus_beta2, neg_step, bc2, eps);
 }
 
 // grid: (ceil(row_len / blockDim.x), nrows)

@@ -301,6 +301,43 @@ __device__ __forceinline__ void nli_fa_load(unsigned short* dst, int ld, bool tr
     }
 }
 
+// The same from bf16 activations (no rounding): 8 columns per thread with one 16-byte load when hs,
+// lds and the address allow it.
+template <int ROWS, int D>
+__device__ __forceinline__ void nli_fa_load(unsigned short* dst, int ld, bool trans,
+                                            const unsigned short* __restrict__ src, long long lds, int r0, int rend,
+                                            int hs) {
+    const bool vec = ((hs | (int)(lds & 7)) & 7) == 0 && ((unsigned long long)src & 15ull) == 0;
+    if (vec) {
+        for (int idx = threadIdx.x; idx < ROWS * (D / 8); idx += blockDim.x) {
+            const int i = idx / (D / 8), d = (idx - i * (D / 8)) * 8;
+            const int r = r0 + i;
+            uint4 v = make_uint4(0u, 0u, 0u, 0u);
+            if (r < rend && d < hs) v = *reinterpret_cast<const uint4*>(src + (long long)r * lds + d);
+            if (trans) {
+                const unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+                for (int e = 0; e < 8; ++e)
+                    dst[(d + e) * ld + i] = (unsigned short)(w[e >> 1] >> (16 * (e & 1)));
+            } else {
+                unsigned* p = reinterpret_cast<unsigned*>(dst + i * ld + d);  // ld and d even
+                p[0] = v.x;
+                p[1] = v.y;
+                p[2] = v.z;
+                p[3] = v.w;
+            }
+        }
+        return;
+    }
+    for (int idx = threadIdx.x; idx < ROWS * D; idx += blockDim.x) {
+        const int i = idx / D, d = idx - (idx / D) * D;
+        const int r = r0 + i;
+        const unsigned short b = (r < rend && d < hs) ? src[(long long)r * lds + d] : (unsigned short)0;
+        if (trans) dst[d * ld + i] = b;
+        else dst[i * ld + d] = b;
+    }
+}
+
 __device__ __forceinline__ unsigned nli_ld_u32(const unsigned short* p) {
     return *reinterpret_cast<const unsigned*>(p);
 }
@@ -369,8 +406,8 @@ __device__ __forceinline__ void nli_fa_seq_range(const int* __restrict__ cu, int
     hi = nli_seq_of(cu, nb, last);
 }
 
-template <int D>
-__device__ void nli_fa_forward(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ qkv,
+template <int D, typename A>
+__device__ void nli_fa_forward(A* __restrict__ out, float* __restrict__ lse, const A* __restrict__ qkv,
                                const int* __restrict__ cu, const int* __restrict__ att_off, int nb, int t_rows,
                                int nh, int c, const nli_dropout& dr) {
     __shared__ __align__(16) unsigned short q_s[NLI_FA_BM * (D + 8)];
@@ -385,7 +422,7 @@ __device__ void nli_fa_forward(float* __restrict__ out, float* __restrict__ lse,
     const float sq = sqrtf((float)hs);
     const int kbeg = cu[nli_seq_of(cu, nb, q0)];
     const int kend = cu[nli_seq_of(cu, nb, min(q0 + NLI_FA_BM, t_rows) - 1) + 1];
-    const float* base = qkv + (long long)h * hs;
+    const A* base = qkv + (long long)h * hs;
     nli_fa_load<NLI_FA_BM, D>(q_s, D + 8, false, base, ld, q0, t_rows, hs);
     __syncthreads();
     unsigned qa[D / 16][4];
@@ -492,17 +529,17 @@ __device__ void nli_fa_forward(float* __restrict__ out, float* __restrict__ lse,
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const int col = nd * 8 + 2 * tq + e;
-                if (col < hs) out[(long long)r * c + (long long)h * hs + col] = o[nd][2 * x + e] * inv;
+                if (col < hs) nli_st(out + (long long)r * c + (long long)h * hs + col, o[nd][2 * x + e] * inv);
             }
         }
         if (tq == 0) lse[(long long)h * t_rows + r] = m[x] + logf(l[x]);
     }
 }
 
-template <int D>
-__device__ void nli_fa_backward_dkdv(float* __restrict__ dqkv, const float* __restrict__ dout,
+template <int D, typename A>
+__device__ void nli_fa_backward_dkdv(A* __restrict__ dqkv, const A* __restrict__ dout,
                                      const float* __restrict__ lse, const float* __restrict__ dd,
-                                     const float* __restrict__ qkv, const int* __restrict__ cu,
+                                     const A* __restrict__ qkv, const int* __restrict__ cu,
                                      const int* __restrict__ att_off, int nb, int t_rows, int nh, int c,
                                      const nli_dropout& dr) {
     __shared__ __align__(16) unsigned short k_s[NLI_FA_BN * (D + 8)];
@@ -521,8 +558,8 @@ __device__ void nli_fa_backward_dkdv(float* __restrict__ dqkv, const float* __re
     const float sq = sqrtf((float)hs);
     const int qbeg = cu[nli_seq_of(cu, nb, k0)];
     const int qend = cu[nli_seq_of(cu, nb, min(k0 + NLI_FA_BN, t_rows) - 1) + 1];
-    const float* base = qkv + (long long)h * hs;
-    const float* dobase = dout + (long long)h * hs;
+    const A* base = qkv + (long long)h * hs;
+    const A* dobase = dout + (long long)h * hs;
     nli_fa_load<NLI_FA_BN, D>(k_s, D + 8, false, base + c, ld, k0, t_rows, hs);
     nli_fa_load<NLI_FA_BN, D>(v_s, D + 8, false, base + 2LL * c, ld, k0, t_rows, hs);
     // This thread's two keys (rows of Sᵀ); the Philox element of (query i, key) is
@@ -644,18 +681,18 @@ __device__ void nli_fa_backward_dkdv(float* __restrict__ dqkv, const float* __re
             for (int e = 0; e < 2; ++e) {
                 const int col = nd * 8 + 2 * tq + e;
                 if (col >= hs) continue;
-                float* row = dqkv + (long long)key * ld + (long long)h * hs + col;
-                row[c] = dk[nd][2 * x + e];
-                row[2LL * c] = dv[nd][2 * x + e];
+                A* row = dqkv + (long long)key * ld + (long long)h * hs + col;
+                nli_st(row + c, dk[nd][2 * x + e]);
+                nli_st(row + 2LL * c, dv[nd][2 * x + e]);
             }
         }
     }
 }
 
-template <int D>
-__device__ void nli_fa_backward_dq(float* __restrict__ dqkv, const float* __restrict__ dout,
+template <int D, typename A>
+__device__ void nli_fa_backward_dq(A* __restrict__ dqkv, const A* __restrict__ dout,
                                    const float* __restrict__ lse, const float* __restrict__ dd,
-                                   const float* __restrict__ qkv, const int* __restrict__ cu,
+                                   const A* __restrict__ qkv, const int* __restrict__ cu,
                                    const int* __restrict__ att_off, int nb, int t_rows, int nh, int c,
                                    const nli_dropout& dr) {
     __shared__ __align__(16) unsigned short q_s[NLI_FA_BM * (D + 8)];
@@ -672,7 +709,7 @@ __device__ void nli_fa_backward_dq(float* __restrict__ dqkv, const float* __rest
     const float sq = sqrtf((float)hs);
     const int kbeg = cu[nli_seq_of(cu, nb, q0)];
     const int kend = cu[nli_seq_of(cu, nb, min(q0 + NLI_FA_BM, t_rows) - 1) + 1];
-    const float* base = qkv + (long long)h * hs;
+    const A* base = qkv + (long long)h * hs;
     nli_fa_load<NLI_FA_BM, D>(q_s, D + 8, false, base, ld, q0, t_rows, hs);
     nli_fa_load<NLI_FA_BM, D>(do_s, D + 8, false, dout + (long long)h * hs, c, q0, t_rows, hs);
     __syncthreads();
@@ -760,26 +797,39 @@ __device__ void nli_fa_backward_dq(float* __restrict__ dqkv, const float* __rest
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const int col = nd * 8 + 2 * tq + e;
-                if (col < hs) dqkv[(long long)r * ld + (long long)h * hs + col] = dq[nd][2 * x + e];
+                if (col < hs) nli_st(dqkv + (long long)r * ld + (long long)h * hs + col, dq[nd][2 * x + e]);
             }
         }
     }
 }
 
-extern "C" __global__ void attention_flash_backward_prep(float* __restrict__ dd, const float* __restrict__ dout,
-                                                         const float* __restrict__ out, int t_rows, int nh, int c) {
+template <typename A>
+__device__ __forceinline__ void nli_fa_backward_prep(float* __restrict__ dd, const A* __restrict__ dout,
+                                                     const A* __restrict__ out, int t_rows, int nh, int c) {
     const int lane = threadIdx.x & 31;
     const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= t_rows) return;
     const int hs = c / nh;
     for (int h = 0; h < nh; ++h) {
-        const float* a = dout + (long long)r * c + (long long)h * hs;
-        const float* b = out + (long long)r * c + (long long)h * hs;
+        const A* a = dout + (long long)r * c + (long long)h * hs;
+        const A* b = out + (long long)r * c + (long long)h * hs;
         float acc = 0.0f;
-        for (int d = lane; d < hs; d += 32) acc += a[d] * b[d];
+        for (int d = lane; d < hs; d += 32) acc += nli_ld(a + d) * nli_ld(b + d);
         acc = nli_warp_sum(acc);
         if (lane == 0) dd[(long long)h * t_rows + r] = acc;
     }
+}
+
+extern "C" __global__ void attention_flash_backward_prep(float* __restrict__ dd, const float* __restrict__ dout,
+                                                         const float* __restrict__ out, int t_rows, int nh, int c) {
+    nli_fa_backward_prep(dd, dout, out, t_rows, nh, c);
+}
+
+extern "C" __global__ void attention_flash_backward_prep_bf16(float* __restrict__ dd,
+                                                              const unsigned short* __restrict__ dout,
+                                                              const unsigned short* __restrict__ out, int t_rows,
+                                                              int nh, int c) {
+    nli_fa_backward_prep(dd, dout, out, t_rows, nh, c);
 }
 
 // The entry points, written out per D (build.rs finds kernels by their literal declarations).
@@ -870,6 +920,101 @@ extern "C" __global__ void __launch_bounds__(128)
 attention_flash_backward_dq_d64(float* __restrict__ dqkv, const float* __restrict__ dout,
                                 const float* __restrict__ lse, const float* __restrict__ dd,
                                 const float* __restrict__ qkv, const int* __restrict__ cu_seqlens,
+                                const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
+                                unsigned long long seed, unsigned int step, unsigned int site,
+                                unsigned int thr, float scale) {
+    nli_fa_backward_dq<64>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                            nli_make_dropout(seed, step, site, thr, scale));
+}
+
+// The same on bf16 activations (qkv, out, dout, dqkv stored as bf16; lse and dd stay float).
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_forward_d16_bf16(unsigned short* __restrict__ out, float* __restrict__ lse, const unsigned short* __restrict__ qkv,
+                            const int* __restrict__ cu_seqlens, const int* __restrict__ att_offsets, int nb,
+                            int t_rows, int nh, int c, unsigned long long seed, unsigned int step,
+                            unsigned int site, unsigned int thr, float scale) {
+    nli_fa_forward<16>(out, lse, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                        nli_make_dropout(seed, step, site, thr, scale));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_backward_dkdv_d16_bf16(unsigned short* __restrict__ dqkv, const unsigned short* __restrict__ dout,
+                                  const float* __restrict__ lse, const float* __restrict__ dd,
+                                  const unsigned short* __restrict__ qkv, const int* __restrict__ cu_seqlens,
+                                  const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
+                                  unsigned long long seed, unsigned int step, unsigned int site,
+                                  unsigned int thr, float scale) {
+    nli_fa_backward_dkdv<16>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                              nli_make_dropout(seed, step, site, thr, scale));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_backward_dq_d16_bf16(unsigned short* __restrict__ dqkv, const unsigned short* __restrict__ dout,
+                                const float* __restrict__ lse, const float* __restrict__ dd,
+                                const unsigned short* __restrict__ qkv, const int* __restrict__ cu_seqlens,
+                                const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
+                                unsigned long long seed, unsigned int step, unsigned int site,
+                                unsigned int thr, float scale) {
+    nli_fa_backward_dq<16>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                            nli_make_dropout(seed, step, site, thr, scale));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_forward_d32_bf16(unsigned short* __restrict__ out, float* __restrict__ lse, const unsigned short* __restrict__ qkv,
+                            const int* __restrict__ cu_seqlens, const int* __restrict__ att_offsets, int nb,
+                            int t_rows, int nh, int c, unsigned long long seed, unsigned int step,
+                            unsigned int site, unsigned int thr, float scale) {
+    nli_fa_forward<32>(out, lse, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                        nli_make_dropout(seed, step, site, thr, scale));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_backward_dkdv_d32_bf16(unsigned short* __restrict__ dqkv, const unsigned short* __restrict__ dout,
+                                  const float* __restrict__ lse, const float* __restrict__ dd,
+                                  const unsigned short* __restrict__ qkv, const int* __restrict__ cu_seqlens,
+                                  const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
+                                  unsigned long long seed, unsigned int step, unsigned int site,
+                                  unsigned int thr, float scale) {
+    nli_fa_backward_dkdv<32>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                              nli_make_dropout(seed, step, site, thr, scale));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_backward_dq_d32_bf16(unsigned short* __restrict__ dqkv, const unsigned short* __restrict__ dout,
+                                const float* __restrict__ lse, const float* __restrict__ dd,
+                                const unsigned short* __restrict__ qkv, const int* __restrict__ cu_seqlens,
+                                const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
+                                unsigned long long seed, unsigned int step, unsigned int site,
+                                unsigned int thr, float scale) {
+    nli_fa_backward_dq<32>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                            nli_make_dropout(seed, step, site, thr, scale));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_forward_d64_bf16(unsigned short* __restrict__ out, float* __restrict__ lse, const unsigned short* __restrict__ qkv,
+                            const int* __restrict__ cu_seqlens, const int* __restrict__ att_offsets, int nb,
+                            int t_rows, int nh, int c, unsigned long long seed, unsigned int step,
+                            unsigned int site, unsigned int thr, float scale) {
+    nli_fa_forward<64>(out, lse, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                        nli_make_dropout(seed, step, site, thr, scale));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_backward_dkdv_d64_bf16(unsigned short* __restrict__ dqkv, const unsigned short* __restrict__ dout,
+                                  const float* __restrict__ lse, const float* __restrict__ dd,
+                                  const unsigned short* __restrict__ qkv, const int* __restrict__ cu_seqlens,
+                                  const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
+                                  unsigned long long seed, unsigned int step, unsigned int site,
+                                  unsigned int thr, float scale) {
+    nli_fa_backward_dkdv<64>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
+                              nli_make_dropout(seed, step, site, thr, scale));
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+attention_flash_backward_dq_d64_bf16(unsigned short* __restrict__ dqkv, const unsigned short* __restrict__ dout,
+                                const float* __restrict__ lse, const float* __restrict__ dd,
+                                const unsigned short* __restrict__ qkv, const int* __restrict__ cu_seqlens,
                                 const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
                                 unsigned long long seed, unsigned int step, unsigned int site,
                                 unsigned int thr, float scale) {

@@ -3,6 +3,7 @@
 //
 // cls_forward: out (B,C) = x (T,C) at row cu_seqlens[b] (zero row for an empty sequence).
 // cls_backward: dx (T,C) rows cu_seqlens[b] = dout (B,C) rows (dx zeroed by the launcher first).
+//   `_bf16` twins: x and dx stored as bf16 (the head's (B,C) tensors stay float).
 // crossentropy_forward: one thread per example: probs (B,K) = softmax(logits (B,K)) (max-shifted),
 //   losses (B,) = -(logit[y] - max - log Σ exp(logit - max)); a label outside 0..K gives NaN.
 // crossentropy_backward: dlogits (B,K) = scale * (probs - onehot(label)), overwritten.
@@ -36,22 +37,44 @@ extern "C" __global__ void crossentropy_backward(float* __restrict__ dlogits, co
     dlogits[i] = scale * (probs[i] - onehot);
 }
 
-extern "C" __global__ void cls_forward(float* __restrict__ out, const float* __restrict__ x,
-                                       const int* __restrict__ cu_seqlens, int b, int c) {
+template <typename A>
+__device__ __forceinline__ void nli_cls_forward(float* __restrict__ out, const A* __restrict__ x,
+                                                const int* __restrict__ cu_seqlens, int b, int c) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)b * c) return;
     int s = (int)(i / c), ch = (int)(i % c);
     int row = cu_seqlens[s];
-    out[i] = cu_seqlens[s + 1] > row ? x[(long long)row * c + ch] : 0.0f;
+    out[i] = cu_seqlens[s + 1] > row ? nli_ld(x + (long long)row * c + ch) : 0.0f;
+}
+
+extern "C" __global__ void cls_forward(float* __restrict__ out, const float* __restrict__ x,
+                                       const int* __restrict__ cu_seqlens, int b, int c) {
+    nli_cls_forward(out, x, cu_seqlens, b, c);
+}
+
+extern "C" __global__ void cls_forward_bf16(float* __restrict__ out, const unsigned short* __restrict__ x,
+                                            const int* __restrict__ cu_seqlens, int b, int c) {
+    nli_cls_forward(out, x, cu_seqlens, b, c);
+}
+
+template <typename A>
+__device__ __forceinline__ void nli_cls_backward(A* __restrict__ dx, const float* __restrict__ dout,
+                                                 const int* __restrict__ cu_seqlens, int b, int c) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)b * c) return;
+    int s = (int)(i / c), ch = (int)(i % c);
+    int row = cu_seqlens[s];
+    if (cu_seqlens[s + 1] > row) nli_st(dx + (long long)row * c + ch, dout[i]);
 }
 
 extern "C" __global__ void cls_backward(float* __restrict__ dx, const float* __restrict__ dout,
                                        const int* __restrict__ cu_seqlens, int b, int c) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long long)b * c) return;
-    int s = (int)(i / c), ch = (int)(i % c);
-    int row = cu_seqlens[s];
-    if (cu_seqlens[s + 1] > row) dx[(long long)row * c + ch] = dout[i];
+    nli_cls_backward(dx, dout, cu_seqlens, b, c);
+}
+
+extern "C" __global__ void cls_backward_bf16(unsigned short* __restrict__ dx, const float* __restrict__ dout,
+                                            const int* __restrict__ cu_seqlens, int b, int c) {
+    nli_cls_backward(dx, dout, cu_seqlens, b, c);
 }
 
 // *flag = 1 when any of losses[0..n) is not finite, else 0 (one block, any size). A step graph

@@ -8,7 +8,8 @@
 //   step) and key (seed lo, seed hi); kept iff (bits >> 8) >= thr, thr = ceil(p * 2^24).
 // - Warp reductions (sum, max) in a fixed order: the result does not depend on the schedule, so a
 //   kernel is deterministic run to run.
-// - f32 -> bf16 (stored as unsigned short), written in plain integer code.
+// - f32 -> bf16 (stored as unsigned short), written in plain integer code; nli_ld / nli_st, the
+//   loads and stores of kernels templated over the activations' storage type (float or bf16).
 #ifndef NLI_COMMON_CUH
 #define NLI_COMMON_CUH
 
@@ -105,6 +106,17 @@ __device__ __forceinline__ unsigned short nli_f32_to_bf16(float f) {
     u += 0x7fffu + ((u >> 16) & 1u);
     return (unsigned short)(u >> 16);
 }
+
+// ---- storage types ----------------------------------------------------------------------------
+// Activations are stored as float or, with bf16 storage (`--precision bf16`), as bf16 bits
+// (unsigned short). A kernel that reads or writes them is a template over the storage type with one
+// extern "C" wrapper per type (`name` for float, `name_bf16` for bf16); it computes in float:
+// nli_ld widens (exact), nli_st rounds to nearest even. Parameters and statistics are always float.
+__device__ __forceinline__ float nli_bf16_to_f32(unsigned short h) { return __uint_as_float((unsigned)h << 16); }
+__device__ __forceinline__ float nli_ld(const float* p) { return *p; }
+__device__ __forceinline__ float nli_ld(const unsigned short* p) { return nli_bf16_to_f32(*p); }
+__device__ __forceinline__ void nli_st(float* p, float v) { *p = v; }
+__device__ __forceinline__ void nli_st(unsigned short* p, float v) { *p = nli_f32_to_bf16(v); }
 
 // ---- tensor cores ---------------------------------------------------------------------------
 // Two floats as a bf16x2 register (round to nearest even): `lo` in the low half, as the mma

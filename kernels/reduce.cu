@@ -8,6 +8,7 @@
 //   colsum_partial:   partial[chunk, col]    = Σ x[row, col]
 //   rowsel_partial:   partial[r, chunk, col] = Σ_{ids[row] == r} x[row, col]   (r = blockIdx.z)
 //   lnparams_partial: partial[0, chunk, col] = Σ dout·(sum − mean)·rstd, partial[1, chunk, col] = Σ dout
+//   (each stage-1 kernel has a `_bf16` twin reading bf16 activations; the partial sums are float)
 // Stage 2, colsum_finish: out[s, col] += Σ_chunk partial[s, chunk, col] (chunks in order), one
 //   thread per (s, col). The result does not depend on the schedule: the same bits every run.
 #include "common.cuh"
@@ -25,19 +26,31 @@ __device__ __forceinline__ void nli_red_store(float acc, float* dst) {
     }
 }
 
-extern "C" __global__ void colsum_partial(float* __restrict__ partial, const float* __restrict__ x, int n, int c,
-                                          int rows_per_chunk) {
+template <typename A>
+__device__ __forceinline__ void nli_colsum_partial(float* __restrict__ partial, const A* __restrict__ x, int n, int c,
+                                                   int rows_per_chunk) {
     const int col = blockIdx.x * 32 + threadIdx.x;
     const int r0 = blockIdx.y * rows_per_chunk;
     const int r1 = min(n, r0 + rows_per_chunk);
     float acc = 0.0f;
     if (col < c)
-        for (int row = r0 + threadIdx.y; row < r1; row += NLI_RED_Y) acc += x[(long long)row * c + col];
+        for (int row = r0 + threadIdx.y; row < r1; row += NLI_RED_Y) acc += nli_ld(x + (long long)row * c + col);
     nli_red_store(acc, col < c ? &partial[(long long)blockIdx.y * c + col] : nullptr);
 }
 
-extern "C" __global__ void rowsel_partial(float* __restrict__ partial, const int* __restrict__ ids,
-                                          const float* __restrict__ x, int n, int c, int rows_per_chunk) {
+extern "C" __global__ void colsum_partial(float* __restrict__ partial, const float* __restrict__ x, int n, int c,
+                                          int rows_per_chunk) {
+    nli_colsum_partial(partial, x, n, c, rows_per_chunk);
+}
+
+extern "C" __global__ void colsum_partial_bf16(float* __restrict__ partial, const unsigned short* __restrict__ x,
+                                               int n, int c, int rows_per_chunk) {
+    nli_colsum_partial(partial, x, n, c, rows_per_chunk);
+}
+
+template <typename A>
+__device__ __forceinline__ void nli_rowsel_partial(float* __restrict__ partial, const int* __restrict__ ids,
+                                                   const A* __restrict__ x, int n, int c, int rows_per_chunk) {
     const int col = blockIdx.x * 32 + threadIdx.x;
     const int r0 = blockIdx.y * rows_per_chunk;
     const int r1 = min(n, r0 + rows_per_chunk);
@@ -45,13 +58,26 @@ extern "C" __global__ void rowsel_partial(float* __restrict__ partial, const int
     float acc = 0.0f;
     if (col < c)
         for (int row = r0 + threadIdx.y; row < r1; row += NLI_RED_Y)
-            if (ids[row] == want) acc += x[(long long)row * c + col];
+            if (ids[row] == want) acc += nli_ld(x + (long long)row * c + col);
     nli_red_store(acc, col < c ? &partial[((long long)want * gridDim.y + blockIdx.y) * c + col] : nullptr);
 }
 
-extern "C" __global__ void lnparams_partial(float* __restrict__ partial, const float* __restrict__ dout,
-                                            const float* __restrict__ sum, const float* __restrict__ mean,
-                                            const float* __restrict__ rstd, int n, int c, int rows_per_chunk) {
+extern "C" __global__ void rowsel_partial(float* __restrict__ partial, const int* __restrict__ ids,
+                                          const float* __restrict__ x, int n, int c, int rows_per_chunk) {
+    nli_rowsel_partial(partial, ids, x, n, c, rows_per_chunk);
+}
+
+extern "C" __global__ void rowsel_partial_bf16(float* __restrict__ partial, const int* __restrict__ ids,
+                                               const unsigned short* __restrict__ x, int n, int c,
+                                               int rows_per_chunk) {
+    nli_rowsel_partial(partial, ids, x, n, c, rows_per_chunk);
+}
+
+template <typename A>
+__device__ __forceinline__ void nli_lnparams_partial(float* __restrict__ partial, const A* __restrict__ dout,
+                                                     const A* __restrict__ sum, const float* __restrict__ mean,
+                                                     const float* __restrict__ rstd, int n, int c,
+                                                     int rows_per_chunk) {
     const int col = blockIdx.x * 32 + threadIdx.x;
     const int r0 = blockIdx.y * rows_per_chunk;
     const int r1 = min(n, r0 + rows_per_chunk);
@@ -59,8 +85,8 @@ extern "C" __global__ void lnparams_partial(float* __restrict__ partial, const f
     if (col < c)
         for (int row = r0 + threadIdx.y; row < r1; row += NLI_RED_Y) {
             const long long i = (long long)row * c + col;
-            const float dy = dout[i];
-            pw += dy * ((sum[i] - mean[row]) * rstd[row]);
+            const float dy = nli_ld(dout + i);
+            pw += dy * ((nli_ld(sum + i) - mean[row]) * rstd[row]);
             pb += dy;
         }
     const long long chunk_off = (long long)blockIdx.y * c + col;
@@ -68,6 +94,19 @@ extern "C" __global__ void lnparams_partial(float* __restrict__ partial, const f
     nli_red_store(pw, col < c ? &partial[chunk_off] : nullptr);
     __syncthreads();  // the shared buffer is reused
     nli_red_store(pb, col < c ? &partial[plane + chunk_off] : nullptr);
+}
+
+extern "C" __global__ void lnparams_partial(float* __restrict__ partial, const float* __restrict__ dout,
+                                            const float* __restrict__ sum, const float* __restrict__ mean,
+                                            const float* __restrict__ rstd, int n, int c, int rows_per_chunk) {
+    nli_lnparams_partial(partial, dout, sum, mean, rstd, n, c, rows_per_chunk);
+}
+
+extern "C" __global__ void lnparams_partial_bf16(float* __restrict__ partial, const unsigned short* __restrict__ dout,
+                                                 const unsigned short* __restrict__ sum,
+                                                 const float* __restrict__ mean, const float* __restrict__ rstd, int n,
+                                                 int c, int rows_per_chunk) {
+    nli_lnparams_partial(partial, dout, sum, mean, rstd, n, c, rows_per_chunk);
 }
 
 // out (S, C) += Σ_chunk partial (S, chunks, C); grid over S*C threads.

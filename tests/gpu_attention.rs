@@ -312,11 +312,13 @@ fn rel_max_err(got: &[f64], want: &[f64]) -> f64 {
 /// over these cases: out 1.6e-3, dqkv 4.4e-3); the f32 classic
 /// kernels meet 1e-4 (above). Also checks that every element is written and lse.
 fn compare_flash(k: &Case, dropout: Dropout) -> [f64; 3] {
-    compare_flash_on(&Gpu::new_bf16(nli_bert::backend::gpu::emu::Emu::new().expect("emulator")), k, dropout)
+    let be = Gpu::new_bf16(nli_bert::backend::gpu::emu::Emu::new().expect("emulator"));
+    compare_flash_on(&be, k, dropout, false)
 }
 
-/// [`compare_flash`] on any device.
-fn compare_flash_on<D: Device>(be: &Gpu<D>, k: &Case, dropout: Dropout) -> [f64; 3] {
+/// [`compare_flash`] on any device, with qkv, out, dout and dqkv stored as f32 or (`bf16_acts`)
+/// as the bf16 activations of bf16 storage ([`Backend::upload_act`]: the `_bf16` kernels).
+fn compare_flash_on<D: Device>(be: &Gpu<D>, k: &Case, dropout: Dropout, bf16_acts: bool) -> [f64; 3] {
     assert!(
         be.uses_flash_attention(k.nh, k.c),
         "{}: the flash kernels must take this shape",
@@ -332,9 +334,19 @@ fn compare_flash_on<D: Device>(be: &Gpu<D>, k: &Case, dropout: Dropout) -> [f64;
     let b = batch(be, &k.lens);
     let t = b.layout.t();
     assert_eq!(be.attention_saved_len(&b.layout, k.nh, k.c), k.nh * t, "flash saves nh·T log-sum-exps");
-    let (qkv, dout) = (up(be, &rounded.qkv), up(be, &rounded.dout));
-    let nan = |n: usize| up(be, &vec![f64::NAN; n]);
-    let (mut out, mut lse, mut dqkv) = (nan(t * k.c), nan(k.nh * t), nan(t * 3 * k.c));
+    let act = |x: &[f64]| {
+        if bf16_acts {
+            let v: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            let b = be.upload_act(&v).expect("upload_act");
+            assert!(be.view(&b).is_bf16(), "bf16 storage must store activations as bf16");
+            b
+        } else {
+            up(be, x)
+        }
+    };
+    let (qkv, dout) = (act(&rounded.qkv), act(&rounded.dout));
+    let nan = |n: usize| vec![f64::NAN; n];
+    let (mut out, mut lse, mut dqkv) = (act(&nan(t * k.c)), up(be, &nan(k.nh * t)), act(&nan(t * 3 * k.c)));
     be.attention_forward(be.view_mut(&mut out), be.view_mut(&mut lse), be.view(&qkv), &b, k.nh, k.c, dropout);
     be.attention_backward(
         be.view_mut(&mut dqkv),
@@ -355,6 +367,7 @@ fn compare_flash_on<D: Device>(be: &Gpu<D>, k: &Case, dropout: Dropout) -> [f64;
         rel_max_err(&down(be, &lse), &lse_f64(&rounded, &rounded.qkv)),
         rel_max_err(&down(be, &dqkv), &want[2]),
     ];
+    let name = if bf16_acts { format!("{name}, bf16 activations") } else { name };
     println!(
         "flash vs cpu f64 ({name}): max error / max |ref|: out {:.2e}, lse {:.2e}, dqkv {:.2e}",
         errs[0], errs[1], errs[2]
@@ -389,6 +402,23 @@ fn attention_flash_emu_matches_cpu_f64_for_narrow_heads_and_odd_packings() {
         (Case::new(vec![9, 20, 3], 2, 26, 27), dropouts()[1]), // hs 13: the scalar loads
     ] {
         compare_flash(&k, d);
+    }
+}
+
+#[test]
+fn attention_flash_emu_with_bf16_activations_matches_cpu_f64() {
+    // The `_bf16` kernels (bf16 qkv / dout in, bf16 out / dqkv): the same bound, output rounding
+    // included. Lengths up to 512 at hs 64, and the scalar loads (hs 13), padded heads, an empty
+    // sequence.
+    let be = Gpu::new_bf16(nli_bert::backend::gpu::emu::Emu::new().expect("emulator"));
+    assert!(be.uses_bf16_storage());
+    for (k, d) in [
+        (Case::new(vec![1, 7, 16, 17, 64, 128, 300, 512], 2, 128, 21), dropouts()[1]),
+        (Case::new(vec![3, 0, 33, 1, 70, 2], 3, 72, 23), dropouts()[1]),
+        (Case::new(vec![9, 20, 3], 2, 26, 27), dropouts()[1]),
+        (Case::new(vec![5, 1, 2, 66], 3, 36, 24), Dropout::OFF),
+    ] {
+        compare_flash_on(&be, &k, d, true);
     }
 }
 
@@ -436,6 +466,7 @@ fn attention_flash_cuda_matches_cpu_f64() {
         (Case::new(vec![9, 20, 3], 2, 26, 27), Dropout::OFF),
         (Case::new(vec![200, 5, 77], 12, 768, 28), dropouts()[1]), // bert.base heads
     ] {
-        compare_flash_on(&be, &k, d);
+        compare_flash_on(&be, &k, d, false);
+        compare_flash_on(&be, &k, d, true);
     }
 }

@@ -180,6 +180,24 @@ pub trait Backend {
     fn alloc(&self, n: usize) -> Result<Self::Buf>;
     /// A buffer holding `host`.
     fn upload(&self, host: &[Self::F]) -> Result<Self::Buf>;
+    /// A zeroed buffer of `n` activations or activation gradients, stored as the backend keeps
+    /// them: the GPU with bf16 storage as bf16 ([`gpu::DType`]), everything else as
+    /// [`Backend::alloc`]. Views of it read and write `F` as any other buffer's.
+    fn alloc_act(&self, n: usize) -> Result<Self::Buf> {
+        self.alloc(n)
+    }
+    /// An activation buffer ([`Backend::alloc_act`]) holding `host`, rounded to its storage type.
+    fn upload_act(&self, host: &[Self::F]) -> Result<Self::Buf> {
+        self.upload(host)
+    }
+    /// Keeps a bf16 copy of parameter buffer `params` for products on bf16 activations, written
+    /// again by every [`Backend::adam_update`] / [`Backend::adam_update_rows`] in the same pass as
+    /// the parameters (the GPU with bf16 storage). Parameters change only through those ops after
+    /// this call. Nothing elsewhere.
+    fn keep_bf16_copy(&self, params: &mut Self::Buf) -> Result<()> {
+        let _ = params;
+        Ok(())
+    }
     /// A device copy of integer data.
     fn upload_i32(&self, host: &[i32]) -> Result<Self::IBuf>;
     /// Host copy of a view.

@@ -66,6 +66,9 @@ pub struct BlockActs<B: Backend> {
 }
 
 /// Everything forward saves, sized for one batch shape (reallocated only when a batch is larger).
+/// The (T, ·) tensors and their gradients are [`Backend::alloc_act`] buffers (bf16 on a GPU with
+/// bf16 storage); statistics, attention's saved rows and the classifier head's (B, ·) tensors are
+/// plain [`Backend::alloc`] buffers.
 pub struct Acts<B: Backend> {
     t_cap: usize,
     b_cap: usize,
@@ -182,7 +185,8 @@ impl<B: Backend> Model<B> {
                 layout.total
             )));
         }
-        let params = be.upload(host)?;
+        let mut params = be.upload(host)?;
+        be.keep_bf16_copy(&mut params)?;
         let grads = be.alloc(layout.total)?;
         Ok(Model { cfg, layout, params, grads })
     }
@@ -760,36 +764,36 @@ impl<B: Backend> Acts<B> {
         if t > self.t_cap {
             let t = t.next_power_of_two().max(t);
             for b in &mut self.blocks {
-                b.qkv = be.alloc(t * 3 * c)?;
-                b.attn = be.alloc(t * c)?;
-                b.proj = be.alloc(t * c)?;
-                b.sum1 = be.alloc(t * c)?;
+                b.qkv = be.alloc_act(t * 3 * c)?;
+                b.attn = be.alloc_act(t * c)?;
+                b.proj = be.alloc_act(t * c)?;
+                b.sum1 = be.alloc_act(t * c)?;
                 b.mean1 = be.alloc(t)?;
                 b.rstd1 = be.alloc(t)?;
-                b.y = be.alloc(t * c)?;
-                b.h_pre = be.alloc(t * f)?;
-                b.h = be.alloc(t * f)?;
-                b.ffn = be.alloc(t * c)?;
-                b.sum2 = be.alloc(t * c)?;
+                b.y = be.alloc_act(t * c)?;
+                b.h_pre = be.alloc_act(t * f)?;
+                b.h = be.alloc_act(t * f)?;
+                b.ffn = be.alloc_act(t * c)?;
+                b.sum2 = be.alloc_act(t * c)?;
                 b.mean2 = be.alloc(t)?;
                 b.rstd2 = be.alloc(t)?;
-                b.out = be.alloc(t * c)?;
+                b.out = be.alloc_act(t * c)?;
             }
-            self.emb = be.alloc(t * c)?;
+            self.emb = be.alloc_act(t * c)?;
             if cfg.embedding_layernorm {
-                self.emb_ln = be.alloc(t * c)?;
+                self.emb_ln = be.alloc_act(t * c)?;
                 self.emb_mean = be.alloc(t)?;
                 self.emb_rstd = be.alloc(t)?;
-                self.x0 = be.alloc(t * c)?;
+                self.x0 = be.alloc_act(t * c)?;
             }
-            self.dx_a = be.alloc(t * c)?;
-            self.dx_b = be.alloc(t * c)?;
-            self.dy = be.alloc(t * c)?;
-            self.dsub = be.alloc(t * c)?;
-            self.dattn = be.alloc(t * c)?;
-            self.dqkv = be.alloc(t * 3 * c)?;
-            self.dh = be.alloc(t * f)?;
-            self.dh_pre = be.alloc(t * f)?;
+            self.dx_a = be.alloc_act(t * c)?;
+            self.dx_b = be.alloc_act(t * c)?;
+            self.dy = be.alloc_act(t * c)?;
+            self.dsub = be.alloc_act(t * c)?;
+            self.dattn = be.alloc_act(t * c)?;
+            self.dqkv = be.alloc_act(t * 3 * c)?;
+            self.dh = be.alloc_act(t * f)?;
+            self.dh_pre = be.alloc_act(t * f)?;
             self.t_cap = t;
         }
         if att > self.att_cap {

@@ -4,7 +4,7 @@
 //! is launched by the matmul family.
 
 use super::device::{Device, KArg};
-use super::launch::{dropout_args, l, p, pm};
+use super::launch::{bf16_acts, dropout_args, l, p, pm, variant};
 use super::memory::{GView, GViewMut};
 use super::Gpu;
 use crate::backend::Activation;
@@ -22,7 +22,9 @@ fn act_code(a: Activation) -> i32 {
 /// See [`Backend::activation_forward`](crate::backend::Backend::activation_forward).
 pub(super) fn forward<D: Device>(g: &Gpu<D>, out: GViewMut<'_>, inp: GView<'_>, act: Activation) {
     assert!(out.len == inp.len, "activation_forward: out has {} elements, inp {}", out.len, inp.len);
-    g.launch_n("activation_forward", out.len, &[pm(&out), p(&inp), l(out.len), KArg::I32(act_code(act))]);
+    let bf16 = bf16_acts("activation_forward", &[("out", out.is_bf16()), ("inp", inp.is_bf16())]);
+    let args = [pm(&out), p(&inp), l(out.len), KArg::I32(act_code(act))];
+    g.launch_n(variant("activation_forward", bf16), out.len, &args);
 }
 
 /// See [`Backend::activation_backward`](crate::backend::Backend::activation_backward).
@@ -42,8 +44,12 @@ pub(super) fn backward<D: Device>(
         inp.len,
         out.len
     );
-    g.launch_n(
+    let bf16 = bf16_acts(
         "activation_backward",
+        &[("dinp", dinp.is_bf16()), ("dout", dout.is_bf16()), ("inp", inp.is_bf16()), ("out", out.is_bf16())],
+    );
+    g.launch_n(
+        variant("activation_backward", bf16),
         n,
         &[pm(&dinp), p(&dout), p(&inp), p(&out), l(n), KArg::I32(act_code(act))],
     );
@@ -53,12 +59,18 @@ pub(super) fn backward<D: Device>(
 pub(super) fn dropout_forward<D: Device>(g: &Gpu<D>, out: GViewMut<'_>, inp: GView<'_>, dropout: Dropout) {
     assert!(out.len == inp.len, "dropout_forward: out has {} elements, inp {}", out.len, inp.len);
     let [a, b, c, d, e] = dropout_args(&dropout);
-    g.launch_n("dropout_forward", out.len, &[pm(&out), p(&inp), l(out.len), a, b, c, d, e]);
+    let bf16 = bf16_acts("dropout_forward", &[("out", out.is_bf16()), ("inp", inp.is_bf16())]);
+    g.launch_n(variant("dropout_forward", bf16), out.len, &[pm(&out), p(&inp), l(out.len), a, b, c, d, e]);
 }
 
 /// See [`Backend::dropout_backward`](crate::backend::Backend::dropout_backward).
 pub(super) fn dropout_backward<D: Device>(g: &Gpu<D>, dinp: GViewMut<'_>, dout: GView<'_>, dropout: Dropout) {
     assert!(dinp.len == dout.len, "dropout_backward: dinp has {} elements, dout {}", dinp.len, dout.len);
     let [a, b, c, d, e] = dropout_args(&dropout);
-    g.launch_n("dropout_backward", dinp.len, &[pm(&dinp), p(&dout), l(dinp.len), a, b, c, d, e]);
+    let bf16 = bf16_acts("dropout_backward", &[("dinp", dinp.is_bf16()), ("dout", dout.is_bf16())]);
+    g.launch_n(
+        variant("dropout_backward", bf16),
+        dinp.len,
+        &[pm(&dinp), p(&dout), l(dinp.len), a, b, c, d, e],
+    );
 }

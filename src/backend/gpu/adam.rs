@@ -29,6 +29,15 @@ fn adam_args(s: &AdamStep) -> [KArg; 10] {
     ]
 }
 
+/// Parameters, gradients and moments are f32 (their bf16 copy, if any, rides on the parameters'
+/// view and is written by the kernel too).
+fn f32_state(op: &str, params: &GViewMut<'_>, grads: &GView<'_>, m: &GViewMut<'_>, v: &GViewMut<'_>) {
+    assert!(
+        !params.is_bf16() && !grads.is_bf16() && !m.is_bf16() && !v.is_bf16(),
+        "{op}: parameters, gradients and moments must be f32"
+    );
+}
+
 /// See [`Backend::adam_update`](crate::backend::Backend::adam_update).
 pub(super) fn update<D: Device>(
     g: &Gpu<D>,
@@ -46,7 +55,8 @@ pub(super) fn update<D: Device>(
         m.len,
         v.len
     );
-    let mut args = vec![pm(&params), p(&grads), pm(&m), pm(&v), l(n)];
+    f32_state("adam_update", &params, &grads, &m, &v);
+    let mut args = vec![pm(&params), KArg::Ptr(params.shadow), p(&grads), pm(&m), pm(&v), l(n)];
     args.extend(adam_args(step));
     args.push(KArg::Ptr(g.guard_ptr()));
     g.launch_n("adam_update", n, &args);
@@ -72,8 +82,17 @@ pub(super) fn update_rows<D: Device>(
         m.len,
         v.len
     );
+    f32_state("adam_update_rows", &params, &grads, &m, &v);
     g.row_launches("adam_update_rows", rows, row_len, n / row_len.max(1), |rows_ptr, cfg| {
-        let mut args = vec![pm(&params), p(&grads), pm(&m), pm(&v), KArg::Ptr(rows_ptr), i(row_len)];
+        let mut args = vec![
+            pm(&params),
+            KArg::Ptr(params.shadow),
+            p(&grads),
+            pm(&m),
+            pm(&v),
+            KArg::Ptr(rows_ptr),
+            i(row_len),
+        ];
         args.extend(adam_args(step));
         args.push(KArg::Ptr(g.guard_ptr()));
         g.launch("adam_update_rows", cfg, &args);

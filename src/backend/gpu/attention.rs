@@ -11,7 +11,7 @@
 //!   short sequences of a batch with one long one still keep dS in shared memory.
 
 use super::device::{Device, KArg, LaunchCfg};
-use super::launch::{dropout_args, i, need, p, pi, pm, THREADS};
+use super::launch::{bf16_acts, dropout_args, i, need, need_f32, p, pi, pm, THREADS};
 use super::memory::{GView, GViewMut};
 use super::Gpu;
 use crate::backend::{BatchLayout, DeviceBatch};
@@ -184,6 +184,24 @@ pub fn forward_with<D: Device>(
     dropout: Dropout,
 ) {
     let op = "attention_forward";
+    if bf16_acts(op, &[("out", out.is_bf16()), ("qkv", qkv.is_bf16())]) {
+        // The f32 kernels on widened copies (head sizes above the flash kernels' 64 only).
+        let (Some(q32), Some(o32)) = (g.widened(&qkv), g.scratch_f32(out.len)) else { return };
+        forward_with(
+            g,
+            cfg,
+            o32.view_mut_at(0, out.len),
+            att,
+            q32.view_at(0, qkv.len),
+            batch,
+            nh,
+            c,
+            dropout,
+        );
+        g.narrow_into(&out, o32.ptr());
+        return;
+    }
+    need_f32(op, "att", att.is_bf16());
     let (nb, max_len) = check(
         op,
         cfg,
@@ -245,6 +263,17 @@ pub fn backward_with<D: Device>(
     dropout: Dropout,
 ) {
     let op = "attention_backward";
+    let acts = [("dqkv", dqkv.is_bf16()), ("dout", dout.is_bf16()), ("qkv", qkv.is_bf16())];
+    if bf16_acts(op, &acts) {
+        let (Some(do32), Some(q32), Some(d32)) = (g.widened(&dout), g.widened(&qkv), g.scratch_f32(dqkv.len))
+        else {
+            return;
+        };
+        let (dov, qv) = (do32.view_at(0, dout.len), q32.view_at(0, qkv.len));
+        backward_with(g, cfg, d32.view_mut_at(0, dqkv.len), dov, att, qv, batch, nh, c, dropout);
+        g.narrow_into(&dqkv, d32.ptr());
+        return;
+    }
     let bufs = [(dqkv.len, 3 * c, "dqkv"), (dout.len, c, "dout"), (qkv.len, 3 * c, "qkv")];
     let (nb, max_len) = check(op, cfg, batch, (nh, c), (att.len, batch.layout.att_len(nh)), &bufs);
     let floats = cfg.backward_shared_floats(max_len);
@@ -335,8 +364,11 @@ pub fn flash_forward<D: Device>(
     if nb == 0 || t == 0 {
         return;
     }
+    let bf16 = bf16_acts(op, &[("out", out.is_bf16()), ("qkv", qkv.is_bf16())]);
+    need_f32(op, "lse", lse.is_bf16());
+    let sfx = if bf16 { "_bf16" } else { "" };
     let args = [&[pm(&out), pm(&lse), p(&qkv)][..], &flash_tail(batch, (nb, t, nh, c), &dropout)].concat();
-    g.launch(&format!("attention_flash_forward_d{d}"), flash_cfg(t, nh), &args);
+    g.launch(&format!("attention_flash_forward_d{d}{sfx}"), flash_cfg(t, nh), &args);
 }
 
 /// Flash attention backward: dqkv (T,3C) overwritten from dout (T,C), the forward's out (T,C)
@@ -359,6 +391,12 @@ pub fn flash_backward<D: Device>(
     let bufs =
         [(dqkv.len, 3 * c, "dqkv"), (dout.len, c, "dout"), (out.len, c, "out"), (qkv.len, 3 * c, "qkv")];
     let (nb, t, d) = flash_check(op, batch, (nh, c), lse.len, &bufs);
+    let bf16 = bf16_acts(
+        op,
+        &[("dqkv", dqkv.is_bf16()), ("dout", dout.is_bf16()), ("out", out.is_bf16()), ("qkv", qkv.is_bf16())],
+    );
+    need_f32(op, "lse", lse.is_bf16());
+    let sfx = if bf16 { "_bf16" } else { "" };
     if nb == 0 || t == 0 {
         return;
     }
@@ -369,9 +407,10 @@ pub fn flash_backward<D: Device>(
     let ddv = GView::new(dd.ptr(), dd.len());
     let warps = (THREADS / 32) as usize;
     let prep = LaunchCfg { grid: [t.div_ceil(warps) as u32, 1, 1], block: [THREADS, 1, 1], shared_bytes: 0 };
-    g.launch("attention_flash_backward_prep", prep, &[p(&ddv), p(&dout), p(&out), i(t), i(nh), i(c)]);
+    let prep_args = [p(&ddv), p(&dout), p(&out), i(t), i(nh), i(c)];
+    g.launch(&format!("attention_flash_backward_prep{sfx}"), prep, &prep_args);
     let head = [pm(&dqkv), p(&dout), p(&lse), p(&ddv), p(&qkv)];
     let args = [&head[..], &flash_tail(batch, (nb, t, nh, c), &dropout)].concat();
-    g.launch(&format!("attention_flash_backward_dkdv_d{d}"), flash_cfg(t, nh), &args);
-    g.launch(&format!("attention_flash_backward_dq_d{d}"), flash_cfg(t, nh), &args);
+    g.launch(&format!("attention_flash_backward_dkdv_d{d}{sfx}"), flash_cfg(t, nh), &args);
+    g.launch(&format!("attention_flash_backward_dq_d{d}{sfx}"), flash_cfg(t, nh), &args);
 }

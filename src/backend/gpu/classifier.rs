@@ -3,7 +3,7 @@
 //! + tanh) and the output layer are products of the matmul family.
 
 use super::device::{Device, KArg};
-use super::launch::{i, need, p, pi, pm};
+use super::launch::{i, need, need_f32, p, pi, pm, variant};
 use super::memory::{GView, GViewMut};
 use super::Gpu;
 use crate::backend::{DeviceBatch, METRICS_SLOTS};
@@ -20,7 +20,12 @@ pub(super) fn cls_forward<D: Device>(
     let (t, nb) = (batch.layout.t(), batch.layout.examples());
     need("cls_forward", "out", out.len, nb * c);
     need("cls_forward", "x", x.len, t * c);
-    g.launch_n("cls_forward", nb * c, &[pm(&out), p(&x), pi(&batch.cu_seqlens), i(nb), i(c)]);
+    need_f32("cls_forward", "out", out.is_bf16());
+    g.launch_n(
+        variant("cls_forward", x.is_bf16()),
+        nb * c,
+        &[pm(&out), p(&x), pi(&batch.cu_seqlens), i(nb), i(c)],
+    );
 }
 
 /// See [`Backend::cls_backward`](crate::backend::Backend::cls_backward).
@@ -34,8 +39,10 @@ pub(super) fn cls_backward<D: Device>(
     let (t, nb) = (batch.layout.t(), batch.layout.examples());
     need("cls_backward", "dx", dx.len, t * c);
     need("cls_backward", "dout", dout.len, nb * c);
-    g.zero_bytes(dx.ptr, t * c);
-    g.launch_n("cls_backward", nb * c, &[pm(&dx), p(&dout), pi(&batch.cu_seqlens), i(nb), i(c)]);
+    g.zero_bytes(dx.ptr, t * c * dx.dtype.size() as usize);
+    need_f32("cls_backward", "dout", dout.is_bf16());
+    let args = [pm(&dx), p(&dout), pi(&batch.cu_seqlens), i(nb), i(c)];
+    g.launch_n(variant("cls_backward", dx.is_bf16()), nb * c, &args);
 }
 
 /// See [`Backend::crossentropy_forward`](crate::backend::Backend::crossentropy_forward).

@@ -469,9 +469,9 @@ impl Device for Cuda {
         unsafe { self.blas_sgemm(g) }
     }
 
-    unsafe fn gemm_bf16(&self, g: &Gemm) -> Result<()> {
+    unsafe fn gemm_bf16(&self, g: &Gemm, c_bf16: bool) -> Result<()> {
         // SAFETY: forwarded.
-        unsafe { self.blas_gemm_bf16(g) }
+        unsafe { self.blas_gemm_bf16(g, c_bf16) }
     }
 
     unsafe fn gemm_fast_bf16(&self, g: &Gemm) -> Result<()> {

@@ -143,6 +143,13 @@ pub enum GemmMath {
     /// f32 operands rounded to bf16 inside the product (tensor cores), fp32 accumulation
     /// (`CUBLAS_COMPUTE_32F_FAST_16BF`).
     Bf16Fast,
+    /// A and B stored as bf16 (bf16 activations and the weights' bf16 copies), fp32 accumulation
+    /// (`CUBLAS_COMPUTE_32F`); C stored as bf16 (rounded once, after the epilogue) when `c_bf16`,
+    /// else f32. The epilogue's vectors stay f32.
+    Bf16 {
+        /// C stored as bf16.
+        c_bf16: bool,
+    },
 }
 
 /// What a fused product computes after `alpha·op(A)·op(B) + beta·C`, in the row-major terms of
@@ -256,12 +263,13 @@ pub trait Device: Send + Sync + 'static {
     /// # Safety
     /// The matrices described by `g` lie inside live allocations.
     unsafe fn sgemm(&self, g: &Gemm) -> Result<()>;
-    /// The same product with A and B stored as bf16 (`u16`), C as f32, fp32 accumulation
-    /// (cuBLAS `GemmEx` with `CUBLAS_COMPUTE_32F` on tensor cores).
+    /// The same product with A and B stored as bf16 (`u16`), C as bf16 when `c_bf16` (rounded
+    /// once) else f32, fp32 accumulation (cuBLAS `GemmEx` with `CUBLAS_COMPUTE_32F` on tensor
+    /// cores).
     ///
     /// # Safety
     /// The matrices described by `g` lie inside live allocations (A, B: 2 bytes per element).
-    unsafe fn gemm_bf16(&self, g: &Gemm) -> Result<()>;
+    unsafe fn gemm_bf16(&self, g: &Gemm, c_bf16: bool) -> Result<()>;
     /// The product of f32 matrices on bf16 tensor cores without separate copies: the library
     /// rounds A and B to bf16 inside the GEMM (cuBLAS `GemmEx`, f32 A/B/C,
     /// `CUBLAS_COMPUTE_32F_FAST_16BF`), fp32 accumulation.

@@ -3,7 +3,7 @@
 //! sums of reduce.cu).
 
 use super::device::Device;
-use super::launch::{i, need, p, pi, pm};
+use super::launch::{bf16_acts, i, need, p, pi, pm, variant};
 use super::memory::{GView, GViewMut};
 use super::Gpu;
 use crate::backend::DeviceBatch;
@@ -32,7 +32,7 @@ pub(super) fn forward<D: Device>(
         i(t),
         i(c),
     ];
-    g.launch_n("embedding_forward", t * c, &args);
+    g.launch_n(variant("embedding_forward", out.is_bf16()), t * c, &args);
 }
 
 /// See [`Backend::embedding_backward`](crate::backend::Backend::embedding_backward).
@@ -50,13 +50,15 @@ pub(super) fn backward<D: Device>(
     if c == 0 {
         return;
     }
-    g.launch_n("embedding_backward_tokens", t * c, &[pm(&dwte), pi(&batch.tokens), p(&dout), i(t), i(c)]);
-    g.selected_row_sums(dwse.ptr, batch.segments.ptr, dout.ptr, t, c, dwse.len / c);
+    let bf16 = bf16_acts("embedding_backward", &[("dout", dout.is_bf16())]);
+    let args = [pm(&dwte), pi(&batch.tokens), p(&dout), i(t), i(c)];
+    g.launch_n(variant("embedding_backward_tokens", bf16), t * c, &args);
+    g.selected_row_sums(dwse.ptr, batch.segments.ptr, dout.ptr, bf16, t, c, dwse.len / c);
     if let Some(dwpe) = dwpe {
         // position p's gradient sums row cu_seqlens[b] + p of every sequence longer than p
         let (nb, rows) = (batch.layout.b(), dwpe.len / c);
         g.launch_n(
-            "embedding_backward_positions",
+            variant("embedding_backward_positions", bf16),
             rows * c,
             &[pm(&dwpe), pi(&batch.cu_seqlens), p(&dout), i(nb), i(c), i(rows)],
         );

@@ -351,9 +351,9 @@ impl Device for Emu {
         unsafe { self.gemm_plain(g, GemmOp::F32, Operands::F32) }
     }
 
-    unsafe fn gemm_bf16(&self, g: &Gemm) -> Result<()> {
+    unsafe fn gemm_bf16(&self, g: &Gemm, c_bf16: bool) -> Result<()> {
         // SAFETY: forwarded.
-        unsafe { self.gemm_plain(g, GemmOp::Bf16, Operands::Bf16) }
+        unsafe { self.gemm_plain(g, GemmOp::Bf16(c_bf16), Operands::Bf16) }
     }
 
     unsafe fn gemm_fast_bf16(&self, g: &Gemm) -> Result<()> {
@@ -412,7 +412,7 @@ impl Device for Emu {
                     Op::Launch { name, cfg, args } => self.launch(name, cfg, args),
                     Op::Gemm { op, g } => match op {
                         GemmOp::F32 => self.sgemm(g),
-                        GemmOp::Bf16 => self.gemm_bf16(g),
+                        GemmOp::Bf16(c_bf16) => self.gemm_bf16(g, *c_bf16),
                         GemmOp::FastBf16 => self.gemm_fast_bf16(g),
                         GemmOp::Lt(math, ep) => self.gemm_lt(g, *math, *ep).map(|_| ()),
                     },

@@ -32,8 +32,8 @@ use std::sync::Arc;
 pub enum GemmOp {
     /// `Device::sgemm`.
     F32,
-    /// `Device::gemm_bf16`.
-    Bf16,
+    /// `Device::gemm_bf16` (C stored as bf16 when true).
+    Bf16(bool),
     /// `Device::gemm_fast_bf16`.
     FastBf16,
     /// `Device::gemm_lt`.

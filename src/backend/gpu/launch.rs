@@ -134,6 +134,40 @@ pub(crate) fn dropout_args(d: &Dropout) -> [KArg; 5] {
     [KArg::U64(d.seed), KArg::U32(d.step as u32), KArg::U32(d.site), KArg::U32(thr), KArg::F32(scale)]
 }
 
+/// Kernel `name`, or its `_bf16` twin (the same kernel on bf16 activations) when `bf16`.
+#[track_caller]
+pub(crate) fn variant(name: &'static str, bf16: bool) -> &'static str {
+    if !bf16 {
+        return name;
+    }
+    super::KERNELS
+        .iter()
+        .map(|(n, _)| *n)
+        .find(|n| n.len() == name.len() + 5 && n.starts_with(name) && n.ends_with("_bf16"))
+        .unwrap_or_else(|| panic!("kernel `{name}` has no bf16 twin in kernels/*.cu"))
+}
+
+/// Whether the activations an op takes are bf16: all of `views` ((name, is bf16)) must agree.
+#[track_caller]
+pub(crate) fn bf16_acts(op: &str, views: &[(&str, bool)]) -> bool {
+    let first = views.first().is_some_and(|v| v.1);
+    if let Some((what, _)) = views.iter().find(|v| v.1 != first) {
+        panic!(
+            "{op}: activations of mixed storage ({what} is {}, {} is {})",
+            if first { "f32" } else { "bf16" },
+            views[0].0,
+            if first { "bf16" } else { "f32" }
+        );
+    }
+    first
+}
+
+/// Asserts that a view is stored as f32 (parameters, statistics and the head's tensors).
+#[track_caller]
+pub(crate) fn need_f32(op: &str, what: &str, bf16: bool) {
+    assert!(!bf16, "{op}: {what} must be f32");
+}
+
 /// Asserts that a view holds at least `need` elements.
 #[track_caller]
 pub(crate) fn need(op: &str, what: &str, len: usize, need: usize) {

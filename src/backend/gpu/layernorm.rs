@@ -3,7 +3,7 @@
 //! reduce.cu.
 
 use super::device::{Device, KArg, LaunchCfg};
-use super::launch::{dropout_args, i, need, p, pm};
+use super::launch::{bf16_acts, dropout_args, i, need, need_f32, p, pm, variant};
 use super::memory::{GView, GViewMut};
 use super::Gpu;
 use crate::rng::Dropout;
@@ -47,6 +47,18 @@ pub(super) fn forward<D: Device>(
     ] {
         need(op, what, have, n);
     }
+    let bf16 = bf16_acts(
+        op,
+        &[
+            ("out", out.is_bf16()),
+            ("sum", sum.is_bf16()),
+            ("res", res.is_bf16()),
+            ("sub", sub.map_or(res.is_bf16(), |s| s.is_bf16())),
+        ],
+    );
+    for (what, b) in [("mean", mean.is_bf16()), ("rstd", rstd.is_bf16()), ("weight", weight.is_bf16())] {
+        need_f32(op, what, b);
+    }
     if tc == 0 {
         return;
     }
@@ -69,7 +81,7 @@ pub(super) fn forward<D: Device>(
         s3,
         s4,
     ];
-    g.launch(op, row_cfg(t), &args);
+    g.launch(variant(op, bf16), row_cfg(t), &args);
 }
 
 /// See [`Backend::layernorm_backward`](crate::backend::Backend::layernorm_backward).
@@ -104,6 +116,18 @@ pub(super) fn backward<D: Device>(
     ] {
         need(op, what, have, n);
     }
+    let bf16 = bf16_acts(
+        op,
+        &[
+            ("dres", dres.is_bf16()),
+            ("dsub", dsub.as_ref().map_or(dres.is_bf16(), |d| d.is_bf16())),
+            ("dout", dout.is_bf16()),
+            ("sum", sum.is_bf16()),
+        ],
+    );
+    for (what, b) in [("mean", mean.is_bf16()), ("rstd", rstd.is_bf16()), ("weight", weight.is_bf16())] {
+        need_f32(op, what, b);
+    }
     if tc == 0 {
         return;
     }
@@ -124,6 +148,6 @@ pub(super) fn backward<D: Device>(
         s3,
         s4,
     ];
-    g.launch("layernorm_backward_rows", row_cfg(t), &args);
-    g.layernorm_param_sums(dweight.ptr, dbias.ptr, dout.ptr, sum.ptr, mean.ptr, rstd.ptr, t, c);
+    g.launch(variant("layernorm_backward_rows", bf16), row_cfg(t), &args);
+    g.layernorm_param_sums(dweight.ptr, dbias.ptr, dout.ptr, sum.ptr, mean.ptr, rstd.ptr, bf16, t, c);
 }

@@ -6,8 +6,30 @@ use crate::error::Result;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
-/// Bytes per element of every buffer (f32 and i32).
+/// Bytes per element of f32 and i32 buffers.
 pub(crate) const ELEM: u64 = 4;
+
+/// How the elements of a float buffer are stored on the device. The backend's scalar is f32
+/// everywhere; in bf16 storage ([`super::Gpu::new_bf16`]) the activations and their gradients
+/// are kept as bf16 (half the bytes; the kernels widen on load and round on store, accumulating
+/// in f32), while parameters, their gradients, Adam's moments and every statistic stay f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// 4-byte IEEE single precision (and i32 buffers).
+    F32,
+    /// 2-byte bfloat16 (`u16`, the high half of an f32), rounded to nearest even.
+    Bf16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        match self {
+            DType::F32 => 4,
+            DType::Bf16 => 2,
+        }
+    }
+}
 
 /// Device memory blocks kept for reuse: freeing is slow on CUDA (it waits for the device) and
 /// a training step would otherwise allocate and free its batch buffers every step. Blocks are
@@ -193,11 +215,16 @@ impl<D: Device> Drop for Pool<D> {
     }
 }
 
-/// An owned device buffer of `T` (f32 or i32), returned to the pool on drop.
+/// An owned device buffer of `T` (f32 or i32), returned to the pool on drop. A float buffer's
+/// elements are stored as `dtype` says; a parameter buffer may carry a bf16 `shadow`, the copy of
+/// its values the bf16 products read, which Adam rewrites in the same pass as the f32 values
+/// ([`crate::backend::Backend::keep_bf16_copy`]).
 pub struct GBuf<D: Device, T> {
     pub(super) pool: Arc<Pool<D>>,
     pub(super) ptr: DevPtr,
     pub(super) len: usize,
+    pub(super) dtype: DType,
+    pub(super) shadow: Option<Box<GBuf<D, u16>>>,
     pub(super) _t: PhantomData<T>,
 }
 
@@ -214,51 +241,107 @@ impl<D: Device, T> GBuf<D, T> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// How the elements are stored.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// Device address of element 0 of the bf16 copy, or 0 when there is none.
+    pub fn shadow_ptr(&self) -> DevPtr {
+        self.shadow.as_ref().map_or(0, |s| s.ptr)
+    }
+    /// Bytes of the elements.
+    pub(super) fn bytes(&self) -> usize {
+        self.len * self.dtype.size() as usize
+    }
+    /// A view of elements `start .. start + len` (checked by the caller).
+    pub(super) fn view_at(&self, start: usize, len: usize) -> GView<'_> {
+        let (ptr, shadow) = self.addresses(start);
+        GView { ptr, len, dtype: self.dtype, shadow, _l: PhantomData }
+    }
+    /// A mutable view of elements `start .. start + len` (checked by the caller; it hands out no
+    /// overlapping mutable views).
+    pub(super) fn view_mut_at(&self, start: usize, len: usize) -> GViewMut<'_> {
+        let (ptr, shadow) = self.addresses(start);
+        GViewMut { ptr, len, dtype: self.dtype, shadow, _l: PhantomData }
+    }
+    fn addresses(&self, start: usize) -> (DevPtr, DevPtr) {
+        let ptr = self.ptr + start as u64 * self.dtype.size();
+        let shadow = self.shadow.as_ref().map_or(0, |s| s.ptr + start as u64 * 2);
+        (ptr, shadow)
+    }
 }
 
 impl<D: Device, T> Drop for GBuf<D, T> {
     fn drop(&mut self) {
         if self.ptr != 0 {
-            self.pool.put(self.ptr, self.len * ELEM as usize);
+            self.pool.put(self.ptr, self.bytes());
         }
     }
 }
 
+/// A shared view of `len` elements at `ptr`, stored as `dtype`.
 #[derive(Clone, Copy, Debug)]
 pub struct GView<'a> {
     /// Device address of the first element.
     pub ptr: DevPtr,
     /// Number of elements.
     pub len: usize,
+    /// How the elements are stored.
+    pub dtype: DType,
+    /// The same elements in the buffer's bf16 copy (see [`GBuf`]), or 0.
+    pub shadow: DevPtr,
     _l: PhantomData<&'a ()>,
 }
 
-/// A mutable view of `len` f32 elements at `ptr`.
+/// A mutable view of `len` elements at `ptr`, stored as `dtype`.
 #[derive(Debug)]
 pub struct GViewMut<'a> {
     /// Device address of the first element.
     pub ptr: DevPtr,
     /// Number of elements.
     pub len: usize,
+    /// How the elements are stored.
+    pub dtype: DType,
+    /// The same elements in the buffer's bf16 copy (see [`GBuf`]), or 0.
+    pub shadow: DevPtr,
     _l: PhantomData<&'a mut ()>,
 }
 
 impl GView<'_> {
-    /// A view of `len` elements at `ptr`; the caller keeps it inside a live buffer.
+    /// A view of `len` f32 elements at `ptr`; the caller keeps it inside a live buffer.
     pub(super) fn new(ptr: DevPtr, len: usize) -> Self {
-        GView { ptr, len, _l: PhantomData }
+        GView { ptr, len, dtype: DType::F32, shadow: 0, _l: PhantomData }
+    }
+
+    /// Whether the elements are stored as bf16.
+    pub fn is_bf16(&self) -> bool {
+        self.dtype == DType::Bf16
+    }
+
+    /// Bytes of the elements.
+    pub fn bytes(&self) -> usize {
+        self.len * self.dtype.size() as usize
     }
 }
 
 impl<'a> GViewMut<'a> {
-    /// A mutable view of `len` elements at `ptr`; the caller keeps it inside a live buffer and
-    /// hands out no overlapping mutable views.
-    pub(super) fn new(ptr: DevPtr, len: usize) -> Self {
-        GViewMut { ptr, len, _l: PhantomData }
-    }
-
     /// A shared view of the same elements.
     pub fn as_view(&self) -> GView<'_> {
-        GView::new(self.ptr, self.len)
+        GView { ptr: self.ptr, len: self.len, dtype: self.dtype, shadow: self.shadow, _l: PhantomData }
+    }
+
+    /// A shorter-lived mutable view of the same elements.
+    pub fn reborrow(&mut self) -> GViewMut<'_> {
+        GViewMut { ptr: self.ptr, len: self.len, dtype: self.dtype, shadow: self.shadow, _l: PhantomData }
+    }
+
+    /// Whether the elements are stored as bf16.
+    pub fn is_bf16(&self) -> bool {
+        self.dtype == DType::Bf16
+    }
+
+    /// Bytes of the elements.
+    pub fn bytes(&self) -> usize {
+        self.len * self.dtype.size() as usize
     }
 }

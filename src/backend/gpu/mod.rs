@@ -38,14 +38,14 @@ use super::{Activation, AdamStep, Backend, BatchLayout, DeviceBatch};
 use crate::error::Result;
 use crate::rng::Dropout;
 use device::{ArgKind, Device};
-use memory::{Pool, ELEM};
+use memory::Pool;
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use graph::GpuGraph;
-pub use memory::{GBuf, GView, GViewMut};
+pub use memory::{DType, GBuf, GView, GViewMut};
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
@@ -60,6 +60,10 @@ pub struct Gpu<D: Device> {
     /// In bf16 mode, convert both operands of each product into bf16 scratch first and multiply
     /// those (the engine's first bf16 path) instead of letting cuBLAS round inside the GEMM.
     bf16_copies: bool,
+    /// Activations and their gradients stored as bf16 ([`Backend::alloc_act`]), the products
+    /// reading bf16 copies of the weights that Adam keeps; on with bf16 unless
+    /// `NLI_BERT_BF16_STORAGE=0`.
+    bf16_storage: bool,
     /// Attention by the flash kernels on bf16 tensor cores where the head size allows (see
     /// [`attention::flash_dim`]); on with bf16.
     flash: bool,
@@ -92,6 +96,7 @@ impl<D: Device> Gpu<D> {
             rows: Mutex::new(None),
             bf16: false,
             bf16_copies: false,
+            bf16_storage: false,
             flash: false,
             fused: true,
             relu_masks: Mutex::default(),
@@ -115,7 +120,23 @@ impl<D: Device> Gpu<D> {
     /// operand into pooled scratch, then a bf16 `GemmEx`) for comparison.
     pub fn new_bf16(dev: D) -> Self {
         let copies = std::env::var("NLI_BERT_BF16_GEMM").is_ok_and(|v| v == "copies");
-        Gpu { bf16: true, flash: true, ..Self::new(dev) }.with_bf16_copies(copies)
+        let storage = !std::env::var("NLI_BERT_BF16_STORAGE").is_ok_and(|v| v == "0");
+        Gpu { bf16: true, flash: true, ..Self::new(dev) }.with_bf16_copies(copies).with_bf16_storage(storage)
+    }
+
+    /// The same backend with activations and their gradients stored as bf16 (true, the default
+    /// of [`Gpu::new_bf16`]) or as f32; no effect in f32 mode. With bf16 storage every element-wise
+    /// kernel reads and writes bf16 (statistics, the loss and the classifier head's small tensors
+    /// stay f32) and the products take bf16 operands: the activations, and the bf16 copies of the
+    /// weights that Adam writes ([`Backend::keep_bf16_copy`]).
+    pub fn with_bf16_storage(mut self, on: bool) -> Self {
+        self.bf16_storage = on;
+        self
+    }
+
+    /// Whether activations are stored as bf16.
+    pub fn uses_bf16_storage(&self) -> bool {
+        self.bf16 && self.bf16_storage
     }
 
     /// The same backend with the bf16 products on converted copies (true) or converted inside
@@ -178,26 +199,40 @@ impl<D: Device> Gpu<D> {
         &self.dev
     }
 
-    fn zero_bytes(&self, ptr: device::DevPtr, n: usize) {
-        if self.failed() || n == 0 {
+    /// Sets `bytes` bytes at `ptr` to zero.
+    fn zero_bytes(&self, ptr: device::DevPtr, bytes: usize) {
+        if self.failed() || bytes == 0 {
             return;
         }
-        // SAFETY: callers pass a view's address and length.
-        let r = unsafe { self.dev.memset_zero(ptr, n * ELEM as usize) };
+        // SAFETY: callers pass a view's address and its size in bytes.
+        let r = unsafe { self.dev.memset_zero(ptr, bytes) };
         self.record(r);
         self.profile_mark("memset");
     }
 
+    fn make_buf<T>(&self, ptr: device::DevPtr, n: usize, dtype: DType) -> GBuf<D, T> {
+        GBuf { pool: self.pool.clone(), ptr, len: n, dtype, shadow: None, _t: PhantomData }
+    }
+
     /// A buffer of `n` zeroed elements.
     fn alloc_buf<T>(&self, n: usize) -> Result<GBuf<D, T>> {
-        let ptr = if n == 0 { 0 } else { self.pool.get(n * ELEM as usize)? };
-        Ok(GBuf { pool: self.pool.clone(), ptr, len: n, _t: PhantomData })
+        self.alloc_typed(n, DType::F32)
+    }
+
+    /// A buffer of `n` zeroed elements stored as `dtype`.
+    fn alloc_typed<T>(&self, n: usize, dtype: DType) -> Result<GBuf<D, T>> {
+        let ptr = if n == 0 { 0 } else { self.pool.get(n * dtype.size() as usize)? };
+        Ok(self.make_buf(ptr, n, dtype))
     }
 
     /// A zeroed buffer of `n` elements that no step graph owns (for buffers that outlive a step).
     pub(super) fn alloc_persistent<T>(&self, n: usize) -> Result<GBuf<D, T>> {
-        let ptr = if n == 0 { 0 } else { self.pool.get_persistent(n * ELEM as usize)? };
-        Ok(GBuf { pool: self.pool.clone(), ptr, len: n, _t: PhantomData })
+        self.alloc_persistent_typed(n, DType::F32)
+    }
+
+    fn alloc_persistent_typed<T>(&self, n: usize, dtype: DType) -> Result<GBuf<D, T>> {
+        let ptr = if n == 0 { 0 } else { self.pool.get_persistent(n * dtype.size() as usize)? };
+        Ok(self.make_buf(ptr, n, dtype))
     }
 
     /// Records that `ptr` holds the ReLU mask of an (rows, cols) product, or (None) no mask.
@@ -228,8 +263,13 @@ impl<D: Device> Gpu<D> {
 
     /// A buffer of `n` elements with unspecified contents, for scratch a kernel overwrites whole.
     pub(super) fn alloc_uninit<T>(&self, n: usize) -> Result<GBuf<D, T>> {
-        let ptr = if n == 0 { 0 } else { self.pool.get_uninit(n * ELEM as usize)? };
-        Ok(GBuf { pool: self.pool.clone(), ptr, len: n, _t: PhantomData })
+        self.alloc_uninit_typed(n, DType::F32)
+    }
+
+    /// [`Gpu::alloc_uninit`] stored as `dtype`.
+    pub(super) fn alloc_uninit_typed<T>(&self, n: usize, dtype: DType) -> Result<GBuf<D, T>> {
+        let ptr = if n == 0 { 0 } else { self.pool.get_uninit(n * dtype.size() as usize)? };
+        Ok(self.make_buf(ptr, n, dtype))
     }
 }
 
@@ -243,7 +283,9 @@ impl<D: Device> Backend for Gpu<D> {
 
     fn name(&self) -> String {
         let mut name = self.dev.name();
-        if self.bf16 {
+        if self.uses_bf16_storage() {
+            name.push_str(", bf16 activations");
+        } else if self.bf16 {
             name.push_str(if self.bf16_copies { ", bf16 GEMMs on copies" } else { ", bf16 GEMMs" });
         } else {
             name.push_str(", f32");
@@ -271,6 +313,40 @@ impl<D: Device> Backend for Gpu<D> {
         Ok(b)
     }
 
+    fn alloc_act(&self, n: usize) -> Result<Self::Buf> {
+        self.alloc_typed(n, if self.uses_bf16_storage() { DType::Bf16 } else { DType::F32 })
+    }
+
+    fn upload_act(&self, host: &[f32]) -> Result<Self::Buf> {
+        if !self.uses_bf16_storage() {
+            return self.upload(host);
+        }
+        let b = self.alloc_typed::<f32>(host.len(), DType::Bf16)?;
+        if !host.is_empty() {
+            let bits: Vec<u16> = host.iter().map(|&x| crate::backend::cpu::convert::f32_to_bf16(x)).collect();
+            // SAFETY: the buffer was just allocated with host.len() bf16 elements.
+            unsafe { self.dev.copy_htod(b.ptr, bytemuck::cast_slice(&bits))? };
+            self.profile_mark("upload");
+        }
+        Ok(b)
+    }
+
+    fn keep_bf16_copy(&self, params: &mut Self::Buf) -> Result<()> {
+        if !self.uses_bf16_storage() || params.dtype != DType::F32 {
+            return Ok(());
+        }
+        // Outlives every step graph: persistent, like the parameters it copies.
+        let copy = self.alloc_persistent_typed::<u16>(params.len, DType::Bf16)?;
+        self.launch_n(
+            "convert_f32_to_bf16",
+            params.len,
+            &[device::KArg::Ptr(copy.ptr), device::KArg::Ptr(params.ptr), launch::l(params.len)],
+        );
+        self.check()?;
+        params.shadow = Some(Box::new(copy));
+        Ok(())
+    }
+
     fn upload_i32(&self, host: &[i32]) -> Result<Self::IBuf> {
         let b = self.alloc_buf::<i32>(host.len())?;
         if !host.is_empty() {
@@ -285,6 +361,14 @@ impl<D: Device> Backend for Gpu<D> {
         if let Some(e) = self.sticky_error() {
             return Err(e);
         }
+        if s.is_bf16() {
+            let mut bits = vec![0u16; s.len];
+            if s.len > 0 {
+                // SAFETY: the view lies inside a live buffer of bf16 elements.
+                unsafe { self.dev.copy_dtoh(s.ptr, bytemuck::cast_slice_mut(&mut bits))? };
+            }
+            return Ok(bits.into_iter().map(crate::backend::cpu::convert::bf16_to_f32).collect());
+        }
         let mut out = vec![0f32; s.len];
         if s.len > 0 {
             // SAFETY: the view lies inside a live buffer (views are only made from buffers).
@@ -298,25 +382,25 @@ impl<D: Device> Backend for Gpu<D> {
     }
 
     fn view<'a>(&self, b: &'a Self::Buf) -> GView<'a> {
-        GView::new(b.ptr, b.len)
+        b.view_at(0, b.len)
     }
 
     fn slice<'a>(&self, b: &'a Self::Buf, r: Range<usize>) -> GView<'a> {
         assert!(r.start <= r.end && r.end <= b.len, "slice {r:?} of a buffer of {} elements", b.len);
-        GView::new(b.ptr + r.start as u64 * ELEM, r.len())
+        b.view_at(r.start, r.len())
     }
 
     fn view_mut<'a>(&self, b: &'a mut Self::Buf) -> GViewMut<'a> {
-        GViewMut::new(b.ptr, b.len)
+        b.view_mut_at(0, b.len)
     }
 
     fn slice_mut<'a>(&self, b: &'a mut Self::Buf, r: Range<usize>) -> GViewMut<'a> {
         assert!(r.start <= r.end && r.end <= b.len, "slice_mut {r:?} of a buffer of {} elements", b.len);
-        GViewMut::new(b.ptr + r.start as u64 * ELEM, r.len())
+        b.view_mut_at(r.start, r.len())
     }
 
     fn reborrow_mut<'a>(&self, s: &'a mut GViewMut<'_>) -> GViewMut<'a> {
-        GViewMut::new(s.ptr, s.len)
+        s.reborrow()
     }
 
     fn as_slice<'a>(&self, s: &'a GViewMut<'_>) -> GView<'a> {
@@ -333,7 +417,8 @@ impl<D: Device> Backend for Gpu<D> {
             );
             end = r.end;
         }
-        ranges.iter().map(|r| GViewMut::new(b.ptr + r.start as u64 * ELEM, r.len())).collect()
+        let b: &Self::Buf = b;
+        ranges.iter().map(|r| b.view_mut_at(r.start, r.len())).collect()
     }
 
     fn graphs_supported(&self, nh: usize, c: usize) -> bool {
@@ -409,7 +494,7 @@ impl<D: Device> Backend for Gpu<D> {
     }
 
     fn zero(&self, s: GViewMut<'_>) {
-        self.zero_bytes(s.ptr, s.len);
+        self.zero_bytes(s.ptr, s.bytes());
     }
 
     fn embedding_forward(

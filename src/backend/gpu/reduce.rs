@@ -3,7 +3,7 @@
 //! parameter gradients. The other families call them; they are not Backend ops of their own.
 
 use super::device::{DevPtr, Device, KArg, LaunchCfg};
-use super::launch::i;
+use super::launch::{i, variant};
 use super::memory::ELEM;
 use super::Gpu;
 use crate::error::Error;
@@ -26,8 +26,9 @@ impl<D: Device> Gpu<D> {
         }
     }
 
-    /// out (C,) += Σ_rows x (N, C), deterministic (two stages, fixed order).
-    pub(crate) fn column_sums(&self, out: DevPtr, x: DevPtr, n: usize, c: usize) {
+    /// out (C,) += Σ_rows x (N, C), deterministic (two stages, fixed order); x stored as bf16
+    /// when `bf16`.
+    pub(crate) fn column_sums(&self, out: DevPtr, x: DevPtr, bf16: bool, n: usize, c: usize) {
         if n == 0 || c == 0 || self.failed() {
             return;
         }
@@ -39,16 +40,22 @@ impl<D: Device> Gpu<D> {
         };
         let cfg =
             LaunchCfg { grid: [c.div_ceil(32) as u32, chunks as u32, 1], block: [32, 8, 1], shared_bytes: 0 };
-        self.launch("colsum_partial", cfg, &[KArg::Ptr(partial.ptr), KArg::Ptr(x), i(n), i(c), i(rpc)]);
+        self.launch(
+            variant("colsum_partial", bf16),
+            cfg,
+            &[KArg::Ptr(partial.ptr), KArg::Ptr(x), i(n), i(c), i(rpc)],
+        );
         self.colsum_finish(out, partial.ptr, 1, chunks, c);
     }
 
-    /// out (R, C) += Σ_{rows with ids == r} x (N, C) for every r < R, deterministic.
+    /// out (R, C) += Σ_{rows with ids == r} x (N, C) for every r < R, deterministic; x stored as
+    /// bf16 when `bf16`.
     pub(crate) fn selected_row_sums(
         &self,
         out: DevPtr,
         ids: DevPtr,
         x: DevPtr,
+        bf16: bool,
         n: usize,
         c: usize,
         r: usize,
@@ -72,11 +79,12 @@ impl<D: Device> Gpu<D> {
             shared_bytes: 0,
         };
         let args = [KArg::Ptr(partial.ptr), KArg::Ptr(ids), KArg::Ptr(x), i(n), i(c), i(rpc)];
-        self.launch("rowsel_partial", cfg, &args);
+        self.launch(variant("rowsel_partial", bf16), cfg, &args);
         self.colsum_finish(out, partial.ptr, r, chunks, c);
     }
 
-    /// dweight (C,) += Σ_rows dout·x̂ and dbias (C,) += Σ_rows dout with x̂ = (sum − mean)·rstd.
+    /// dweight (C,) += Σ_rows dout·x̂ and dbias (C,) += Σ_rows dout with x̂ = (sum − mean)·rstd;
+    /// dout and sum stored as bf16 when `bf16`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn layernorm_param_sums(
         &self,
@@ -86,6 +94,7 @@ impl<D: Device> Gpu<D> {
         sum: DevPtr,
         mean: DevPtr,
         rstd: DevPtr,
+        bf16: bool,
         n: usize,
         c: usize,
     ) {
@@ -110,7 +119,7 @@ impl<D: Device> Gpu<D> {
             i(c),
             i(rpc),
         ];
-        self.launch("lnparams_partial", cfg, &args);
+        self.launch(variant("lnparams_partial", bf16), cfg, &args);
         self.colsum_finish(dweight, partial.ptr, 1, chunks, c);
         self.colsum_finish(dbias, partial.ptr + (chunks * c) as u64 * ELEM, 1, chunks, c);
     }

@@ -12,7 +12,8 @@ use super::{bind, graphs, Cuda};
 use crate::error::{Error, Result};
 
 impl Cuda {
-    /// cuBLAS `GemmEx` for a row-major [`Gemm`]: A and B of type `ab`, C f32, fp32 scalars.
+    /// cuBLAS `GemmEx` for a row-major [`Gemm`]: A and B of type `ab`, C of type `ct`, fp32
+    /// scalars.
     ///
     /// # Safety
     /// The matrices described by `g` lie in live allocations with those element types.
@@ -20,6 +21,7 @@ impl Cuda {
         &self,
         g: &Gemm,
         ab: blas_sys::cudaDataType,
+        ct: blas_sys::cudaDataType,
         compute: blas_sys::cublasComputeType_t,
         what: &str,
     ) -> Result<()> {
@@ -50,7 +52,7 @@ impl Cuda {
                 ld2,
                 (&g.beta as *const f32).cast::<c_void>(),
                 g.c as *mut c_void,
-                blas_sys::cudaDataType::CUDA_R_32F,
+                ct,
                 ldc,
                 compute,
                 blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
@@ -104,13 +106,15 @@ impl Cuda {
         })
     }
 
-    pub(super) unsafe fn blas_gemm_bf16(&self, g: &Gemm) -> Result<()> {
-        if let graphs::Step::Done = self.graph_op(Op::Gemm { op: GemmOp::Bf16, g: *g }) {
+    pub(super) unsafe fn blas_gemm_bf16(&self, g: &Gemm, c_bf16: bool) -> Result<()> {
+        if let graphs::Step::Done = self.graph_op(Op::Gemm { op: GemmOp::Bf16(c_bf16), g: *g }) {
             return Ok(());
         }
         let bf16 = blas_sys::cudaDataType::CUDA_R_16BF;
-        // SAFETY: forwarded from the caller (A, B bf16; C f32).
-        unsafe { self.gemm_ex(g, bf16, blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, "GemmEx bf16") }
+        let ct = if c_bf16 { bf16 } else { blas_sys::cudaDataType::CUDA_R_32F };
+        let compute = blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
+        // SAFETY: forwarded from the caller (A, B bf16; C bf16 or f32).
+        unsafe { self.gemm_ex(g, bf16, ct, compute, "GemmEx bf16") }
     }
 
     pub(super) unsafe fn blas_gemm_fast_bf16(&self, g: &Gemm) -> Result<()> {
@@ -120,7 +124,7 @@ impl Cuda {
         let f32t = blas_sys::cudaDataType::CUDA_R_32F;
         let compute = blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF;
         // SAFETY: forwarded from the caller (A, B, C f32).
-        unsafe { self.gemm_ex(g, f32t, compute, "GemmEx f32 with bf16 compute") }
+        unsafe { self.gemm_ex(g, f32t, f32t, compute, "GemmEx f32 with bf16 compute") }
     }
 
     pub(super) unsafe fn blas_gemm_lt(&self, g: &Gemm, math: GemmMath, ep: Epilogue) -> Result<bool> {

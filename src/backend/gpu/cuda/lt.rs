@@ -315,10 +315,16 @@ impl Lt {
         use lt_sys::cublasLtMatmulDescAttributes_t as D;
         use lt_sys::cublasLtMatmulPreferenceAttributes_t as P;
         let compute = match key.math {
-            GemmMath::F32 => lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            GemmMath::F32 | GemmMath::Bf16 { .. } => lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             GemmMath::Bf16Fast => lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
         };
         let f32t = lt_sys::cudaDataType::CUDA_R_32F;
+        let bf16t = lt_sys::cudaDataType::CUDA_R_16BF;
+        // Storage types of A/B and of C/D (the scale type stays f32).
+        let (abt, ct) = match key.math {
+            GemmMath::F32 | GemmMath::Bf16Fast => (f32t, f32t),
+            GemmMath::Bf16 { c_bf16 } => (bf16t, if c_bf16 { bf16t } else { f32t }),
+        };
         let desc = lt::create_matmul_desc(compute, f32t).map_err(lt_err("cublasLtMatmulDescCreate"))?;
         // From here on `plan` owns what was created, so an early return frees it.
         let mut plan = Plan {
@@ -373,6 +379,17 @@ impl Lt {
         };
         // SAFETY: `desc` is live; each value is passed by address with its exact size.
         unsafe {
+            if let (Some(_), GemmMath::Bf16 { .. }) = (vector, key.math) {
+                // The bias (and bias gradient) vectors are f32 whatever D is (the default would be
+                // D's type).
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                    (&f32t as *const lt_sys::cudaDataType).cast(),
+                    std::mem::size_of_val(&f32t),
+                )
+                .map_err(lt_err("BIAS_DATA_TYPE"))?;
+            }
             if let Some(p) = vector {
                 lt::set_matmul_desc_attribute(
                     desc,
@@ -405,8 +422,8 @@ impl Lt {
         let (r1, c1) = if key.trans_first { (key.k, key.m) } else { (key.m, key.k) };
         let (r2, c2) = if key.trans_second { (key.n, key.k) } else { (key.k, key.n) };
         let shapes = [(r1, c1, key.ld_first), (r2, c2, key.ld_second), (key.m, key.n, key.ldc)];
-        for (slot, (r, c, ld)) in plan.layouts.iter_mut().zip(shapes) {
-            *slot = lt::create_matrix_layout(f32t, r as u64, c as u64, ld as i64)
+        for ((slot, (r, c, ld)), ty) in plan.layouts.iter_mut().zip(shapes).zip([abt, abt, ct]) {
+            *slot = lt::create_matrix_layout(ty, r as u64, c as u64, ld as i64)
                 .map_err(lt_err("cublasLtMatrixLayoutCreate"))?;
         }
         let pref = lt::create_matmul_pref().map_err(lt_err("cublasLtMatmulPreferenceCreate"))?;

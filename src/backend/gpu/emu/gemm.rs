@@ -34,9 +34,13 @@ impl Emu {
         if g.m == 0 || g.n == 0 {
             return Ok(());
         }
+        let c_bf16 = matches!(op, GemmOp::Bf16(true));
         let (a, b) = self.operands(g, how)?;
         // SAFETY: forwarded from the caller's guarantee on C.
-        unsafe { self.gemm_host(g, &a, &b) }
+        let vals = unsafe { self.gemm_host(g, &a, &b, c_bf16)? };
+        // SAFETY: as above.
+        unsafe { self.store_c(g, &vals, c_bf16) };
+        Ok(())
     }
 
     /// op(A)'s and op(B)'s stored matrices, read as `how` says.
@@ -77,7 +81,11 @@ impl Emu {
             }
             self.check_range(aux, g.m * aux_ld / 8, "gemm_lt ReLU mask")?;
         }
-        let how = if math == GemmMath::Bf16Fast { Operands::RoundedToBf16 } else { Operands::F32 };
+        let (how, c_bf16) = match math {
+            GemmMath::F32 => (Operands::F32, false),
+            GemmMath::Bf16Fast => (Operands::RoundedToBf16, false),
+            GemmMath::Bf16 { c_bf16 } => (Operands::Bf16, c_bf16),
+        };
         let (a, b) = self.operands(g, how)?;
         if let Epilogue::BiasGradA(out) = ep {
             // Σ_k op(A)[i, k], in f32 in k order, over the operand as the product reads it.
@@ -87,20 +95,17 @@ impl Emu {
             // SAFETY: `m` f32 at `out` lie inside a live allocation (checked above).
             unsafe { std::ptr::copy_nonoverlapping(sums.as_ptr(), out as *mut f32, g.m) };
         }
+        // The epilogue works on the f32 result; C is written (rounded, if bf16) at the end.
         // SAFETY: forwarded from the caller's guarantee on C.
-        unsafe { self.gemm_host(g, &a, &b)? };
-        let c = g.c as *mut f32;
+        let mut vals = unsafe { self.gemm_host(g, &a, &b, c_bf16)? };
+        let n = g.n;
         if let Epilogue::Bias(bias) | Epilogue::ReluBias(bias) | Epilogue::ReluAuxBias { bias, .. } = ep {
-            let bias = self.read_matrix(bias, 1, g.n, g.n, "bias")?;
+            let bias = self.read_matrix(bias, 1, n, n, "bias")?;
             let relu = !matches!(ep, Epilogue::Bias(_));
-            for i in 0..g.m {
-                for (j, bj) in bias.iter().enumerate() {
-                    // SAFETY: gemm_host checked C's span and alignment.
-                    unsafe {
-                        let p = c.add(i * g.ldc + j);
-                        let v = *p + bj;
-                        *p = if relu && v < 0.0 { 0.0 } else { v };
-                    }
+            for row in vals.chunks_mut(n) {
+                for (x, bj) in row.iter_mut().zip(&bias) {
+                    let v = *x + bj;
+                    *x = if relu && v < 0.0 { 0.0 } else { v };
                 }
             }
         }
@@ -108,9 +113,8 @@ impl Emu {
             // The mask of the values kept (> 0), in cuBLASLt's layout (see `Epilogue`).
             let mut bits = vec![0u8; g.m * aux_ld / 8];
             for i in 0..g.m {
-                for j in 0..g.n {
-                    // SAFETY: as above.
-                    if unsafe { *c.add(i * g.ldc + j) } > 0.0 {
+                for j in 0..n {
+                    if vals[i * n + j] > 0.0 {
                         let b = i * aux_ld + j;
                         bits[b / 8] |= 1 << (b % 8);
                     }
@@ -124,15 +128,16 @@ impl Emu {
             // SAFETY: the mask's range was checked above.
             unsafe { std::ptr::copy_nonoverlapping(aux as *const u8, bits.as_mut_ptr(), bits.len()) };
             for i in 0..g.m {
-                for j in 0..g.n {
+                for j in 0..n {
                     let b = i * aux_ld + j;
                     if bits[b / 8] & (1 << (b % 8)) == 0 {
-                        // SAFETY: as above.
-                        unsafe { *c.add(i * g.ldc + j) = 0.0 };
+                        vals[i * n + j] = 0.0;
                     }
                 }
             }
         }
+        // SAFETY: gemm_host checked C's span and alignment.
+        unsafe { self.store_c(g, &vals, c_bf16) };
         Ok(true)
     }
 }
@@ -155,17 +160,18 @@ fn span(rows: usize, cols: usize, ld: usize, what: &str) -> Result<usize> {
 }
 
 impl Emu {
-    /// A copy of the (rows, cols) f32 matrix at `ptr` with row stride `ld` (the whole span).
-    /// C = alpha·op(A)·op(B) + beta·C on the host, A and B already read as f32 (see [`Gemm`]).
+    /// alpha·op(A)·op(B) + beta·C on the host, A and B already read as f32 (see [`Gemm`]), C
+    /// read as bf16 when `c_bf16`: the (m, n) result, row-major and dense, before it is stored.
     ///
     /// # Safety
     /// C as described by `g` lies inside a live allocation (checked again here).
-    unsafe fn gemm_host(&self, g: &Gemm, a: &[f32], b: &[f32]) -> Result<()> {
+    unsafe fn gemm_host(&self, g: &Gemm, a: &[f32], b: &[f32], c_bf16: bool) -> Result<Vec<f32>> {
         let (m, n, k) = (g.m, g.n, g.k);
+        let esize = if c_bf16 { 2 } else { 4 };
         let c_span = span(m, n, g.ldc, "C")?;
-        self.check_range(g.c, c_span * 4, "sgemm C")?;
-        if g.c % 4 != 0 {
-            return Err(Error::msg(format!("emu: sgemm C at {:#x} is not 4-byte aligned", g.c)));
+        self.check_range(g.c, c_span * esize, "sgemm C")?;
+        if g.c % esize as u64 != 0 {
+            return Err(Error::msg(format!("emu: sgemm C at {:#x} is not {esize}-byte aligned", g.c)));
         }
         // op(A) as (m, k) rows and op(B)ᵀ as (n, k) rows, contiguous.
         let at =
@@ -184,19 +190,44 @@ impl Emu {
                 *out = acc;
             }
         });
-        let c = g.c as *mut f32;
+        let old = if g.beta == 0.0 {
+            None
+        } else if c_bf16 {
+            Some(self.read_matrix_bf16(g.c, m, n, g.ldc, "C")?)
+        } else {
+            Some(self.read_matrix(g.c, m, n, g.ldc, "C")?)
+        };
         for i in 0..m {
             for j in 0..n {
-                // SAFETY: (i, j) lies in C's checked span: i*ldc + j <= (m-1)*ldc + n-1 < c_span
-                // (ldc >= n was checked by `span`), and C is 4-byte aligned.
+                let v = g.alpha * prod[i * n + j];
+                prod[i * n + j] = match &old {
+                    None => v,
+                    Some(c) => v + g.beta * c[i * g.ldc + j],
+                };
+            }
+        }
+        Ok(prod)
+    }
+
+    /// Writes the (m, n) result `vals` into C (rounded to bf16 when `c_bf16`).
+    ///
+    /// # Safety
+    /// C's span and alignment were checked by [`Emu::gemm_host`].
+    unsafe fn store_c(&self, g: &Gemm, vals: &[f32], c_bf16: bool) {
+        for i in 0..g.m {
+            for j in 0..g.n {
+                let v = vals[i * g.n + j];
+                // SAFETY: (i, j) lies in C's checked span: i*ldc + j <= (m-1)*ldc + n-1 (ldc >= n
+                // was checked by `span`), and C is aligned for its element type.
                 unsafe {
-                    let p = c.add(i * g.ldc + j);
-                    let v = g.alpha * prod[i * n + j];
-                    *p = if g.beta == 0.0 { v } else { v + g.beta * *p };
+                    if c_bf16 {
+                        *(g.c as *mut u16).add(i * g.ldc + j) = crate::backend::cpu::convert::f32_to_bf16(v);
+                    } else {
+                        *(g.c as *mut f32).add(i * g.ldc + j) = v;
+                    }
                 }
             }
         }
-        Ok(())
     }
 
     /// A (rows, cols) bf16 matrix with row stride `ld`, widened to f32 (exact).
