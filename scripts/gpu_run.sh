@@ -48,7 +48,8 @@
 #         hfc        the HF peer with torch.compile (dynamic shapes), a second bert.base peer
 #       The bench step also runs bf16 as first measured (NLI_BERT_BF16_GEMM=copies: conversion
 #       kernels before each GEMM; --attention classic), bf16 without cuBLASLt's fused epilogues
-#       (NLI_BERT_CUBLASLT=0), bf16 without step graphs (--graphs off), and every bench with
+#       (NLI_BERT_CUBLASLT=0), bf16 without step graphs (--graphs off), bf16 with f32 activations
+#       (NLI_BERT_BF16_STORAGE=0: the products round f32 operands inside cuBLAS), and every bench with
 #       --breakdown (time per op family, in the summary; its extra steps run op by op): the
 #       before and after of issue 12.
 #       Output in $OUT (default ./gpu-out), at most 8 files as the device tool returns:
@@ -304,6 +305,7 @@ variant_label() {
     *-before) echo "${1%-before} (before: copies, classic attention)" ;;
     *-unfused) echo "${1%-unfused} (NLI_BERT_CUBLASLT=0: no fused epilogues)" ;;
     *-nographs) echo "${1%-nographs} --graphs off (every op launched on its own)" ;;
+    *-f32acts) echo "${1%-f32acts} (NLI_BERT_BF16_STORAGE=0: f32 activations)" ;;
     *) echo "$1" ;;
     esac
 }
@@ -549,12 +551,13 @@ run() {
             fi
             local variant v_args
             local v_env
-            for variant in f32 $ft_prec $ft_prec-nographs $ft_prec-unfused $ft_prec-before; do
+            for variant in f32 $ft_prec $ft_prec-f32acts $ft_prec-nographs $ft_prec-unfused $ft_prec-before; do
                 prec="$variant"
                 # bf16-before: the bf16 engine as first measured (conversion kernels into bf16
                 # copies before each GEMM, the f32 attention kernels); bf16-unfused: today's
                 # engine without cuBLASLt (plain cuBLAS GEMMs, separate bias / ReLU / bias-gradient
-                # kernels); bf16-nographs: every op launched on its own instead of step graphs
+                # kernels); bf16-nographs: every op launched on its own instead of step graphs;
+                # bf16-f32acts: activations stored in f32 (the products round inside cuBLAS)
                 v_args=(--precision "${variant%-*}") v_env=()
                 case "$variant" in
                 *-before)
@@ -562,6 +565,7 @@ run() {
                     v_env=(NLI_BERT_BF16_GEMM=copies)
                     ;;
                 *-unfused) v_env=(NLI_BERT_CUBLASLT=0) ;;
+                *-f32acts) v_env=(NLI_BERT_BF16_STORAGE=0) ;;
                 *-nographs) v_args+=(--graphs off) ;;
                 esac
                 [ "$dry" = 1 ] && [ "$dev" != emu ] && [ "$variant" != f32 ] && continue # bf16 needs a GPU (or the emulator)
@@ -766,7 +770,7 @@ summarize() {
             [ -n "$s$(get "ours_small_finetune_${prec}_result")" ] || continue
             row "nli-bert finetune --precision $prec (packed), last epoch" "$s"
         done
-        for prec in f32 bf16 bf16-nographs bf16-unfused bf16-before; do
+        for prec in f32 bf16 bf16-f32acts bf16-nographs bf16-unfused bf16-before; do
             [ -z "$(get "ours_bench_bert.small_${prec}_info")" ] || row "nli-bert bench --shape bert.small --precision $(variant_label "$prec")" "$(get "ours_bench_bert.small_$prec")"
         done
         ours="$(first ours_bench_bert.small_bf16 ours_bench_bert.small_f32 ours_small_finetune_bf16 ours_small_finetune_f32)"
@@ -790,7 +794,7 @@ summarize() {
             [ -n "$s$(get "ours_${base}_finetune_${prec}_result")" ] || continue
             row "nli-bert finetune --precision $prec ($base), last epoch" "$s"
         done
-        for prec in f32 bf16 bf16-nographs bf16-unfused bf16-before; do
+        for prec in f32 bf16 bf16-f32acts bf16-nographs bf16-unfused bf16-before; do
             [ -z "$(get "ours_bench_bert.base_${prec}_info")" ] || row "nli-bert bench --shape bert.base --precision $(variant_label "$prec") (d2l's block)" "$(get "ours_bench_bert.base_$prec")"
         done
         # The same model as the peer's first: our finetune of its saved initial weights.

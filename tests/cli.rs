@@ -732,7 +732,10 @@ fn cli_bf16_on_emu_learns_like_f32() {
     let o = small_finetune(dir.path(), &bf16_out, "bf16", &["--device", "emu"]);
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stderr}");
-    assert!(stdout.contains("on emu, bf16 GEMMs, fused epilogues, flash attention, step graphs"), "{stdout}");
+    assert!(
+        stdout.contains("on emu, bf16 activations and GEMMs, fused epilogues, flash attention, step graphs"),
+        "{stdout}"
+    );
     let last = |d: &Path| -> serde_json::Value {
         let s = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
         serde_json::from_str(s.lines().last().unwrap()).unwrap()

@@ -51,7 +51,10 @@ fn check(what: &str, got: &[f64], want: &[f64], bound: Bound) {
                 .iter()
                 .zip(want)
                 .enumerate()
-                .filter(|(_, (g, w))| !((*g - *w).abs() <= 2f64.powi(-8) * w.abs() + 1e-6 * scale))
+                .filter(|(_, (g, w))| {
+                    let err = (*g - *w).abs();
+                    err.is_nan() || err > 2f64.powi(-8) * w.abs() + 1e-6 * scale
+                })
                 .take(5)
                 .map(|(i, (g, w))| format!("[{i}] got {g} want {w}"))
                 .collect();

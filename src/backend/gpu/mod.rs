@@ -3,8 +3,9 @@
 //! [`emu::Emu`] (the CUDA execution model on the CPU, for tests without a GPU). The launch code
 //! is the same for both.
 //!
-//! Storage is f32: the parity precision, and in bf16 mode the master copy (the matrix products
-//! then read bf16 copies of their operands). Grid math and precondition checks live in the
+//! Storage is f32 (the parity precision), or in bf16 mode bf16 for the activations and their
+//! gradients ([`DType`] on every buffer and view; each kernel that touches activations has a
+//! `_bf16` twin) with f32 parameters, gradients and statistics. Grid math and precondition checks live in the
 //! launchers: a buffer too small for the shapes is a programming error and panics with the op's
 //! name before anything reaches the device. Device failures (a launch error, an out-of-memory)
 //! cannot be returned by the trait's ops, so the first one is kept ("sticky", as CUDA does) and
@@ -108,19 +109,22 @@ impl<D: Device> Gpu<D> {
         }
     }
 
-    /// A backend on `dev` whose matrix products read bf16 copies of their operands and
-    /// accumulate in fp32 (tensor cores on a GPU); parameters, Adam state, activations, LayerNorm,
-    /// softmax and the loss stay f32 (`--precision bf16`).
-    /// Attention runs on the flash kernels (bf16 tensor cores, no T×T matrix in memory) for head
-    /// sizes up to 64, the classic f32 kernels above.
+    /// A backend on `dev` in bf16 (`--precision bf16`): activations and their gradients stored as
+    /// bf16 ([`Gpu::with_bf16_storage`]), matrix products on bf16 operands with fp32 accumulation
+    /// (tensor cores on a GPU), reading the bf16 copies of the weights that Adam writes in its
+    /// pass; parameters, their gradients, Adam's state, LayerNorm's and softmax's statistics, the
+    /// classifier head's (B, ·) tensors and the loss stay f32. Attention runs on the flash kernels
+    /// (bf16 tensor cores, no T×T matrix in memory) for head sizes up to 64, the classic f32
+    /// kernels above (on f32 copies of the activations).
     ///
-    /// The products take f32 operands and cuBLAS rounds them to bf16 inside the GEMM
-    /// (`CUBLAS_COMPUTE_32F_FAST_16BF`: no conversion kernels, no bf16 scratch);
-    /// `NLI_BERT_BF16_GEMM=copies` brings back the first bf16 path (a conversion kernel per
-    /// operand into pooled scratch, then a bf16 `GemmEx`) for comparison.
+    /// `NLI_BERT_BF16_STORAGE=0` keeps the activations in f32: the products then take f32
+    /// operands and cuBLAS rounds them to bf16 inside the GEMM (`CUBLAS_COMPUTE_32F_FAST_16BF`);
+    /// `NLI_BERT_BF16_GEMM=copies` brings back the first bf16 path (f32 storage, a conversion
+    /// kernel per operand into pooled scratch, then a bf16 `GemmEx`), both for comparison.
     pub fn new_bf16(dev: D) -> Self {
         let copies = std::env::var("NLI_BERT_BF16_GEMM").is_ok_and(|v| v == "copies");
-        let storage = !std::env::var("NLI_BERT_BF16_STORAGE").is_ok_and(|v| v == "0");
+        // The first bf16 path (copies) is kept for comparison as it was: on f32 storage.
+        let storage = !copies && !std::env::var("NLI_BERT_BF16_STORAGE").is_ok_and(|v| v == "0");
         Gpu { bf16: true, flash: true, ..Self::new(dev) }.with_bf16_copies(copies).with_bf16_storage(storage)
     }
 
@@ -284,7 +288,7 @@ impl<D: Device> Backend for Gpu<D> {
     fn name(&self) -> String {
         let mut name = self.dev.name();
         if self.uses_bf16_storage() {
-            name.push_str(", bf16 activations");
+            name.push_str(", bf16 activations and GEMMs");
         } else if self.bf16 {
             name.push_str(if self.bf16_copies { ", bf16 GEMMs on copies" } else { ", bf16 GEMMs" });
         } else {

@@ -50,6 +50,7 @@ impl<D: Device> Gpu<D> {
 
     /// out (R, C) += Σ_{rows with ids == r} x (N, C) for every r < R, deterministic; x stored as
     /// bf16 when `bf16`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn selected_row_sums(
         &self,
         out: DevPtr,
