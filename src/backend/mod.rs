@@ -190,6 +190,10 @@ pub trait Backend {
     fn upload_act(&self, host: &[Self::F]) -> Result<Self::Buf> {
         self.upload(host)
     }
+    /// Bytes per stored activation element ([`Backend::alloc_act`]): 2 with bf16 storage.
+    fn act_bytes(&self) -> usize {
+        std::mem::size_of::<Self::F>()
+    }
     /// Keeps a bf16 copy of parameter buffer `params` for products on bf16 activations, written
     /// again by every [`Backend::adam_update`] / [`Backend::adam_update_rows`] in the same pass as
     /// the parameters (the GPU with bf16 storage). Parameters change only through those ops after

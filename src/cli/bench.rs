@@ -7,11 +7,12 @@
 //!   stops);
 //! - TFLOP/s: per example `6·N_mm·T + 12·C·L·T²` (N_mm the matmul parameters a token
 //!   touches, `L·(4C² + 2CF)`; the second term attention), summed over the actual batches;
-//! - GB/s, an estimate of the bytes an f32 engine moves: per token `66·C·L` activation elements
-//!   (22·C per layer forward, twice that backward), per step four passes over the
-//!   matmul weights (forward, two backward products, the gradient) and Adam's 28 bytes per updated
-//!   parameter (every parameter but the token-embedding rows the batch does not touch), plus the
-//!   embedding gathers and scatters;
+//! - GB/s, an estimate of the bytes the engine moves: per token `66·C·L` activation elements
+//!   (22·C per layer forward, twice that backward; 4 bytes each, 2 with bf16 storage), per step
+//!   four passes over the matmul weights (forward and two backward products, in bf16 from the
+//!   weights' bf16 copy with bf16 storage; the f32 gradient) and Adam's 28 bytes per updated
+//!   parameter (30 with the bf16 copy; every parameter but the token-embedding rows the batch does
+//!   not touch), plus the embedding gathers and scatters;
 //! - on a CUDA device whose card is in [`CEILINGS`] (H100, H200, A100), those figures against its
 //!   datasheet ceilings; on another card, a line saying that no ceilings are known for it.
 
@@ -215,23 +216,24 @@ pub struct FamilyTime {
 }
 
 /// FLOPs and estimated bytes per family of one step over `batch` (see [`FamilyTime`]).
-fn family_work(cfg: &BertConfig, batch: &Batch) -> Vec<(&'static str, f64, f64)> {
+/// `ab`: bytes per stored activation element.
+fn family_work(cfg: &BertConfig, batch: &Batch, ab: f64) -> Vec<(&'static str, f64, f64)> {
     let (c, f, l) = (cfg.hidden as f64, cfg.ffn as f64, cfg.layers as f64);
     let t = batch.t() as f64;
     let att: f64 = batch.lens.iter().map(|&n| (n * n) as f64).sum::<f64>() * 12.0 * c * l;
     // layernorm: 2 per layer, forward ~4·T·C floats, backward ~6·T·C.
-    let ln = l * 2.0 * 10.0 * t * c * 4.0;
+    let ln = l * 2.0 * 10.0 * t * c * ab;
     // activation.cu: the FFN nonlinearity (2·T·F forward, 3·T·F backward) and the bias adds of
     // the four Linear outputs (read + write T·(5C + F)).
-    let act = l * (5.0 * t * f + 2.0 * t * (5.0 * c + f)) * 4.0;
+    let act = l * (5.0 * t * f + 2.0 * t * (5.0 * c + f)) * ab;
     // reduce.cu: the column sums of the bias gradients read each Linear's dout once.
-    let red = l * t * (5.0 * c + f) * 4.0;
+    let red = l * t * (5.0 * c + f) * ab;
     let mut rows: Vec<i32> = batch.tokens.clone();
     rows.sort_unstable();
     rows.dedup();
     let params = cfg.param_count().unwrap_or(0) as f64;
     let untouched = (cfg.vocab_size.saturating_sub(rows.len())) as f64 * c;
-    let adam = 28.0 * (params - untouched).max(0.0);
+    let adam = if ab < 4.0 { 30.0 } else { 28.0 } * (params - untouched).max(0.0);
     vec![
         ("matmul", 6.0 * matmul_params(cfg) * t, 0.0),
         ("attention", att, 0.0),
@@ -274,19 +276,21 @@ pub fn train_flops(cfg: &BertConfig, lens: &[usize]) -> f64 {
     lens.iter().map(|&t| 6.0 * nmm * t as f64 + att * (t * t) as f64).sum()
 }
 
-/// Estimated bytes an f32 training step moves over one packed batch (see the module docs).
-pub fn train_bytes(cfg: &BertConfig, batch: &Batch) -> f64 {
+/// Estimated bytes a training step moves over one packed batch (see the module docs); `ab`: bytes
+/// per stored activation element (4, or 2 with bf16 storage).
+pub fn train_bytes(cfg: &BertConfig, batch: &Batch, ab: f64) -> f64 {
     let (c, l) = (cfg.hidden as f64, cfg.layers as f64);
     let t = batch.t() as f64;
-    let acts = 66.0 * c * l * t * 4.0;
-    let weights = 4.0 * matmul_params(cfg) * 4.0;
+    let acts = 66.0 * c * l * t * ab;
+    let weights = (3.0 * ab + 4.0) * matmul_params(cfg);
     let embed = 2.0 * 3.0 * t * c * 4.0;
     let mut rows: Vec<i32> = batch.tokens.clone();
     rows.sort_unstable();
     rows.dedup();
     let params = cfg.param_count().unwrap_or(0) as f64;
     let untouched = (cfg.vocab_size.saturating_sub(rows.len())) as f64 * c;
-    acts + weights + embed + 28.0 * (params - untouched).max(0.0)
+    let adam = if ab < 4.0 { 30.0 } else { 28.0 };
+    acts + weights + embed + adam * (params - untouched).max(0.0)
 }
 
 /// `n` random pairs with SNLI-like lengths (premise 8..=20 tokens, hypothesis 4..=12, so about
@@ -377,7 +381,7 @@ pub fn time_steps<B: Backend>(
             rep.examples += b.b();
             rep.tokens += b.t();
             rep.flops += train_flops(cfg, &b.lens);
-            rep.bytes += train_bytes(cfg, b);
+            rep.bytes += train_bytes(cfg, b, be.act_bytes() as f64);
         }
     }
     take(stepper.drain(be)?, &mut loss);
@@ -406,7 +410,7 @@ pub fn time_steps<B: Backend>(
             let b = &batches[step % batches.len()];
             let mode = Mode { dropout: a.dropout, seed: a.seed, step: step as u64 };
             model.train_step(be, &mut opt, &mut acts, b, mode)?;
-            for (fam, flops, bytes) in family_work(cfg, b) {
+            for (fam, flops, bytes) in family_work(cfg, b, be.act_bytes() as f64) {
                 match work.iter_mut().find(|w| w.0 == fam) {
                     Some(w) => (w.1, w.2) = (w.1 + flops, w.2 + bytes),
                     None => work.push((fam, flops, bytes)),

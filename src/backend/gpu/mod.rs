@@ -335,6 +335,14 @@ impl<D: Device> Backend for Gpu<D> {
         Ok(b)
     }
 
+    fn act_bytes(&self) -> usize {
+        if self.uses_bf16_storage() {
+            2
+        } else {
+            4
+        }
+    }
+
     fn keep_bf16_copy(&self, params: &mut Self::Buf) -> Result<()> {
         if !self.uses_bf16_storage() || params.dtype != DType::F32 {
             return Ok(());
