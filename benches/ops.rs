@@ -107,7 +107,7 @@ fn batch<B: Backend>(be: &B, s: &Shapes) -> DeviceBatch<B> {
 }
 
 fn drop(site: u32) -> Dropout {
-    Dropout { p: 0.1, seed: 1, step: 1, site }
+    Dropout::new(0.1, 1, 1, site)
 }
 
 fn group<'a>(

@@ -106,34 +106,34 @@ extern "C" __global__ void bias_forward_bf16(unsigned short* __restrict__ out, c
 template <typename A>
 __device__ __forceinline__ void nli_dropout_apply(A* __restrict__ out, const A* __restrict__ x, long long n,
                                                   unsigned long long seed, unsigned int step, unsigned int site,
-                                                  unsigned int thr, float scale) {
+                                                  unsigned int thr, float scale, unsigned long long doff) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    nli_dropout d = nli_make_dropout(seed, step, site, thr, scale);
+    nli_dropout d = nli_make_dropout(seed, step, site, thr, scale, doff);
     nli_st(out + i, nli_ld(x + i) * nli_dropout_factor(d, (unsigned long long)i));
 }
 
 extern "C" __global__ void dropout_forward(float* __restrict__ out, const float* __restrict__ x, long long n,
                                            unsigned long long seed, unsigned int step, unsigned int site,
-                                           unsigned int thr, float scale) {
-    nli_dropout_apply(out, x, n, seed, step, site, thr, scale);
+                                           unsigned int thr, float scale, unsigned long long doff) {
+    nli_dropout_apply(out, x, n, seed, step, site, thr, scale, doff);
 }
 
 extern "C" __global__ void dropout_forward_bf16(unsigned short* __restrict__ out, const unsigned short* __restrict__ x,
                                                 long long n, unsigned long long seed, unsigned int step,
-                                                unsigned int site, unsigned int thr, float scale) {
-    nli_dropout_apply(out, x, n, seed, step, site, thr, scale);
+                                                unsigned int site, unsigned int thr, float scale, unsigned long long doff) {
+    nli_dropout_apply(out, x, n, seed, step, site, thr, scale, doff);
 }
 
 extern "C" __global__ void dropout_backward(float* __restrict__ dinp, const float* __restrict__ dout,
                                             long long n, unsigned long long seed, unsigned int step,
-                                            unsigned int site, unsigned int thr, float scale) {
-    nli_dropout_apply(dinp, dout, n, seed, step, site, thr, scale);
+                                            unsigned int site, unsigned int thr, float scale, unsigned long long doff) {
+    nli_dropout_apply(dinp, dout, n, seed, step, site, thr, scale, doff);
 }
 
 extern "C" __global__ void dropout_backward_bf16(unsigned short* __restrict__ dinp,
                                                  const unsigned short* __restrict__ dout, long long n,
                                                  unsigned long long seed, unsigned int step, unsigned int site,
-                                                 unsigned int thr, float scale) {
-    nli_dropout_apply(dinp, dout, n, seed, step, site, thr, scale);
+                                                 unsigned int thr, float scale, unsigned long long doff) {
+    nli_dropout_apply(dinp, dout, n, seed, step, site, thr, scale, doff);
 }

@@ -47,7 +47,7 @@ extern "C" __global__ void attention_forward(float* __restrict__ out, float* __r
                                              const float* __restrict__ qkv, const int* __restrict__ cu_seqlens,
                                              const int* __restrict__ att_offsets, int nh, int c, int smem_floats,
                                              unsigned long long seed, unsigned int step, unsigned int site,
-                                             unsigned int thr, float scale) {
+                                             unsigned int thr, float scale, unsigned long long doff) {
     NLI_DYNAMIC_SHARED(float, nli_att_smem);
     const int b = blockIdx.x, h = blockIdx.y;
     const int r0 = cu_seqlens[b];
@@ -63,7 +63,7 @@ extern "C" __global__ void attention_forward(float* __restrict__ out, float* __r
     float* o = out + (long long)r0 * c + (long long)h * hs;
     const float sq = sqrtf((float)hs);
     const bool shared_rows = (long long)nwarps * len <= smem_floats;
-    const nli_dropout d = nli_make_dropout(seed, step, site, thr, scale);
+    const nli_dropout d = nli_make_dropout(seed, step, site, thr, scale, doff);
 
     for (int i = warp; i < len; i += nwarps) {
         float* prow = att + base + (long long)i * len;
@@ -116,7 +116,7 @@ extern "C" __global__ void attention_backward(float* __restrict__ dqkv, const fl
                                               const int* __restrict__ cu_seqlens,
                                               const int* __restrict__ att_offsets, int nh, int c, int smem_floats,
                                               unsigned long long seed, unsigned int step, unsigned int site,
-                                              unsigned int thr, float scale) {
+                                              unsigned int thr, float scale, unsigned long long doff) {
     NLI_DYNAMIC_SHARED(float, nli_att_smem);
     const int b = blockIdx.x, h = blockIdx.y;
     const int r0 = cu_seqlens[b];
@@ -139,7 +139,7 @@ extern "C" __global__ void attention_backward(float* __restrict__ dqkv, const fl
     const int lds = len | 1;  // row stride of dS in shared memory (odd: no bank conflicts by column)
     const bool full = (long long)len * lds <= smem_floats;
     float* rsum = nli_att_smem;  // fallback: r_i (L floats), then one dS row of L floats per warp
-    const nli_dropout d = nli_make_dropout(seed, step, site, thr, scale);
+    const nli_dropout d = nli_make_dropout(seed, step, site, thr, scale, doff);
 
     // Phase 1, warp per query row i: dS_i and dQ_i = Σ_j dS_ij K_j.
     for (int i = warp; i < len; i += nwarps) {
@@ -838,9 +838,9 @@ extern "C" __global__ void __launch_bounds__(128)
 attention_flash_forward_d16(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ qkv,
                             const int* __restrict__ cu_seqlens, const int* __restrict__ att_offsets, int nb,
                             int t_rows, int nh, int c, unsigned long long seed, unsigned int step,
-                            unsigned int site, unsigned int thr, float scale) {
+                            unsigned int site, unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_forward<16>(out, lse, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                        nli_make_dropout(seed, step, site, thr, scale));
+                        nli_make_dropout(seed, step, site, thr, scale, doff));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -849,9 +849,9 @@ attention_flash_backward_dkdv_d16(float* __restrict__ dqkv, const float* __restr
                                   const float* __restrict__ qkv, const int* __restrict__ cu_seqlens,
                                   const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
                                   unsigned long long seed, unsigned int step, unsigned int site,
-                                  unsigned int thr, float scale) {
+                                  unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_backward_dkdv<16>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                              nli_make_dropout(seed, step, site, thr, scale));
+                              nli_make_dropout(seed, step, site, thr, scale, doff));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -860,18 +860,18 @@ attention_flash_backward_dq_d16(float* __restrict__ dqkv, const float* __restric
                                 const float* __restrict__ qkv, const int* __restrict__ cu_seqlens,
                                 const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
                                 unsigned long long seed, unsigned int step, unsigned int site,
-                                unsigned int thr, float scale) {
+                                unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_backward_dq<16>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                            nli_make_dropout(seed, step, site, thr, scale));
+                            nli_make_dropout(seed, step, site, thr, scale, doff));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
 attention_flash_forward_d32(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ qkv,
                             const int* __restrict__ cu_seqlens, const int* __restrict__ att_offsets, int nb,
                             int t_rows, int nh, int c, unsigned long long seed, unsigned int step,
-                            unsigned int site, unsigned int thr, float scale) {
+                            unsigned int site, unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_forward<32>(out, lse, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                        nli_make_dropout(seed, step, site, thr, scale));
+                        nli_make_dropout(seed, step, site, thr, scale, doff));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -880,9 +880,9 @@ attention_flash_backward_dkdv_d32(float* __restrict__ dqkv, const float* __restr
                                   const float* __restrict__ qkv, const int* __restrict__ cu_seqlens,
                                   const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
                                   unsigned long long seed, unsigned int step, unsigned int site,
-                                  unsigned int thr, float scale) {
+                                  unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_backward_dkdv<32>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                              nli_make_dropout(seed, step, site, thr, scale));
+                              nli_make_dropout(seed, step, site, thr, scale, doff));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -891,18 +891,18 @@ attention_flash_backward_dq_d32(float* __restrict__ dqkv, const float* __restric
                                 const float* __restrict__ qkv, const int* __restrict__ cu_seqlens,
                                 const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
                                 unsigned long long seed, unsigned int step, unsigned int site,
-                                unsigned int thr, float scale) {
+                                unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_backward_dq<32>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                            nli_make_dropout(seed, step, site, thr, scale));
+                            nli_make_dropout(seed, step, site, thr, scale, doff));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
 attention_flash_forward_d64(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ qkv,
                             const int* __restrict__ cu_seqlens, const int* __restrict__ att_offsets, int nb,
                             int t_rows, int nh, int c, unsigned long long seed, unsigned int step,
-                            unsigned int site, unsigned int thr, float scale) {
+                            unsigned int site, unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_forward<64>(out, lse, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                        nli_make_dropout(seed, step, site, thr, scale));
+                        nli_make_dropout(seed, step, site, thr, scale, doff));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -911,9 +911,9 @@ attention_flash_backward_dkdv_d64(float* __restrict__ dqkv, const float* __restr
                                   const float* __restrict__ qkv, const int* __restrict__ cu_seqlens,
                                   const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
                                   unsigned long long seed, unsigned int step, unsigned int site,
-                                  unsigned int thr, float scale) {
+                                  unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_backward_dkdv<64>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                              nli_make_dropout(seed, step, site, thr, scale));
+                              nli_make_dropout(seed, step, site, thr, scale, doff));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -922,9 +922,9 @@ attention_flash_backward_dq_d64(float* __restrict__ dqkv, const float* __restric
                                 const float* __restrict__ qkv, const int* __restrict__ cu_seqlens,
                                 const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
                                 unsigned long long seed, unsigned int step, unsigned int site,
-                                unsigned int thr, float scale) {
+                                unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_backward_dq<64>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                            nli_make_dropout(seed, step, site, thr, scale));
+                            nli_make_dropout(seed, step, site, thr, scale, doff));
 }
 
 // The same on bf16 activations (qkv, out, dout, dqkv stored as bf16; lse and dd stay float).
@@ -933,9 +933,9 @@ extern "C" __global__ void __launch_bounds__(128)
 attention_flash_forward_d16_bf16(unsigned short* __restrict__ out, float* __restrict__ lse, const unsigned short* __restrict__ qkv,
                             const int* __restrict__ cu_seqlens, const int* __restrict__ att_offsets, int nb,
                             int t_rows, int nh, int c, unsigned long long seed, unsigned int step,
-                            unsigned int site, unsigned int thr, float scale) {
+                            unsigned int site, unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_forward<16>(out, lse, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                        nli_make_dropout(seed, step, site, thr, scale));
+                        nli_make_dropout(seed, step, site, thr, scale, doff));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -944,9 +944,9 @@ attention_flash_backward_dkdv_d16_bf16(unsigned short* __restrict__ dqkv, const 
                                   const unsigned short* __restrict__ qkv, const int* __restrict__ cu_seqlens,
                                   const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
                                   unsigned long long seed, unsigned int step, unsigned int site,
-                                  unsigned int thr, float scale) {
+                                  unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_backward_dkdv<16>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                              nli_make_dropout(seed, step, site, thr, scale));
+                              nli_make_dropout(seed, step, site, thr, scale, doff));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -955,18 +955,18 @@ attention_flash_backward_dq_d16_bf16(unsigned short* __restrict__ dqkv, const un
                                 const unsigned short* __restrict__ qkv, const int* __restrict__ cu_seqlens,
                                 const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
                                 unsigned long long seed, unsigned int step, unsigned int site,
-                                unsigned int thr, float scale) {
+                                unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_backward_dq<16>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                            nli_make_dropout(seed, step, site, thr, scale));
+                            nli_make_dropout(seed, step, site, thr, scale, doff));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
 attention_flash_forward_d32_bf16(unsigned short* __restrict__ out, float* __restrict__ lse, const unsigned short* __restrict__ qkv,
                             const int* __restrict__ cu_seqlens, const int* __restrict__ att_offsets, int nb,
                             int t_rows, int nh, int c, unsigned long long seed, unsigned int step,
-                            unsigned int site, unsigned int thr, float scale) {
+                            unsigned int site, unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_forward<32>(out, lse, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                        nli_make_dropout(seed, step, site, thr, scale));
+                        nli_make_dropout(seed, step, site, thr, scale, doff));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -975,9 +975,9 @@ attention_flash_backward_dkdv_d32_bf16(unsigned short* __restrict__ dqkv, const 
                                   const unsigned short* __restrict__ qkv, const int* __restrict__ cu_seqlens,
                                   const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
                                   unsigned long long seed, unsigned int step, unsigned int site,
-                                  unsigned int thr, float scale) {
+                                  unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_backward_dkdv<32>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                              nli_make_dropout(seed, step, site, thr, scale));
+                              nli_make_dropout(seed, step, site, thr, scale, doff));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -986,18 +986,18 @@ attention_flash_backward_dq_d32_bf16(unsigned short* __restrict__ dqkv, const un
                                 const unsigned short* __restrict__ qkv, const int* __restrict__ cu_seqlens,
                                 const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
                                 unsigned long long seed, unsigned int step, unsigned int site,
-                                unsigned int thr, float scale) {
+                                unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_backward_dq<32>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                            nli_make_dropout(seed, step, site, thr, scale));
+                            nli_make_dropout(seed, step, site, thr, scale, doff));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
 attention_flash_forward_d64_bf16(unsigned short* __restrict__ out, float* __restrict__ lse, const unsigned short* __restrict__ qkv,
                             const int* __restrict__ cu_seqlens, const int* __restrict__ att_offsets, int nb,
                             int t_rows, int nh, int c, unsigned long long seed, unsigned int step,
-                            unsigned int site, unsigned int thr, float scale) {
+                            unsigned int site, unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_forward<64>(out, lse, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                        nli_make_dropout(seed, step, site, thr, scale));
+                        nli_make_dropout(seed, step, site, thr, scale, doff));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -1006,9 +1006,9 @@ attention_flash_backward_dkdv_d64_bf16(unsigned short* __restrict__ dqkv, const 
                                   const unsigned short* __restrict__ qkv, const int* __restrict__ cu_seqlens,
                                   const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
                                   unsigned long long seed, unsigned int step, unsigned int site,
-                                  unsigned int thr, float scale) {
+                                  unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_backward_dkdv<64>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                              nli_make_dropout(seed, step, site, thr, scale));
+                              nli_make_dropout(seed, step, site, thr, scale, doff));
 }
 
 extern "C" __global__ void __launch_bounds__(128)
@@ -1017,7 +1017,7 @@ attention_flash_backward_dq_d64_bf16(unsigned short* __restrict__ dqkv, const un
                                 const unsigned short* __restrict__ qkv, const int* __restrict__ cu_seqlens,
                                 const int* __restrict__ att_offsets, int nb, int t_rows, int nh, int c,
                                 unsigned long long seed, unsigned int step, unsigned int site,
-                                unsigned int thr, float scale) {
+                                unsigned int thr, float scale, unsigned long long doff) {
     nli_fa_backward_dq<64>(dqkv, dout, lse, dd, qkv, cu_seqlens, att_offsets, nb, t_rows, nh, c,
-                            nli_make_dropout(seed, step, site, thr, scale));
+                            nli_make_dropout(seed, step, site, thr, scale, doff));
 }

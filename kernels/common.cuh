@@ -62,28 +62,31 @@ __device__ __forceinline__ unsigned int nli_dropout_bits(unsigned long long seed
 }
 
 // Dropout parameters as passed to kernels: thr = ceil(p * 2^24) (0 = dropout off), scale =
-// 1/(1-p) rounded to float on the host.
+// 1/(1-p) rounded to float on the host, doff = the offset added to every element index (the
+// position of a data-parallel shard's tensor in the whole batch's; 0 otherwise).
 struct nli_dropout {
     unsigned long long seed;
     unsigned int step, site, thr;
     float scale;
+    unsigned long long base;  // added to every element index (a shard's place in the whole batch)
 };
 
 __device__ __forceinline__ nli_dropout nli_make_dropout(unsigned long long seed, unsigned int step,
-                                                        unsigned int site, unsigned int thr, float scale) {
+                                                        unsigned int site, unsigned int thr, float scale, unsigned long long doff) {
     nli_dropout d;
     d.seed = seed;
     d.step = step;
     d.site = site;
     d.thr = thr;
     d.scale = scale;
+    d.base = doff;
     return d;
 }
 
 // The factor of element `idx`: 1 when dropout is off, else 0 (dropped) or scale (kept).
 __device__ __forceinline__ float nli_dropout_factor(const nli_dropout& d, unsigned long long idx) {
     if (d.thr == 0u) return 1.0f;
-    return (nli_dropout_bits(d.seed, d.step, d.site, idx) >> 8) >= d.thr ? d.scale : 0.0f;
+    return (nli_dropout_bits(d.seed, d.step, d.site, idx + d.base) >> 8) >= d.thr ? d.scale : 0.0f;
 }
 
 // ---- reductions ----------------------------------------------------------------------------

@@ -22,12 +22,12 @@ __device__ __forceinline__ void nli_layernorm_forward(A* __restrict__ out, A* __
                                                       const float* __restrict__ weight,
                                                       const float* __restrict__ bias, float eps, int t, int c,
                                                       unsigned long long seed, unsigned int step, unsigned int site,
-                                                      unsigned int thr, float scale) {
+                                                      unsigned int thr, float scale, unsigned long long doff) {
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= t) return;  // whole warps leave together
     const long long base = (long long)row * c;
-    nli_dropout d = nli_make_dropout(seed, step, site, thr, scale);
+    nli_dropout d = nli_make_dropout(seed, step, site, thr, scale, doff);
     float acc = 0.0f;
     for (int j = lane; j < c; j += 32) {
         float x = nli_ld(res + base + j);
@@ -56,8 +56,8 @@ extern "C" __global__ void layernorm_forward(float* __restrict__ out, float* __r
                                            const float* __restrict__ res, const float* __restrict__ sub,
                                            const float* __restrict__ weight, const float* __restrict__ bias,
                                            float eps, int t, int c, unsigned long long seed, unsigned int step,
-                                           unsigned int site, unsigned int thr, float scale) {
-    nli_layernorm_forward(out, sum, mean, rstd, res, sub, weight, bias, eps, t, c, seed, step, site, thr, scale);
+                                           unsigned int site, unsigned int thr, float scale, unsigned long long doff) {
+    nli_layernorm_forward(out, sum, mean, rstd, res, sub, weight, bias, eps, t, c, seed, step, site, thr, scale, doff);
 }
 
 extern "C" __global__ void layernorm_forward_bf16(unsigned short* __restrict__ out, unsigned short* __restrict__ sum,
@@ -66,8 +66,8 @@ extern "C" __global__ void layernorm_forward_bf16(unsigned short* __restrict__ o
                                                   const unsigned short* __restrict__ sub,
                                                   const float* __restrict__ weight, const float* __restrict__ bias,
                                                   float eps, int t, int c, unsigned long long seed, unsigned int step,
-                                                  unsigned int site, unsigned int thr, float scale) {
-    nli_layernorm_forward(out, sum, mean, rstd, res, sub, weight, bias, eps, t, c, seed, step, site, thr, scale);
+                                                  unsigned int site, unsigned int thr, float scale, unsigned long long doff) {
+    nli_layernorm_forward(out, sum, mean, rstd, res, sub, weight, bias, eps, t, c, seed, step, site, thr, scale, doff);
 }
 
 template <typename A>
@@ -77,7 +77,7 @@ __device__ __forceinline__ void nli_layernorm_backward_rows(A* __restrict__ dres
                                                             const float* __restrict__ rstd,
                                                             const float* __restrict__ weight, int t, int c,
                                                             unsigned long long seed, unsigned int step,
-                                                            unsigned int site, unsigned int thr, float scale) {
+                                                            unsigned int site, unsigned int thr, float scale, unsigned long long doff) {
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= t) return;
@@ -91,7 +91,7 @@ __device__ __forceinline__ void nli_layernorm_backward_rows(A* __restrict__ dres
     }
     const float inv_c = 1.0f / (float)c;
     const float mg = nli_warp_sum(sg) * inv_c, mgx = nli_warp_sum(sgx) * inv_c;
-    nli_dropout d = nli_make_dropout(seed, step, site, thr, scale);
+    nli_dropout d = nli_make_dropout(seed, step, site, thr, scale, doff);
     for (int j = lane; j < c; j += 32) {
         float v = rs * (nli_ld(dout + base + j) * weight[j] - mg - (nli_ld(sum + base + j) - mu) * rs * mgx);
         nli_st(dres + base + j, v);
@@ -104,8 +104,8 @@ extern "C" __global__ void layernorm_backward_rows(float* __restrict__ dres, flo
                                                  const float* __restrict__ mean, const float* __restrict__ rstd,
                                                  const float* __restrict__ weight, int t, int c,
                                                  unsigned long long seed, unsigned int step, unsigned int site,
-                                                 unsigned int thr, float scale) {
-    nli_layernorm_backward_rows(dres, dsub, dout, sum, mean, rstd, weight, t, c, seed, step, site, thr, scale);
+                                                 unsigned int thr, float scale, unsigned long long doff) {
+    nli_layernorm_backward_rows(dres, dsub, dout, sum, mean, rstd, weight, t, c, seed, step, site, thr, scale, doff);
 }
 
 extern "C" __global__ void layernorm_backward_rows_bf16(unsigned short* __restrict__ dres,
@@ -115,6 +115,6 @@ extern "C" __global__ void layernorm_backward_rows_bf16(unsigned short* __restri
                                                       const float* __restrict__ mean, const float* __restrict__ rstd,
                                                       const float* __restrict__ weight, int t, int c,
                                                       unsigned long long seed, unsigned int step, unsigned int site,
-                                                      unsigned int thr, float scale) {
-    nli_layernorm_backward_rows(dres, dsub, dout, sum, mean, rstd, weight, t, c, seed, step, site, thr, scale);
+                                                      unsigned int thr, float scale, unsigned long long doff) {
+    nli_layernorm_backward_rows(dres, dsub, dout, sum, mean, rstd, weight, t, c, seed, step, site, thr, scale, doff);
 }

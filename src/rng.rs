@@ -65,11 +65,25 @@ pub struct Dropout {
     pub step: u64,
     /// Dropout site id (see [`site`]).
     pub site: u32,
+    /// Added to every element index: the position of this tensor's first element in the tensor
+    /// of the whole batch, for a shard of a batch (data parallel), so that it drops the units the
+    /// whole batch would (0 otherwise).
+    pub offset: u64,
 }
 
 impl Dropout {
     /// No dropout.
-    pub const OFF: Dropout = Dropout { p: 0.0, seed: 0, step: 0, site: 0 };
+    pub const OFF: Dropout = Dropout { p: 0.0, seed: 0, step: 0, site: 0, offset: 0 };
+
+    /// A site's dropout at a step (offset 0).
+    pub fn new(p: f64, seed: u64, step: u64, site: u32) -> Dropout {
+        Dropout { p, seed, step, site, offset: 0 }
+    }
+
+    /// The same dropout with element indices shifted by `offset` (see [`Dropout::offset`]).
+    pub fn shifted(self, offset: u64) -> Dropout {
+        Dropout { offset: self.offset + offset, ..self }
+    }
 
     /// Whether this dropout does anything.
     #[inline]
@@ -83,7 +97,7 @@ impl Dropout {
         if self.p <= 0.0 {
             return true;
         }
-        (dropout_bits(self.seed, self.step, self.site, idx) >> 8) >= dropout_threshold(self.p)
+        (dropout_bits(self.seed, self.step, self.site, idx + self.offset) >> 8) >= dropout_threshold(self.p)
     }
 
     /// The factor applied to element `idx`: 0 if dropped, 1/(1-p) if kept (PyTorch's inverted
@@ -212,7 +226,7 @@ mod tests {
 
     #[test]
     fn dropout_rate_is_p() {
-        let d = Dropout { p: 0.2, seed: 7, step: 3, site: 1 };
+        let d = Dropout::new(0.2, 7, 3, 1);
         let n = 200_000u64;
         let kept = (0..n).filter(|&i| d.keep(i)).count() as f64 / n as f64;
         assert!((kept - 0.8).abs() < 0.005, "kept fraction {kept}");
@@ -237,5 +251,16 @@ mod tests {
         s.sort();
         assert_eq!(s, (0..100).collect::<Vec<_>>());
         assert_ne!(v, s);
+    }
+
+    #[test]
+    fn a_shifted_dropout_is_the_whole_tensors_dropout_further_on() {
+        let d = Dropout::new(0.4, 11, 2, 3);
+        let shard = d.shifted(1000);
+        for i in 0..500u64 {
+            assert_eq!(shard.keep(i), d.keep(1000 + i));
+            assert_eq!(shard.factor(i), d.factor(1000 + i));
+        }
+        assert_eq!(d.shifted(5).shifted(7).offset, 12);
     }
 }

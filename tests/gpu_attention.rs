@@ -140,11 +140,7 @@ fn compare(k: &Case, dropout: Dropout, cfg: Option<AttentionLaunch>) {
 }
 
 fn dropouts() -> [Dropout; 3] {
-    [
-        Dropout::OFF,
-        Dropout { p: 0.1, seed: 0x5eed_0001_0002, step: 3, site: 6 },
-        Dropout { p: 0.5, seed: 42, step: 1 << 33, site: 0 },
-    ]
+    [Dropout::OFF, Dropout::new(0.1, 0x5eed_0001_0002, 3, 6), Dropout::new(0.5, 42, 1 << 33, 0)]
 }
 
 /// The standard shapes: lengths 3 and max_len with 1 and random lengths; C and hs not multiples

@@ -280,7 +280,7 @@ fn elementwise(dev: Dev) {
         let dy = rb(&randn(&mut rng, t * c));
         let dcls = randn(&mut rng, nb * c);
         for act_fn in [Activation::Relu, Activation::Gelu, Activation::GeluTanh, Activation::Tanh] {
-            let drop = Dropout { p: 0.1, seed: 77 + si as u64, step: 3, site: 2 };
+            let drop = Dropout::new(0.1, 77 + si as u64, 3, 2);
             compare!(dev, true, |be| {
                 let (xb, dyb) = (act(&be, &x), act(&be, &dy));
                 let mut y = be.alloc_act(t * c).unwrap();
@@ -338,7 +338,7 @@ fn layernorm(dev: Dev) {
         let b = randn(&mut rng, c);
         let (dw0, db0) = (randn(&mut rng, c), randn(&mut rng, c));
         for (with_sub, p) in [(true, 0.0), (true, 0.2), (false, 0.0)] {
-            let drop = Dropout { p, seed: 5, step: 3, site: 1 };
+            let drop = Dropout::new(p, 5, 3, 1);
             compare!(dev, true, |be| {
                 let (rbuf, sbuf, dyb, wb, bb) =
                     (act(&be, &res), act(&be, &sub), act(&be, &dy), up(&be, &w), up(&be, &b));
@@ -402,7 +402,7 @@ fn classic_attention(dev: Dev) {
     let t: usize = lens.iter().sum();
     let mut rng = HostRng::new(3, 15);
     let (qkv, dout) = (rb(&randn(&mut rng, t * 3 * c)), rb(&randn(&mut rng, t * c)));
-    let drop = Dropout { p: 0.1, seed: 9, step: 2, site: 4 };
+    let drop = Dropout::new(0.1, 9, 2, 4);
     compare!(dev, true, |be| {
         let bt = batch(&be, &lens, 3, 1);
         let (q, d) = (act(&be, &qkv), act(&be, &dout));

@@ -204,7 +204,7 @@ fn classifier_cls_and_dropout_match_cpu_f64(dev: Dev) {
         let (t, nb) = (s.lens.iter().sum::<usize>(), s.lens.len());
         let (x, dy) = (randn(&mut rng, t * s.c), randn(&mut rng, nb * s.c));
         for p in [0.0, 0.1, 0.5] {
-            let drop = Dropout { p, seed: 1234 + si as u64, step: 7, site: 5 };
+            let drop = Dropout::new(p, 1234 + si as u64, 7, 5);
             on_both!(dev, 0.0, 1e-6, |be| {
                 let bt = batch(&be, &s.lens, s.v, 3);
                 let (xb, dyb) = (up(&be, &x), up(&be, &dy));
@@ -236,7 +236,7 @@ fn layernorm_matches_cpu_f64(dev: Dev) {
         let b = randn(&mut rng, c);
         let (dw0, db0) = (randn(&mut rng, c), randn(&mut rng, c));
         for (with_sub, p) in [(true, 0.0), (true, 0.2), (false, 0.0)] {
-            let drop = Dropout { p, seed: 5, step: 3, site: 1 };
+            let drop = Dropout::new(p, 5, 3, 1);
             on_both!(dev, 1e-5, 1e-4, |be| {
                 let (rb, sb, dyb, wb, bb) =
                     (up(&be, &res), up(&be, &sub), up(&be, &dy), up(&be, &w), up(&be, &b));

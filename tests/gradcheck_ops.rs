@@ -121,7 +121,7 @@ fn added(after: &[f64], before: &[f64]) -> Vec<f64> {
 
 const DROP: f64 = 0.3;
 fn dropout(site: u32) -> Dropout {
-    Dropout { p: DROP, seed: 1234, step: 5, site }
+    Dropout::new(DROP, 1234, 5, site)
 }
 
 // ---- gradient checks -------------------------------------------------------------------------
@@ -646,7 +646,7 @@ fn run_all<F: Float>(inputs: &[Vec<f64>]) -> Vec<(String, Vec<f64>)> {
     put("matmul_backward dbias", &db);
 
     // attention: qkv (T,3C)
-    let drop = Dropout { p: 0.1, seed: 3, step: 2, site: 0 };
+    let drop = Dropout::new(0.1, 3, 2, 0);
     let (mut out, mut att) = (z(t * c), z(bt.layout.att_len(nh)));
     cpu.attention_forward(&mut out, &mut att, &x[7][..t * 3 * c], &bt, nh, c, drop);
     put("attention_forward out", &out);
@@ -659,7 +659,7 @@ fn run_all<F: Float>(inputs: &[Vec<f64>]) -> Vec<(String, Vec<f64>)> {
     for with_sub in [true, false] {
         let sub = with_sub.then(|| &x[8][..t * c]);
         let (mut o, mut s, mut m, mut r) = (z(t * c), z(t * c), z(t), z(t));
-        let drop = Dropout { p: 0.2, seed: 3, step: 2, site: 1 };
+        let drop = Dropout::new(0.2, 3, 2, 1);
         cpu.layernorm_forward(
             &mut o,
             &mut s,
@@ -715,7 +715,7 @@ fn run_all<F: Float>(inputs: &[Vec<f64>]) -> Vec<(String, Vec<f64>)> {
     let mut dx = z(t * c);
     cpu.cls_backward(&mut dx, &x[9][..nb * c], &bt, c);
     put("cls_backward", &dx);
-    let drop = Dropout { p: 0.5, seed: 1, step: 1, site: 7 };
+    let drop = Dropout::new(0.5, 1, 1, 7);
     let mut dr = z(t * c);
     cpu.dropout_forward(&mut dr, &x[3][..t * c], drop);
     put("dropout_forward", &dr);

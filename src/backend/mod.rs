@@ -29,6 +29,20 @@ pub enum Activation {
     Tanh,
 }
 
+/// Where a packed batch sits in a larger one it is a shard of (data parallel: each rank runs a
+/// contiguous run of the whole batch's sequences): the rows, sequences and `Σ len²` before it.
+/// It shifts the shard's dropout element indices ([`crate::rng::Dropout::offset`]) so that the
+/// shard drops the units the whole batch would. Zero for a batch of its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// Tokens (rows of every (T, ·) tensor) before the shard.
+    pub rows: usize,
+    /// Sequences before the shard.
+    pub seqs: usize,
+    /// `Σ len²` of the sequences before the shard.
+    pub att: usize,
+}
+
 /// The host-side description of a packed batch, shared by every backend.
 ///
 /// Sequence `b` occupies rows `cu_seqlens[b]..cu_seqlens[b+1]` of every `(T, ·)` tensor.
@@ -42,6 +56,8 @@ pub struct BatchLayout {
     /// The leading sequences that are examples (with a label, gathered by the classifier): all
     /// of them, except after [`BatchLayout::padded`], whose last sequence is padding.
     pub examples: usize,
+    /// The batch's place in the whole batch it is a shard of (see [`Origin`]).
+    pub origin: Origin,
 }
 
 impl BatchLayout {
@@ -55,7 +71,7 @@ impl BatchLayout {
             cu.push(cu.last().copied().unwrap_or(0) + l);
             att.push(att.last().copied().unwrap_or(0) + l * l);
         }
-        BatchLayout { cu_seqlens: cu, att_offsets: att, examples: lens.len() }
+        BatchLayout { cu_seqlens: cu, att_offsets: att, examples: lens.len(), origin: Origin::default() }
     }
 
     /// Layout for sequences of the given lengths followed by one padding sequence of `pad`
@@ -68,6 +84,11 @@ impl BatchLayout {
             all.push(pad);
         }
         BatchLayout { examples: lens.len(), ..Self::new(&all) }
+    }
+
+    /// The same layout as a shard at `origin` of a larger batch.
+    pub fn with_origin(self, origin: Origin) -> Self {
+        BatchLayout { origin, ..self }
     }
 
     /// Number of examples (sequences with a label), B without the padding sequence.
@@ -202,6 +223,8 @@ pub trait Backend {
         let _ = params;
         Ok(())
     }
+    /// Copies `host` into the elements of `dst` (same length; rounded to a bf16 view's storage).
+    fn upload_into(&self, dst: Self::SliceMut<'_>, host: &[Self::F]) -> Result<()>;
     /// A device copy of integer data.
     fn upload_i32(&self, host: &[i32]) -> Result<Self::IBuf>;
     /// Host copy of a view.

@@ -131,7 +131,35 @@ impl Mode {
     /// Evaluation: no dropout.
     pub const EVAL: Mode = Mode { dropout: 0.0, seed: 0, step: 0 };
     fn site(&self, s: u32) -> Dropout {
-        Dropout { p: self.dropout, seed: self.seed, step: self.step, site: s }
+        Dropout::new(self.dropout, self.seed, self.step, s)
+    }
+}
+
+/// The dropout of each kind of site for a batch, its element indices shifted by the batch's
+/// place in the whole batch it may be a shard of ([`crate::backend::Origin`]).
+struct Sites {
+    mode: Mode,
+    /// Offsets of (T, C) tensors, of attention's (nh, Σ len²) probabilities, of (B, C) tensors.
+    rows: u64,
+    att: u64,
+    seqs: u64,
+}
+
+impl Sites {
+    fn new(mode: Mode, layout: &BatchLayout, c: usize, nh: usize) -> Sites {
+        let o = layout.origin;
+        Sites { mode, rows: (o.rows * c) as u64, att: (nh * o.att) as u64, seqs: (o.seqs * c) as u64 }
+    }
+    /// A (T, C) site: the embedding, AddNorm 1 and 2.
+    fn rows(&self, s: u32) -> Dropout {
+        self.mode.site(s).shifted(self.rows)
+    }
+    fn attention(&self, l: usize) -> Dropout {
+        self.mode.site(site::attention(l)).shifted(self.att)
+    }
+    /// The classifier's (B, C) site.
+    fn seqs(&self, s: u32) -> Dropout {
+        self.mode.site(s).shifted(self.seqs)
     }
 }
 
@@ -238,6 +266,7 @@ impl<B: Backend> Model<B> {
         let cfg = &self.cfg;
         let (c, f, nh, k) = (cfg.hidden, cfg.ffn, cfg.heads, cfg.num_labels);
         let (t, nb) = (batch.layout.t(), batch.layout.examples());
+        let sites = Sites::new(mode, &batch.layout, c, nh);
         acts.ensure(be, cfg, &batch.layout)?;
         let r = &self.layout.ranges;
         let p = &self.params;
@@ -268,7 +297,7 @@ impl<B: Backend> Model<B> {
                 c,
             );
             // x0 held the pre-norm sum (unused for a plain LayerNorm); now the dropped output.
-            let d = if cfg.hf_extra_dropout { mode.site(site::EMBEDDING) } else { Dropout::OFF };
+            let d = if cfg.hf_extra_dropout { sites.rows(site::EMBEDDING) } else { Dropout::OFF };
             be.dropout_forward(be.slice_mut(&mut acts.x0, tc.clone()), be.slice(&acts.emb_ln, tc.clone()), d);
         }
 
@@ -297,7 +326,7 @@ impl<B: Backend> Model<B> {
                 batch,
                 nh,
                 c,
-                mode.site(site::attention(l)),
+                sites.attention(l),
             );
             be.matmul_forward(
                 be.slice_mut(&mut a.proj, tc.clone()),
@@ -318,7 +347,7 @@ impl<B: Backend> Model<B> {
                 be.slice(p, br.ln1_weight.clone()),
                 be.slice(p, br.ln1_bias.clone()),
                 cfg.ln_eps,
-                mode.site(site::addnorm1(l)),
+                sites.rows(site::addnorm1(l)),
                 t,
                 c,
             );
@@ -352,7 +381,7 @@ impl<B: Backend> Model<B> {
                 be.slice(p, br.ln2_weight.clone()),
                 be.slice(p, br.ln2_bias.clone()),
                 cfg.ln_eps,
-                mode.site(site::addnorm2(l)),
+                sites.rows(site::addnorm2(l)),
                 t,
                 c,
             );
@@ -383,7 +412,7 @@ impl<B: Backend> Model<B> {
             be.dropout_forward(
                 be.slice_mut(&mut acts.pool_drop, bc.clone()),
                 be.slice(&acts.pool, bc.clone()),
-                mode.site(site::CLASSIFIER),
+                sites.seqs(site::CLASSIFIER),
             );
             &acts.pool_drop
         } else {
@@ -417,6 +446,7 @@ impl<B: Backend> Model<B> {
         if acts.t_cap < t || acts.b_cap < nb {
             return Err(Error::msg("backward called without a matching forward"));
         }
+        let sites = Sites::new(mode, &batch.layout, c, nh);
         let r = self.layout.ranges.clone();
         let p = &self.params;
         let g = &mut self.grads;
@@ -456,7 +486,7 @@ impl<B: Backend> Model<B> {
             be.dropout_backward(
                 be.slice_mut(&mut acts.dcls, bc.clone()),
                 be.slice(&acts.dpool, bc.clone()),
-                mode.site(site::CLASSIFIER),
+                sites.seqs(site::CLASSIFIER),
             );
             std::mem::swap(&mut acts.dcls, &mut acts.dpool);
             swapped_dpool = true;
@@ -508,7 +538,7 @@ impl<B: Backend> Model<B> {
                     be.slice(&a.mean2, 0..t),
                     be.slice(&a.rstd2, 0..t),
                     be.slice(p, br.ln2_weight.clone()),
-                    mode.site(site::addnorm2(l)),
+                    sites.rows(site::addnorm2(l)),
                     t,
                     c,
                 );
@@ -559,7 +589,7 @@ impl<B: Backend> Model<B> {
                     be.slice(&a.mean1, 0..t),
                     be.slice(&a.rstd1, 0..t),
                     be.slice(p, br.ln1_weight.clone()),
-                    mode.site(site::addnorm1(l)),
+                    sites.rows(site::addnorm1(l)),
                     t,
                     c,
                 );
@@ -588,7 +618,7 @@ impl<B: Backend> Model<B> {
                 batch,
                 nh,
                 c,
-                mode.site(site::attention(l)),
+                sites.attention(l),
             );
             {
                 let (dw, db) = split2(be, g, &br.qkv_weight, &br.qkv_bias)?;
@@ -616,7 +646,7 @@ impl<B: Backend> Model<B> {
                 be.dropout_backward(
                     be.slice_mut(&mut acts.dx_b, tc.clone()),
                     be.slice(&acts.dx_a, tc.clone()),
-                    mode.site(site::EMBEDDING),
+                    sites.rows(site::EMBEDDING),
                 );
                 std::mem::swap(&mut acts.dx_a, &mut acts.dx_b);
                 dx_swaps += 1;

@@ -1,8 +1,10 @@
 //! Training: the optimizer state ([`optim`]), one training step ([`step`]: `Model::train_step`),
-//! the loop ([`trainer`]), metrics ([`report`]) and checkpoints to resume from ([`checkpoint`]).
+//! the loop ([`trainer`]), metrics ([`report`]), checkpoints to resume from ([`checkpoint`]) and
+//! data-parallel steps over several ranks ([`parallel`]).
 
 pub mod checkpoint;
 pub mod optim;
+pub mod parallel;
 pub mod report;
 pub mod step;
 pub mod trainer;

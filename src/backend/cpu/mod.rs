@@ -153,6 +153,17 @@ impl<F: Float> Backend for Cpu<F> {
     fn upload(&self, host: &[F]) -> Result<Vec<F>> {
         Ok(host.to_vec())
     }
+    fn upload_into(&self, dst: &mut [F], host: &[F]) -> Result<()> {
+        if dst.len() != host.len() {
+            return Err(crate::error::Error::msg(format!(
+                "upload_into: {} host values into a view of {} elements",
+                host.len(),
+                dst.len()
+            )));
+        }
+        dst.copy_from_slice(host);
+        Ok(())
+    }
     fn upload_i32(&self, host: &[i32]) -> Result<Vec<i32>> {
         Ok(host.to_vec())
     }

@@ -109,6 +109,7 @@ pub(crate) fn dropout_factors<F: Float>(d: &Dropout, start: u64, out: &mut [F]) 
         return;
     }
     let scale = F::one() / cast::<F>(1.0 - d.p);
+    let start = start + d.offset;
     let s = Site {
         site: d.site,
         step: d.step as u32,
@@ -140,7 +141,7 @@ mod tests {
 
     #[test]
     fn dropout_factors_match_dropout_keep() {
-        let d = Dropout { p: 0.3, seed: 0x1234_5678_9abc, step: 17, site: 5 };
+        let d = Dropout::new(0.3, 0x1234_5678_9abc, 17, 5);
         for start in [0u64, 1, 2, 3, 5, 4093, (1 << 32) - 7, 1 << 33] {
             for n in [0, 1, 3, 37, 200] {
                 let mut f = vec![0f64; n];
@@ -156,8 +157,20 @@ mod tests {
     }
 
     #[test]
+    fn dropout_factors_follow_the_offset() {
+        let d = Dropout::new(0.25, 5, 9, 4);
+        for (start, off) in [(0u64, 3u64), (7, 1000), (13, 2)] {
+            let mut a = vec![0f64; 37];
+            dropout_factors(&d.shifted(off), start, &mut a);
+            let mut b = vec![0f64; 37];
+            dropout_factors(&d, start + off, &mut b);
+            assert_eq!(a, b, "start {start} offset {off}");
+        }
+    }
+
+    #[test]
     fn portable_and_vector_paths_agree() {
-        let d = Dropout { p: 0.5, seed: 99, step: 1, site: 2 };
+        let d = Dropout::new(0.5, 99, 1, 2);
         let s = Site { site: 2, step: 1, key: [99, 0], thr: dropout_threshold(0.5) };
         let (mut a, mut b) = (vec![0f32; 1000], vec![0f32; 1000]);
         fill_aligned(s, 64, &mut a, 2.0);

@@ -58,19 +58,19 @@ pub(super) fn backward<D: Device>(
 /// See [`Backend::dropout_forward`](crate::backend::Backend::dropout_forward).
 pub(super) fn dropout_forward<D: Device>(g: &Gpu<D>, out: GViewMut<'_>, inp: GView<'_>, dropout: Dropout) {
     assert!(out.len == inp.len, "dropout_forward: out has {} elements, inp {}", out.len, inp.len);
-    let [a, b, c, d, e] = dropout_args(&dropout);
+    let [a, b, c, d, e, f] = dropout_args(&dropout);
     let bf16 = bf16_acts("dropout_forward", &[("out", out.is_bf16()), ("inp", inp.is_bf16())]);
-    g.launch_n(variant("dropout_forward", bf16), out.len, &[pm(&out), p(&inp), l(out.len), a, b, c, d, e]);
+    g.launch_n(variant("dropout_forward", bf16), out.len, &[pm(&out), p(&inp), l(out.len), a, b, c, d, e, f]);
 }
 
 /// See [`Backend::dropout_backward`](crate::backend::Backend::dropout_backward).
 pub(super) fn dropout_backward<D: Device>(g: &Gpu<D>, dinp: GViewMut<'_>, dout: GView<'_>, dropout: Dropout) {
     assert!(dinp.len == dout.len, "dropout_backward: dinp has {} elements, dout {}", dinp.len, dout.len);
-    let [a, b, c, d, e] = dropout_args(&dropout);
+    let [a, b, c, d, e, f] = dropout_args(&dropout);
     let bf16 = bf16_acts("dropout_backward", &[("dinp", dinp.is_bf16()), ("dout", dout.is_bf16())]);
     g.launch_n(
         variant("dropout_backward", bf16),
         dinp.len,
-        &[pm(&dinp), p(&dout), l(dinp.len), a, b, c, d, e],
+        &[pm(&dinp), p(&dout), l(dinp.len), a, b, c, d, e, f],
     );
 }

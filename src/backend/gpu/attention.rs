@@ -211,7 +211,7 @@ pub fn forward_with<D: Device>(
         &[(out.len, c, "out"), (qkv.len, 3 * c, "qkv")],
     );
     let floats = cfg.forward_shared_floats(max_len);
-    let [s, st, si, th, sc] = dropout_args(&dropout);
+    let [s, st, si, th, sc, so] = dropout_args(&dropout);
     let args = [
         pm(&out),
         pm(&att),
@@ -226,6 +226,7 @@ pub fn forward_with<D: Device>(
         si,
         th,
         sc,
+        so,
     ];
     run(g, op, cfg, nb, nh, floats, &args);
 }
@@ -277,7 +278,7 @@ pub fn backward_with<D: Device>(
     let bufs = [(dqkv.len, 3 * c, "dqkv"), (dout.len, c, "dout"), (qkv.len, 3 * c, "qkv")];
     let (nb, max_len) = check(op, cfg, batch, (nh, c), (att.len, batch.layout.att_len(nh)), &bufs);
     let floats = cfg.backward_shared_floats(max_len);
-    let [s, st, si, th, sc] = dropout_args(&dropout);
+    let [s, st, si, th, sc, so] = dropout_args(&dropout);
     let args = [
         pm(&dqkv),
         p(&dout),
@@ -293,6 +294,7 @@ pub fn backward_with<D: Device>(
         si,
         th,
         sc,
+        so,
     ];
     run(g, op, cfg, nb, nh, floats, &args);
 }
@@ -332,9 +334,9 @@ fn flash_tail<D: Device>(
     batch: &DeviceBatch<Gpu<D>>,
     (nb, t, nh, c): (usize, usize, usize, usize),
     dropout: &Dropout,
-) -> [KArg; 11] {
-    let [s, st, si, th, sc] = dropout_args(dropout);
-    [pi(&batch.cu_seqlens), pi(&batch.att_offsets), i(nb), i(t), i(nh), i(c), s, st, si, th, sc]
+) -> [KArg; 12] {
+    let [s, st, si, th, sc, so] = dropout_args(dropout);
+    [pi(&batch.cu_seqlens), pi(&batch.att_offsets), i(nb), i(t), i(nh), i(c), s, st, si, th, sc, so]
 }
 
 fn flash_cfg(t: usize, nh: usize) -> LaunchCfg {

@@ -127,11 +127,18 @@ impl<D: Device> Gpu<D> {
     }
 }
 
-/// Kernel arguments of a dropout site: seed, step, site, threshold, scale.
-pub(crate) fn dropout_args(d: &Dropout) -> [KArg; 5] {
+/// Kernel arguments of a dropout site: seed, step, site, threshold, scale, index offset.
+pub(crate) fn dropout_args(d: &Dropout) -> [KArg; 6] {
     let (thr, scale) =
         if d.active() { (dropout_threshold(d.p), (1.0 / (1.0 - d.p)) as f32) } else { (0, 1.0) };
-    [KArg::U64(d.seed), KArg::U32(d.step as u32), KArg::U32(d.site), KArg::U32(thr), KArg::F32(scale)]
+    [
+        KArg::U64(d.seed),
+        KArg::U32(d.step as u32),
+        KArg::U32(d.site),
+        KArg::U32(thr),
+        KArg::F32(scale),
+        KArg::U64(d.offset),
+    ]
 }
 
 /// Kernel `name`, or its `_bf16` twin (the same kernel on bf16 activations) when `bf16`.

@@ -62,7 +62,7 @@ pub(super) fn forward<D: Device>(
     if tc == 0 {
         return;
     }
-    let [s0, s1, s2, s3, s4] = dropout_args(&dropout);
+    let [s0, s1, s2, s3, s4, s5] = dropout_args(&dropout);
     let args = [
         pm(&out),
         pm(&sum),
@@ -80,6 +80,7 @@ pub(super) fn forward<D: Device>(
         s2,
         s3,
         s4,
+        s5,
     ];
     g.launch(variant(op, bf16), row_cfg(t), &args);
 }
@@ -131,7 +132,7 @@ pub(super) fn backward<D: Device>(
     if tc == 0 {
         return;
     }
-    let [s0, s1, s2, s3, s4] = dropout_args(&dropout);
+    let [s0, s1, s2, s3, s4, s5] = dropout_args(&dropout);
     let args = [
         pm(&dres),
         KArg::Ptr(dsub.as_ref().map_or(0, |d| d.ptr)),
@@ -147,6 +148,7 @@ pub(super) fn backward<D: Device>(
         s2,
         s3,
         s4,
+        s5,
     ];
     g.launch(variant("layernorm_backward_rows", bf16), row_cfg(t), &args);
     g.layernorm_param_sums(dweight.ptr, dbias.ptr, dout.ptr, sum.ptr, mean.ptr, rstd.ptr, bf16, t, c);

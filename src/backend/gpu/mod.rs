@@ -343,6 +343,39 @@ impl<D: Device> Backend for Gpu<D> {
         }
     }
 
+    fn upload_into(&self, dst: GViewMut<'_>, host: &[f32]) -> Result<()> {
+        if let Some(e) = self.sticky_error() {
+            return Err(e);
+        }
+        if dst.len != host.len() {
+            return Err(crate::error::Error::msg(format!(
+                "upload_into: {} host values into a view of {} elements",
+                host.len(),
+                dst.len
+            )));
+        }
+        if host.is_empty() {
+            return Ok(());
+        }
+        if dst.is_bf16() {
+            let bits: Vec<u16> = host.iter().map(|&x| crate::backend::cpu::convert::f32_to_bf16(x)).collect();
+            // SAFETY: the view lies inside a live buffer of `dst.len` bf16 elements.
+            unsafe { self.dev.copy_htod(dst.ptr, bytemuck::cast_slice(&bits))? };
+        } else {
+            // SAFETY: the view lies inside a live buffer of `dst.len` f32 elements.
+            unsafe { self.dev.copy_htod(dst.ptr, bytemuck::cast_slice(host))? };
+            if dst.shadow != 0 {
+                // Parameters keep their bf16 copy current.
+                let bits: Vec<u16> =
+                    host.iter().map(|&x| crate::backend::cpu::convert::f32_to_bf16(x)).collect();
+                // SAFETY: the copy holds `dst.len` bf16 elements at the view's place.
+                unsafe { self.dev.copy_htod(dst.shadow, bytemuck::cast_slice(&bits))? };
+            }
+        }
+        self.profile_mark("upload");
+        Ok(())
+    }
+
     fn keep_bf16_copy(&self, params: &mut Self::Buf) -> Result<()> {
         if !self.uses_bf16_storage() || params.dtype != DType::F32 {
             return Ok(());
