@@ -993,3 +993,109 @@ fn the_shipped_sample_is_real_snli_dev_data() {
         assert!(lines.iter().all(|l| dev.contains(*l)), "{f} has a line that is not in snli_dev.tsv");
     }
 }
+
+#[test]
+fn cli_finetune_on_two_emulated_gpus_matches_one() {
+    // --device emu:2: two ranks in one process (one thread and emulated GPU each), every batch
+    // split by tokens, gradients summed, one Adam step: the one-GPU run's metrics up to the order
+    // of the sums (f32). Only rank 0 prints and saves; the epoch line names both devices.
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let o = small_finetune(dir.path(), &one, "f32", &["--device", "emu"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = small_finetune(dir.path(), &two, "f32", &["--device", "emu:2"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    let epochs: Vec<&str> = stdout.lines().filter(|l| l.starts_with("epoch ")).collect();
+    assert_eq!(epochs.len(), 2, "one line per epoch, from rank 0 only:\n{stdout}");
+    assert!(epochs.iter().all(|l| l.contains("on 2x emu")), "{stdout}");
+    let (a, b) = (read_metrics(&one), read_metrics(&two));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        let (lx, ly) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
+        assert!((lx - ly).abs() <= 1e-5 * lx.abs(), "loss on one emulated GPU {lx} vs two {ly}");
+        for k in ["train_acc", "test_acc"] {
+            let (p, q) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+            assert!((p - q).abs() <= 0.02, "{k}: one GPU {p} vs two {q}");
+        }
+        assert_eq!(x["steps"], y["steps"]);
+        assert_eq!(x["examples"], y["examples"]);
+    }
+}
+
+#[test]
+fn cli_finetune_as_two_processes_matches_one() {
+    // torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) on two CPU processes:
+    // the rendezvous on 127.0.0.1, batches split between them, gradients summed through rank 0;
+    // the one-process run's metrics up to the order of the sums. Only rank 0 writes --out.
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two, other) = (dir.path().join("one"), dir.path().join("two"), dir.path().join("rank1"));
+    let o = small_finetune(dir.path(), &one, "f32", &["--device", "cpu"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let spawn = |rank: &str, out: &Path| {
+        let train = dir.path().join("train.tsv");
+        let test = dir.path().join("test.tsv");
+        bin()
+            .args([
+                "finetune",
+                "--model",
+                "scratch",
+                "--data",
+                train.to_str().unwrap(),
+                "--test-data",
+                test.to_str().unwrap(),
+                "--hidden",
+                "16",
+                "--ffn",
+                "32",
+                "--heads",
+                "2",
+                "--layers",
+                "1",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "16",
+                "--lr",
+                "1e-3",
+                "--threads",
+                "1",
+                "--precision",
+                "f32",
+                "--device",
+                "cpu",
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .env("RANK", rank)
+            .env("WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", &port)
+            .env("NLI_BERT_RANK_TIMEOUT", "60")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (r0, r1) = (spawn("0", &two), spawn("1", &other));
+    let (o0, o1) = (r0.wait_with_output().unwrap(), r1.wait_with_output().unwrap());
+    assert!(o0.status.success(), "rank 0: {:?}", text(&o0));
+    assert!(o1.status.success(), "rank 1: {:?}", text(&o1));
+    let (stdout0, _) = text(&o0);
+    let (stdout1, _) = text(&o1);
+    assert!(
+        stdout0.lines().filter(|l| l.starts_with("epoch ")).all(|l| l.contains("on 2x cpu")),
+        "{stdout0}"
+    );
+    assert!(!stdout1.contains("epoch "), "rank 1 prints no epoch lines: {stdout1}");
+    assert!(!other.exists(), "rank 1 writes nothing");
+    let (a, b) = (read_metrics(&one), read_metrics(&two));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        let (lx, ly) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
+        assert!((lx - ly).abs() <= 1e-5 * lx.abs(), "loss in one process {lx} vs two {ly}");
+        assert_eq!(x["steps"], y["steps"]);
+        assert_eq!(x["examples"], y["examples"]);
+    }
+}

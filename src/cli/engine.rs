@@ -10,34 +10,72 @@ use crate::backend::Backend;
 use crate::data::hub;
 use crate::error::{Error, Result};
 use crate::model::config::Precision;
+use crate::train::dist::{DistEnv, Rendezvous};
+use crate::train::parallel::{rank_timeout, run_local_ranks, AnyComm, Communicator};
 
 /// Where computation runs (`--device`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DeviceSel {
-    /// A CUDA GPU when one is usable, else the CPU.
+    /// Every CUDA GPU when one is usable (data parallel over them), else the CPU.
     #[default]
     Auto,
     /// The multi-threaded CPU engine.
     Cpu,
-    /// CUDA device N (our kernels + cuBLAS).
-    Cuda(usize),
-    /// The CUDA emulator: our kernels on the CPU, one fiber per CUDA thread (slow; for checking).
-    Emu,
+    /// CUDA GPUs (our kernels + cuBLAS): every visible one, or a list.
+    Cuda(Gpus),
+    /// N emulated GPUs (the CUDA emulator: our kernels on the CPU, one fiber per CUDA thread;
+    /// slow, for checking), data parallel over them when N > 1.
+    Emu(u8),
+}
+
+/// Which CUDA GPUs: every visible one, or those whose ordinals are set in a bit mask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gpus {
+    /// Every visible GPU (`--device cuda`).
+    All,
+    /// `cuda:N` or `cuda:N,M,...` (bit N set; ordinals below 64).
+    List(u64),
+}
+
+impl Gpus {
+    /// The ordinals, ascending; `All` as `0..count`.
+    pub fn ordinals(&self, count: usize) -> Vec<usize> {
+        match self {
+            Gpus::All => (0..count).collect(),
+            Gpus::List(mask) => (0..64).filter(|i| mask >> i & 1 == 1).collect(),
+        }
+    }
 }
 
 impl std::str::FromStr for DeviceSel {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || {
+            format!(
+                "`{s}`: expected auto, cpu, cuda (every GPU), cuda:N, a list cuda:N,M,... (N = 0, 1, ...), emu or \
+                 emu:N (N emulated GPUs)"
+            )
+        };
         match s {
             "auto" => Ok(DeviceSel::Auto),
             "cpu" => Ok(DeviceSel::Cpu),
-            "emu" => Ok(DeviceSel::Emu),
-            "cuda" => Ok(DeviceSel::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(DeviceSel::Cuda)
-                .ok_or_else(|| format!("`{s}`: expected auto, cpu, cuda, cuda:N (N = 0, 1, ...) or emu")),
+            "emu" => Ok(DeviceSel::Emu(1)),
+            "cuda" => Ok(DeviceSel::Cuda(Gpus::All)),
+            _ => {
+                if let Some(n) = s.strip_prefix("emu:") {
+                    return n.parse::<u8>().ok().filter(|&n| n >= 1).map(DeviceSel::Emu).ok_or_else(bad);
+                }
+                let list = s.strip_prefix("cuda:").ok_or_else(bad)?;
+                let mut mask = 0u64;
+                for part in list.split(',') {
+                    let n: u32 = part.trim().parse().map_err(|_| bad())?;
+                    if n >= 64 || mask >> n & 1 == 1 {
+                        return Err(format!("`{s}`: GPU {n} is listed twice or is beyond cuda:63"));
+                    }
+                    mask |= 1 << n;
+                }
+                Ok(DeviceSel::Cuda(Gpus::List(mask)))
+            }
         }
     }
 }
@@ -83,6 +121,24 @@ pub trait OnBackend {
     fn run<B: Backend>(self, be: &B) -> Result<Self::Out>;
 }
 
+/// Work that runs on every rank of a data-parallel run (`finetune`): each rank calls
+/// [`OnRanks::run_rank`] on its own backend with the group's communicator (none for one rank).
+pub trait OnRanks: Sync {
+    /// What the work returns (rank 0's is the run's).
+    type Out: Send;
+    /// What must agree between the processes of a multi-process run (the model, data and
+    /// settings), hashed: a rank whose fingerprint differs is refused at the rendezvous.
+    fn fingerprint(&self) -> u64;
+    /// Runs rank `rank` of `world` on `be`.
+    fn run_rank<B: Backend>(
+        &self,
+        be: &B,
+        comm: Option<&AnyComm>,
+        rank: usize,
+        world: usize,
+    ) -> Result<Self::Out>;
+}
+
 /// A backend, chosen at run time.
 enum AnyBackend {
     CpuF32(Cpu<f32>),
@@ -91,22 +147,106 @@ enum AnyBackend {
     Emu(Gpu<Emu>),
 }
 
+/// One rank's device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Cpu,
+    Cuda(usize),
+    Emu,
+}
+
 impl Engine {
-    /// Opens the backend and runs `work` on it: the one place where the engine is chosen.
+    /// Opens the backend and runs `work` on it: the one place where the engine is chosen. With
+    /// several devices selected, the first.
     pub fn run<W: OnBackend>(&self, work: W) -> Result<W::Out> {
-        match self.open()? {
+        let slot = self.slots()?[0];
+        match self.open(slot)? {
             AnyBackend::CpuF32(be) => work.run(&be),
             AnyBackend::CpuF64(be) => work.run(&be),
             AnyBackend::Cuda(be) => work.run(&be),
             AnyBackend::Emu(be) => work.run(&be),
         }
     }
-}
 
-impl Engine {
-    /// Opens the backend: `auto` takes CUDA device 0 when a driver and a GPU are present (and
-    /// the precision is f32), else the CPU.
-    fn open(&self) -> Result<AnyBackend> {
+    /// Runs `work` data parallel: on every selected device (one thread each, in this process),
+    /// or, when a launcher started several processes (torchrun, `srun`, `mpirun`: see
+    /// [`DistEnv`]), as this process's rank on its device after the rendezvous. Returns rank 0's
+    /// result (in a multi-process run, this process's).
+    pub fn run_ranks<W: OnRanks>(&self, work: &W) -> Result<W::Out> {
+        if let Some(env) = DistEnv::from_env()? {
+            let slot = self.process_slot(&env)?;
+            let be = self.open(slot)?;
+            let comm =
+                AnyComm::Tcp(Rendezvous::meet(&env, work.fingerprint(), &[], rank_timeout())?.into_comm());
+            let r = on_slot(work, be, Some(&comm), env.rank, env.world);
+            if let Err(e) = &r {
+                <AnyComm as Communicator<Cpu<f64>>>::abort(&comm, &e.to_string());
+            }
+            return r;
+        }
+        let slots = self.slots()?;
+        if slots.len() == 1 {
+            return on_slot(work, self.open(slots[0])?, None, 0, 1);
+        }
+        let world = slots.len();
+        let outs = run_local_ranks(world, rank_timeout(), |rank, comm| {
+            let comm = AnyComm::Local(comm);
+            on_slot(work, self.open(slots[rank])?, Some(&comm), rank, world)
+        })?;
+        outs.into_iter().next().ok_or_else(|| Error::msg("internal: no rank returned"))
+    }
+
+    /// The devices of this process's ranks, in rank order.
+    fn slots(&self) -> Result<Vec<Slot>> {
+        Ok(match self.device {
+            DeviceSel::Cpu => vec![Slot::Cpu],
+            DeviceSel::Emu(n) => vec![Slot::Emu; n as usize],
+            DeviceSel::Auto => {
+                let n = if self.precision == Precision::F64 { 0 } else { cuda::device_count() };
+                if n == 0 {
+                    vec![Slot::Cpu]
+                } else {
+                    (0..n).map(Slot::Cuda).collect()
+                }
+            }
+            DeviceSel::Cuda(g) => {
+                let count = match g {
+                    Gpus::All => Cuda::device_count()?,
+                    Gpus::List(_) => 0,
+                };
+                let v: Vec<Slot> = g.ordinals(count).into_iter().map(Slot::Cuda).collect();
+                if v.is_empty() {
+                    return Err(Error::msg(
+                        "--device cuda: no CUDA GPU is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)",
+                    ));
+                }
+                v
+            }
+        })
+    }
+
+    /// The one device of this process in a multi-process run: its LOCAL_RANK-th GPU with
+    /// `cuda` / `auto`, the one given with `cuda:N`, the CPU, or one emulated GPU.
+    fn process_slot(&self, env: &DistEnv) -> Result<Slot> {
+        let slots = self.slots()?;
+        let many = || {
+            Error::usage(format!(
+                "{} started one process per rank: give each one device (--device cuda takes the GPU of \
+                 the process's local rank {}, or --device cuda:N), not a list",
+                env.launcher, env.local_rank
+            ))
+        };
+        match self.device {
+            DeviceSel::Auto | DeviceSel::Cuda(Gpus::All) if matches!(slots[0], Slot::Cuda(_)) => {
+                slots.get(env.local_rank % slots.len()).copied().ok_or_else(many)
+            }
+            _ if slots.len() == 1 => Ok(slots[0]),
+            _ => Err(many()),
+        }
+    }
+
+    /// Opens one device.
+    fn open(&self, slot: Slot) -> Result<AnyBackend> {
         let gpu_precision = |what: &str| -> Result<()> {
             if self.precision == Precision::F64 {
                 return Err(Error::usage(format!(
@@ -121,24 +261,21 @@ impl Engine {
             AttentionSel::Flash => true,
             AttentionSel::Classic => false,
         };
-        match self.device {
-            DeviceSel::Cpu => self.open_cpu(),
-            DeviceSel::Auto => {
-                if self.precision != Precision::F64 && cuda::device_count() > 0 {
-                    match Cuda::new(0, &hub::cache_dir()) {
-                        Ok(dev) => return Ok(AnyBackend::Cuda(gpu(dev, bf16, flash))),
-                        Err(e) => {
-                            eprintln!("warning: a CUDA device is present but unusable ({e}); using the CPU")
-                        }
-                    }
+        match (slot, self.device) {
+            (Slot::Cpu, _) => self.open_cpu(),
+            (Slot::Cuda(n), DeviceSel::Auto) => match Cuda::new(n, &hub::cache_dir()) {
+                Ok(dev) => Ok(AnyBackend::Cuda(gpu(dev, bf16, flash))),
+                Err(e) if n == 0 => {
+                    eprintln!("warning: a CUDA device is present but unusable ({e}); using the CPU");
+                    self.open_cpu()
                 }
-                self.open_cpu()
-            }
-            DeviceSel::Cuda(n) => {
+                Err(e) => Err(e),
+            },
+            (Slot::Cuda(n), _) => {
                 gpu_precision("a GPU")?;
                 Ok(AnyBackend::Cuda(gpu(Cuda::new(n, &hub::cache_dir())?, bf16, flash)))
             }
-            DeviceSel::Emu => {
+            (Slot::Emu, _) => {
                 gpu_precision("the emulator")?;
                 Ok(AnyBackend::Emu(gpu(Emu::new()?, bf16, flash)))
             }
@@ -162,6 +299,22 @@ impl Engine {
                 ))
             }
         })
+    }
+}
+
+/// Runs rank `rank` of `work` on an opened backend.
+fn on_slot<W: OnRanks>(
+    work: &W,
+    be: AnyBackend,
+    comm: Option<&AnyComm>,
+    rank: usize,
+    world: usize,
+) -> Result<W::Out> {
+    match be {
+        AnyBackend::CpuF32(be) => work.run_rank(&be, comm, rank, world),
+        AnyBackend::CpuF64(be) => work.run_rank(&be, comm, rank, world),
+        AnyBackend::Cuda(be) => work.run_rank(&be, comm, rank, world),
+        AnyBackend::Emu(be) => work.run_rank(&be, comm, rank, world),
     }
 }
 

@@ -1,7 +1,7 @@
 //! `nli-bert finetune`: d2l's fine-tuning run (load or resume, read and encode, train with
 //! progress, epoch lines, metrics, curves and checkpoints, save).
 
-use super::engine::{Engine, OnBackend};
+use super::engine::{Engine, OnRanks};
 use super::progress::RunHooks;
 use super::{check_max_len, encode, read_data, EngineArgs};
 use crate::backend::Backend;
@@ -12,6 +12,7 @@ use crate::model::bert::{cast_params, Model};
 use crate::model::store::{load_model, save_model, scratch_model, LoadedModel, ScratchArgs};
 use crate::train::checkpoint::{load_checkpoint, remove_stale_temporaries, Resume, RunSettings};
 use crate::train::optim::{Adam, AdamConfig};
+use crate::train::parallel::{AnyComm, Communicator};
 use crate::train::report;
 use crate::train::trainer::{self, EpochMetrics, TrainOptions, TrainState};
 use clap::Args;
@@ -334,7 +335,7 @@ pub fn finetune(
     a: &FinetuneArgs,
     resume: Option<Resume>,
 ) -> Result<FinetuneResult> {
-    a.engine.run(Finetune { m, train, test, a, resume })
+    a.engine.run_ranks(&Finetune { m, train, test, a, resume })
 }
 
 struct Finetune<'a> {
@@ -345,13 +346,72 @@ struct Finetune<'a> {
     resume: Option<Resume>,
 }
 
-impl OnBackend for Finetune<'_> {
+/// Hooks that do nothing: the ranks other than 0 of a data-parallel run (rank 0 prints and saves).
+struct Silent;
+
+impl<B: Backend> trainer::Hooks<B> for Silent {}
+
+impl OnRanks for Finetune<'_> {
     type Out = FinetuneResult;
-    /// [`finetune`] on a given backend.
-    fn run<B: Backend>(self, be: &B) -> Result<FinetuneResult> {
+
+    fn fingerprint(&self) -> u64 {
+        // What every process must share: the model (configuration and weights), the data and the
+        // training settings. FNV-1a over their bytes.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        eat(serde_json::to_string(&self.m.cfg).unwrap_or_default().as_bytes());
+        for x in &self.m.params {
+            eat(&x.to_le_bytes());
+        }
+        for e in self.train.iter().chain(self.test.unwrap_or(&[])) {
+            for t in &e.ids {
+                eat(&t.to_le_bytes());
+            }
+            eat(&e.label.to_le_bytes());
+        }
+        let t = &self.a.train;
+        eat(format!(
+            "{} {} {} {} {:?} {} {:?} {:?} {}",
+            t.epochs,
+            t.batch_size,
+            t.dropout,
+            t.seed,
+            t.max_steps,
+            t.shuffle,
+            t.save_every,
+            self.a.adam,
+            self.a.max_len
+        )
+        .as_bytes());
+        eat(format!("{:?}", self.resume.as_ref().map(|r| (r.t, &r.state.step))).as_bytes());
+        h
+    }
+
+    /// [`finetune`] as rank `rank` of `world` on a given backend.
+    fn run_rank<B: Backend>(
+        &self,
+        be: &B,
+        comm: Option<&AnyComm>,
+        rank: usize,
+        world: usize,
+    ) -> Result<FinetuneResult> {
         let Finetune { m, train, test, a, resume } = self;
-        let mut device = be.name();
-        if a.train.graphs.decide(be, m.cfg.heads, m.cfg.hidden)? {
+        let (train, test) = (*train, *test);
+        let root = rank == 0;
+        let comm: Option<&dyn Communicator<B>> = comm.map(|c| c as &dyn Communicator<B>);
+        let mut device = if world > 1 { format!("{world}x {}", be.name()) } else { be.name() };
+        if comm.is_some() {
+            if a.train.graphs == crate::train::step::GraphsSel::On {
+                return Err(Error::usage(
+                    "--graphs on: step graphs do not run data parallel yet; use --graphs auto or off with \
+                     several devices",
+                ));
+            }
+        } else if a.train.graphs.decide(be, m.cfg.heads, m.cfg.hidden)? {
             device.push_str(", step graphs");
         }
         let mut model = Model::from_host(be, m.cfg.clone(), &cast_params::<B::F>(&m.params))?;
@@ -359,7 +419,7 @@ impl OnBackend for Finetune<'_> {
         let mut start = TrainState::default();
         if let Some(r) = resume {
             opt.restore(be, &cast_params::<B::F>(&r.m), &cast_params::<B::F>(&r.v), r.t, r.rows.as_deref())?;
-            start = r.state;
+            start = r.state.clone();
         }
         let mut hooks = RunHooks {
             device: device.clone(),
@@ -376,7 +436,7 @@ impl OnBackend for Finetune<'_> {
             last_print: std::time::Instant::now(),
             progress_shown: false,
         };
-        if let Some(dir) = &a.out {
+        if let (Some(dir), true) = (&a.out, root) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
             let stale = remove_stale_temporaries(dir)?;
             if stale > 0 && !a.quiet {
@@ -397,10 +457,25 @@ impl OnBackend for Finetune<'_> {
                 }
             }
         }
+        if !root {
+            let end = trainer::train_ranks(
+                be,
+                &mut model,
+                &mut opt,
+                train,
+                test,
+                &a.train,
+                start,
+                &mut Silent,
+                comm,
+            )?;
+            return Ok(FinetuneResult { history: end.history, device });
+        }
         for em in &start.history {
             println!("{}", report::epoch_line(em, a.train.epochs, &device));
         }
-        let end = trainer::train(be, &mut model, &mut opt, train, test, &a.train, start, &mut hooks)?;
+        let end =
+            trainer::train_ranks(be, &mut model, &mut opt, train, test, &a.train, start, &mut hooks, comm)?;
         hooks.clear_progress();
         let history = end.history;
         if let Some((done, of)) = history.last().and_then(|m| m.partial) {

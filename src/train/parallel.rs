@@ -207,6 +207,47 @@ impl<B: Backend> Communicator<B> for LocalComm {
     }
 }
 
+/// A group handle of either kind, usable with any backend.
+pub enum AnyComm {
+    /// In-process ranks.
+    Local(LocalComm),
+    /// Processes over TCP ([`crate::train::dist`]).
+    Tcp(crate::train::dist::TcpComm),
+}
+
+impl<B: Backend> Communicator<B> for AnyComm {
+    fn rank(&self) -> usize {
+        match self {
+            AnyComm::Local(c) => <LocalComm as Communicator<B>>::rank(c),
+            AnyComm::Tcp(c) => <crate::train::dist::TcpComm as Communicator<B>>::rank(c),
+        }
+    }
+    fn world(&self) -> usize {
+        match self {
+            AnyComm::Local(c) => <LocalComm as Communicator<B>>::world(c),
+            AnyComm::Tcp(c) => <crate::train::dist::TcpComm as Communicator<B>>::world(c),
+        }
+    }
+    fn all_reduce_sum(&self, be: &B, buf: B::SliceMut<'_>) -> Result<()> {
+        match self {
+            AnyComm::Local(c) => c.all_reduce_sum(be, buf),
+            AnyComm::Tcp(c) => c.all_reduce_sum(be, buf),
+        }
+    }
+    fn all_reduce_host(&self, v: &mut [f64]) -> Result<()> {
+        match self {
+            AnyComm::Local(c) => <LocalComm as Communicator<B>>::all_reduce_host(c, v),
+            AnyComm::Tcp(c) => <crate::train::dist::TcpComm as Communicator<B>>::all_reduce_host(c, v),
+        }
+    }
+    fn abort(&self, why: &str) {
+        match self {
+            AnyComm::Local(c) => <LocalComm as Communicator<B>>::abort(c, why),
+            AnyComm::Tcp(c) => <crate::train::dist::TcpComm as Communicator<B>>::abort(c, why),
+        }
+    }
+}
+
 /// Runs `f(rank, comm)` on `world` threads of one [`LocalGroup`] and returns each rank's result.
 /// A rank whose `f` fails aborts the group (the others fail at their next collective); the error
 /// returned is the first rank's own failure, not the others' reports of it.

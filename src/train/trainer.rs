@@ -6,7 +6,8 @@ use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::model::bert::{argmax, upload_batch, Acts, Mode, Model};
 use crate::train::optim::Adam;
-use crate::train::step::Stepper;
+use crate::train::parallel::Communicator;
+use crate::train::step::{GraphsSel, Stepper};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -125,6 +126,26 @@ pub fn evaluate<B: Backend>(
     Ok(res)
 }
 
+/// [`evaluate`] over the ranks of a data-parallel run: each rank evaluates its contiguous part of
+/// `data` and the loss sums and counts are summed (the logits and the confusion matrix are the
+/// rank's own part only).
+pub fn evaluate_ranks<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    acts: &mut Acts<B>,
+    data: &[Encoded],
+    batch_size: usize,
+    comm: &dyn Communicator<B>,
+) -> Result<EvalResult> {
+    let (rank, world) = (comm.rank(), comm.world());
+    let part = &data[data.len() * rank / world..data.len() * (rank + 1) / world];
+    let mut r = evaluate(be, model, acts, part, batch_size)?;
+    let mut m = [r.loss_sum, r.correct as f64, r.n as f64];
+    comm.all_reduce_host(&mut m)?;
+    (r.loss_sum, r.correct, r.n) = (m[0], m[1] as usize, m[2] as usize);
+    Ok(r)
+}
+
 /// Where a run stands: enough to continue it bit for bit (the data order and dropout masks are
 /// pure functions of (seed, epoch) and (seed, step)).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -210,6 +231,25 @@ pub fn train<B: Backend>(
     start: TrainState,
     hooks: &mut dyn Hooks<B>,
 ) -> Result<TrainState> {
+    train_ranks(be, model, opt, train, test, opts, start, hooks, None)
+}
+
+/// [`train`] as one rank of a data-parallel run (`comm`; `None`: alone): every rank goes through
+/// the same batches and takes its shard of each ([`Model::train_step_parallel`]); the test set is
+/// split between the ranks. The metrics the hooks see are the whole batch's on every rank (the
+/// caller gives rank 0 the hooks that print and save). Steps run op by op (no step graphs).
+#[allow(clippy::too_many_arguments)]
+pub fn train_ranks<B: Backend>(
+    be: &B,
+    model: &mut Model<B>,
+    opt: &mut Adam<B>,
+    train: &[Encoded],
+    test: Option<&[Encoded]>,
+    opts: &TrainOptions,
+    start: TrainState,
+    hooks: &mut dyn Hooks<B>,
+    comm: Option<&dyn Communicator<B>>,
+) -> Result<TrainState> {
     if train.is_empty() {
         return Err(Error::usage("the training set is empty: nothing to fine-tune on"));
     }
@@ -217,7 +257,8 @@ pub fn train<B: Backend>(
         return Err(Error::usage("--batch-size must be at least 1"));
     }
     let mut acts = Acts::new(be, &model.cfg)?;
-    let mut stepper = Stepper::new(be, opts.graphs, model.cfg.heads, model.cfg.hidden)?;
+    let graphs = if comm.is_some() { GraphsSel::Off } else { opts.graphs };
+    let mut stepper = Stepper::new(be, graphs, model.cfg.heads, model.cfg.hidden)?;
     let mut st = start;
     while st.epoch < opts.epochs {
         let order = epoch_batches(train.len(), opts.batch_size, opts.shuffle, opts.seed, st.epoch as u64);
@@ -231,7 +272,7 @@ pub fn train<B: Backend>(
                 if st.n > 0 {
                     let m = EpochMetrics {
                         partial: Some((st.batch, batches)),
-                        ..epoch_metrics(be, model, &mut acts, test, opts, &st)?
+                        ..epoch_metrics(be, model, &mut acts, test, opts, &st, comm)?
                     };
                     hooks.on_epoch(&m)?;
                     st.history.push(m);
@@ -242,18 +283,24 @@ pub fn train<B: Backend>(
             let batch = Batch::from_encoded(&items);
             let t0 = Instant::now();
             let mode = Mode { dropout: opts.dropout, seed: opts.seed, step: st.step };
-            stepper.step(model, be, opt, &mut acts, &batch, mode)?;
+            let done = match comm {
+                Some(c) => vec![model.train_step_parallel(be, opt, &mut acts, &batch, mode, c)?],
+                None => {
+                    stepper.step(model, be, opt, &mut acts, &batch, mode)?;
+                    Vec::new()
+                }
+            };
             st.step += 1;
             st.batch += 1;
             let point = st.batch % every == 0 || st.batch == batches;
             let save = opts.save_every.is_some_and(|k| k > 0 && st.step % k == 0) && st.batch < batches;
             let stop = opts.max_steps.is_some_and(|m| st.step >= m) || INTERRUPTED.load(Ordering::Relaxed);
-            if !(point || save || stop || stepper.should_drain()) {
+            if comm.is_none() && !(point || save || stop || stepper.should_drain()) {
                 // A queued graph step: its loss is read with later ones.
                 st.secs += t0.elapsed().as_secs_f64();
                 continue;
             }
-            let outs = stepper.drain(be)?;
+            let outs = if comm.is_some() { done } else { stepper.drain(be)? };
             let first = st.step + 1 - outs.len() as u64;
             for (i, out) in outs.iter().enumerate() {
                 if !out.loss_sum.is_finite() {
@@ -297,7 +344,7 @@ pub fn train<B: Backend>(
                 )));
             }
         }
-        let m = epoch_metrics(be, model, &mut acts, test, opts, &st)?;
+        let m = epoch_metrics(be, model, &mut acts, test, opts, &st, comm)?;
         hooks.on_epoch(&m)?;
         st.history.push(m);
         st = TrainState {
@@ -319,9 +366,13 @@ fn epoch_metrics<B: Backend>(
     test: Option<&[Encoded]>,
     opts: &TrainOptions,
     st: &TrainState,
+    comm: Option<&dyn Communicator<B>>,
 ) -> Result<EpochMetrics> {
-    let test_acc = match test {
-        Some(t) if !t.is_empty() => Some(evaluate(be, model, acts, t, opts.batch_size)?.accuracy()),
+    let test_acc = match (test, comm) {
+        (Some(t), None) if !t.is_empty() => Some(evaluate(be, model, acts, t, opts.batch_size)?.accuracy()),
+        (Some(t), Some(c)) if !t.is_empty() => {
+            Some(evaluate_ranks(be, model, acts, t, opts.batch_size, c)?.accuracy())
+        }
         _ => None,
     };
     Ok(EpochMetrics {
