@@ -1099,3 +1099,30 @@ fn cli_finetune_as_two_processes_matches_one() {
         assert_eq!(x["examples"], y["examples"]);
     }
 }
+
+#[test]
+fn cli_resume_on_two_ranks_continues_the_run() {
+    // Two emulated GPUs, stopped by --max-steps inside the first epoch and resumed with the same
+    // two ranks: the uninterrupted two-rank run's metrics (rank 0 saved the checkpoint; every
+    // rank starts from it).
+    let tmp = tempfile::tempdir().unwrap();
+    let (full, cut) = (tmp.path().join("full"), tmp.path().join("cut"));
+    let two = ["--device", "emu:2"];
+    let o = small_finetune(tmp.path(), &full, "f32", &two);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = small_finetune(tmp.path(), &cut, "f32", &[&two[..], &["--max-steps", "4"]].concat());
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = run(&[&["finetune", "--resume", cut.to_str().unwrap(), "--threads", "1"], &two[..]].concat());
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("epoch 2/2: ") && stdout.contains("on 2x emu"), "{stdout}");
+    let (a, b) = (read_metrics(&full), read_metrics(&cut));
+    assert_eq!(a.len(), 2);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        let (lx, ly) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
+        assert!((lx - ly).abs() <= 1e-5 * lx.abs(), "loss whole run {lx} vs resumed {ly}");
+        assert_eq!(x["steps"], y["steps"]);
+        assert_eq!(x["examples"], y["examples"]);
+    }
+}

@@ -304,3 +304,25 @@ fn cuda_launch_rejects_unknown_kernels() {
     assert!(e.to_string().contains("no_such_kernel"), "{e}");
     dev.synchronize().unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn cuda_nccl_one_rank_all_reduces() {
+    // NCCL loads (from NLI_BERT_CUDA_LIB_DIR or the nvidia-nccl wheel beside python3) and a
+    // one-rank communicator sums in place: f32 and bf16 views keep their values.
+    let Some(dev) = cuda_or_skip("cuda_nccl_one_rank_all_reduces") else { return };
+    use nli_bert::backend::Backend;
+    let comms =
+        cuda::nccl::init_all(&[dev.ordinal()]).expect("NCCL loads and a one-rank communicator starts");
+    assert_eq!((comms[0].rank, comms[0].world), (0, 1));
+    let be = nli_bert::backend::gpu::Gpu::new_bf16(dev);
+    let x = [1.0f32, -2.5, 3.0, 0.125];
+    let mut f = be.upload(&x).unwrap();
+    assert!(be.device_all_reduce(be.view_mut(&mut f), &comms[0]).unwrap(), "NCCL ran");
+    assert_eq!(be.download(be.view(&f)).unwrap(), x);
+    let mut h = be.upload_act(&x).unwrap();
+    assert!(be.view(&h).is_bf16());
+    assert!(be.device_all_reduce(be.view_mut(&mut h), &comms[0]).unwrap());
+    assert_eq!(be.download(be.view(&h)).unwrap(), x, "bf16 values exact in bf16 stay");
+    let id = cuda::nccl::unique_id().expect("a unique id");
+    assert_eq!(id.len(), 128);
+}

@@ -48,6 +48,17 @@ fn launcher_variables_are_read() {
     let slurm = [("SLURM_PROCID", "3"), ("SLURM_NTASKS", "8"), ("SLURM_LOCALID", "3"), ("MASTER_ADDR", "n0")];
     let e = DistEnv::from_vars(vars(&slurm)).unwrap().unwrap();
     assert_eq!((e.rank, e.world, e.local_rank, e.launcher), (3, 8, 3, "slurm"));
+    // under torchrun, whose agent listens on MASTER_PORT, the rendezvous takes the next port
+    let elastic = [
+        ("RANK", "1"),
+        ("WORLD_SIZE", "2"),
+        ("MASTER_ADDR", "a"),
+        ("MASTER_PORT", "29400"),
+        ("TORCHELASTIC_RUN_ID", "x"),
+    ];
+    assert_eq!(DistEnv::from_vars(vars(&elastic)).unwrap().unwrap().master_port, 29401);
+    let chosen = [("RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "a"), ("NLI_BERT_RDZV_PORT", "4000")];
+    assert_eq!(DistEnv::from_vars(vars(&chosen)).unwrap().unwrap().master_port, 4000);
     // one process: nothing to do
     assert_eq!(DistEnv::from_vars(vars(&[])).unwrap(), None);
     assert_eq!(DistEnv::from_vars(vars(&[("RANK", "0"), ("WORLD_SIZE", "1")])).unwrap(), None);

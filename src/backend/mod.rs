@@ -223,6 +223,13 @@ pub trait Backend {
         let _ = params;
         Ok(())
     }
+    /// Sums `buf` in place over the ranks of `comm`, a device communicator (NCCL on CUDA) of this
+    /// backend's kind, on the device. `Ok(false)`: this backend has none (the caller sums through
+    /// the host).
+    fn device_all_reduce(&self, buf: Self::SliceMut<'_>, comm: &dyn std::any::Any) -> Result<bool> {
+        let _ = (buf, comm);
+        Ok(false)
+    }
     /// Copies `host` into the elements of `dst` (same length; rounded to a bf16 view's storage).
     fn upload_into(&self, dst: Self::SliceMut<'_>, host: &[Self::F]) -> Result<()>;
     /// A device copy of integer data.

@@ -3,7 +3,7 @@
 //! written once for the CPU, CUDA and the emulator).
 
 use crate::backend::cpu::Cpu;
-use crate::backend::gpu::cuda::{self, Cuda};
+use crate::backend::gpu::cuda::{self, nccl, Cuda};
 use crate::backend::gpu::emu::Emu;
 use crate::backend::gpu::Gpu;
 use crate::backend::Backend;
@@ -173,11 +173,34 @@ impl Engine {
     /// [`DistEnv`]), as this process's rank on its device after the rendezvous. Returns rank 0's
     /// result (in a multi-process run, this process's).
     pub fn run_ranks<W: OnRanks>(&self, work: &W) -> Result<W::Out> {
+        let nccl_ok = std::env::var("NLI_BERT_NCCL").map_or(true, |v| v != "0");
         if let Some(env) = DistEnv::from_env()? {
             let slot = self.process_slot(&env)?;
-            let be = self.open(slot)?;
-            let comm =
-                AnyComm::Tcp(Rendezvous::meet(&env, work.fingerprint(), &[], rank_timeout())?.into_comm());
+            // GPUs sum with NCCL (rank 0's unique id travels with the rendezvous), others through
+            // rank 0; the kind of device is part of what the ranks must agree on.
+            let nccl_rank = nccl_ok && matches!(slot, Slot::Cuda(_));
+            let payload = if nccl_rank && env.rank == 0 { nccl::unique_id()? } else { Vec::new() };
+            let fingerprint = work.fingerprint() ^ if nccl_rank { 0x6e63_636c } else { 0 };
+            let rz = Rendezvous::meet(&env, fingerprint, &payload, rank_timeout())?;
+            let id = rz.payload.clone();
+            let host = AnyComm::Tcp(rz.into_comm());
+            let be = match self.open(slot) {
+                Ok(be) => be,
+                Err(e) => {
+                    <AnyComm as Communicator<Cpu<f64>>>::abort(&host, &e.to_string());
+                    return Err(e);
+                }
+            };
+            let comm = match (&be, nccl_rank) {
+                (AnyBackend::Cuda(g), true) => match g.device().nccl_init_rank(env.world, env.rank, &id) {
+                    Ok(c) => AnyComm::Nccl(c, Box::new(host)),
+                    Err(e) => {
+                        <AnyComm as Communicator<Cpu<f64>>>::abort(&host, &e.to_string());
+                        return Err(e);
+                    }
+                },
+                _ => host,
+            };
             let r = on_slot(work, be, Some(&comm), env.rank, env.world);
             if let Err(e) = &r {
                 <AnyComm as Communicator<Cpu<f64>>>::abort(&comm, &e.to_string());
@@ -189,8 +212,26 @@ impl Engine {
             return on_slot(work, self.open(slots[0])?, None, 0, 1);
         }
         let world = slots.len();
+        // Several GPUs of this process: one NCCL communicator each (ncclCommInitAll).
+        let gpus: Vec<usize> =
+            slots.iter().filter_map(|s| if let Slot::Cuda(n) = s { Some(*n) } else { None }).collect();
+        let nccl = if nccl_ok && gpus.len() == world {
+            Some(std::sync::Mutex::new(nccl::init_all(&gpus)?.into_iter().map(Some).collect::<Vec<_>>()))
+        } else {
+            None
+        };
         let outs = run_local_ranks(world, rank_timeout(), |rank, comm| {
             let comm = AnyComm::Local(comm);
+            let comm = match &nccl {
+                Some(m) => {
+                    let c = m.lock().unwrap_or_else(|p| p.into_inner())[rank].take();
+                    AnyComm::Nccl(
+                        c.ok_or_else(|| Error::msg("internal: NCCL communicator taken twice"))?,
+                        Box::new(comm),
+                    )
+                }
+                None => comm,
+            };
             on_slot(work, self.open(slots[rank])?, Some(&comm), rank, world)
         })?;
         outs.into_iter().next().ok_or_else(|| Error::msg("internal: no rank returned"))

@@ -49,7 +49,8 @@ impl DistEnv {
     /// The run described by `var` (a variable's value by name): torchrun's `RANK`, `WORLD_SIZE`,
     /// `LOCAL_RANK`; else Open MPI's `OMPI_COMM_WORLD_RANK`, `_SIZE`, `_LOCAL_RANK`; else SLURM's
     /// `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`; with `MASTER_ADDR` (required with more than
-    /// one process, except on one machine: 127.0.0.1) and `MASTER_PORT` (default 29500). `None`
+    /// one process) and the port rank 0 listens on: `NLI_BERT_RDZV_PORT`, else `MASTER_PORT` + 1
+    /// under torchrun (whose agent holds `MASTER_PORT`), else `MASTER_PORT`, else 29500. `None`
     /// for a single process (no variables, or a world of 1).
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<DistEnv>> {
         let num = |k: &str| -> Result<Option<usize>> {
@@ -94,12 +95,28 @@ impl DistEnv {
                     )))
                 }
             };
-            let master_port = match var("MASTER_PORT").filter(|v| !v.trim().is_empty()) {
-                None => DEFAULT_PORT,
-                Some(p) => p
-                    .trim()
-                    .parse::<u16>()
-                    .map_err(|_| Error::usage(format!("MASTER_PORT={p:?} is not a port number")))?,
+            let port = |k: &str| -> Result<Option<u16>> {
+                match var(k).filter(|v| !v.trim().is_empty()) {
+                    None => Ok(None),
+                    Some(p) => p
+                        .trim()
+                        .parse::<u16>()
+                        .map(Some)
+                        .map_err(|_| Error::usage(format!("{k}={p:?} is not a port number"))),
+                }
+            };
+            // torchrun's agent already listens on MASTER_PORT (its store): ours takes the next
+            // port there, unless NLI_BERT_RDZV_PORT says which.
+            let torchelastic = var("TORCHELASTIC_RUN_ID").is_some();
+            let master_port = match (port("NLI_BERT_RDZV_PORT")?, port("MASTER_PORT")?) {
+                (Some(p), _) => p,
+                (None, Some(p)) if torchelastic => p.checked_add(1).ok_or_else(|| {
+                    Error::usage(
+                        "MASTER_PORT=65535 leaves no port for the rendezvous: set NLI_BERT_RDZV_PORT",
+                    )
+                })?,
+                (None, Some(p)) => p,
+                (None, None) => DEFAULT_PORT,
             };
             return Ok(Some(DistEnv { rank, world, local_rank, master_addr, master_port, launcher }));
         }

@@ -207,12 +207,15 @@ impl<B: Backend> Communicator<B> for LocalComm {
     }
 }
 
-/// A group handle of either kind, usable with any backend.
+/// A group handle of any kind, usable with any backend.
 pub enum AnyComm {
     /// In-process ranks.
     Local(LocalComm),
     /// Processes over TCP ([`crate::train::dist`]).
     Tcp(crate::train::dist::TcpComm),
+    /// GPUs summing their gradients with NCCL on the devices; the few host values (metrics) go
+    /// through `host`.
+    Nccl(crate::backend::gpu::cuda::nccl::NcclComm, Box<AnyComm>),
 }
 
 impl<B: Backend> Communicator<B> for AnyComm {
@@ -220,30 +223,41 @@ impl<B: Backend> Communicator<B> for AnyComm {
         match self {
             AnyComm::Local(c) => <LocalComm as Communicator<B>>::rank(c),
             AnyComm::Tcp(c) => <crate::train::dist::TcpComm as Communicator<B>>::rank(c),
+            AnyComm::Nccl(c, _) => c.rank,
         }
     }
     fn world(&self) -> usize {
         match self {
             AnyComm::Local(c) => <LocalComm as Communicator<B>>::world(c),
             AnyComm::Tcp(c) => <crate::train::dist::TcpComm as Communicator<B>>::world(c),
+            AnyComm::Nccl(c, _) => c.world,
         }
     }
     fn all_reduce_sum(&self, be: &B, buf: B::SliceMut<'_>) -> Result<()> {
         match self {
             AnyComm::Local(c) => c.all_reduce_sum(be, buf),
             AnyComm::Tcp(c) => c.all_reduce_sum(be, buf),
+            AnyComm::Nccl(c, _) => {
+                if be.device_all_reduce(buf, c)? {
+                    Ok(())
+                } else {
+                    Err(Error::msg(format!("{}: NCCL sums tensors of CUDA devices only", be.name())))
+                }
+            }
         }
     }
     fn all_reduce_host(&self, v: &mut [f64]) -> Result<()> {
         match self {
             AnyComm::Local(c) => <LocalComm as Communicator<B>>::all_reduce_host(c, v),
             AnyComm::Tcp(c) => <crate::train::dist::TcpComm as Communicator<B>>::all_reduce_host(c, v),
+            AnyComm::Nccl(_, host) => <AnyComm as Communicator<B>>::all_reduce_host(host, v),
         }
     }
     fn abort(&self, why: &str) {
         match self {
             AnyComm::Local(c) => <LocalComm as Communicator<B>>::abort(c, why),
             AnyComm::Tcp(c) => <crate::train::dist::TcpComm as Communicator<B>>::abort(c, why),
+            AnyComm::Nccl(_, host) => <AnyComm as Communicator<B>>::abort(host, why),
         }
     }
 }

@@ -20,6 +20,7 @@ mod graphs;
 mod libs;
 mod lt;
 mod module;
+pub mod nccl;
 mod ptx;
 
 use std::ffi::c_void;
@@ -485,6 +486,19 @@ impl Device for Cuda {
 
     fn fused_report(&self) -> Option<String> {
         self.lt.lock().unwrap_or_else(|p| p.into_inner()).as_ref().ok().map(lt::Lt::report)
+    }
+
+    unsafe fn all_reduce_nccl(
+        &self,
+        comm: &dyn std::any::Any,
+        ptr: DevPtr,
+        n: usize,
+        bf16: bool,
+    ) -> Result<bool> {
+        let Some(comm) = comm.downcast_ref::<nccl::NcclComm>() else { return Ok(false) };
+        // SAFETY: forwarded from the caller.
+        unsafe { self.nccl_all_reduce(comm, ptr, n, bf16)? };
+        Ok(true)
     }
 
     unsafe fn gemm_lt(&self, g: &Gemm, math: GemmMath, ep: Epilogue) -> Result<bool> {

@@ -285,6 +285,22 @@ pub trait Device: Send + Sync + 'static {
     /// # Safety
     /// The matrices described by `g` and the epilogue's vector lie inside live allocations.
     unsafe fn gemm_lt(&self, g: &Gemm, math: GemmMath, ep: Epilogue) -> Result<bool>;
+    /// Sums `n` elements (bf16 when `bf16`, else f32) at `ptr` in place over the ranks of the
+    /// communicator `comm` (an NCCL communicator of this device's kind), on the stream.
+    /// `Ok(false)`: this device has no such communicator.
+    ///
+    /// # Safety
+    /// `ptr .. ptr + n` elements lie in a live allocation.
+    unsafe fn all_reduce_nccl(
+        &self,
+        comm: &dyn std::any::Any,
+        ptr: DevPtr,
+        n: usize,
+        bf16: bool,
+    ) -> Result<bool> {
+        let _ = (comm, ptr, n, bf16);
+        Ok(false)
+    }
     /// Whether [`Device::gemm_lt`] can run fused products at all (cuBLASLt loaded).
     fn has_fused_gemms(&self) -> bool;
     /// Per epilogue, how many products ran fused out of those asked (`bias 120/120, …`), where

@@ -343,6 +343,18 @@ impl<D: Device> Backend for Gpu<D> {
         }
     }
 
+    fn device_all_reduce(&self, buf: GViewMut<'_>, comm: &dyn std::any::Any) -> Result<bool> {
+        if let Some(e) = self.sticky_error() {
+            return Err(e);
+        }
+        // SAFETY: the view lies inside a live buffer.
+        let done = unsafe { self.dev.all_reduce_nccl(comm, buf.ptr, buf.len, buf.is_bf16())? };
+        if done {
+            self.profile_mark("allreduce");
+        }
+        Ok(done)
+    }
+
     fn upload_into(&self, dst: GViewMut<'_>, host: &[f32]) -> Result<()> {
         if let Some(e) = self.sticky_error() {
             return Err(e);

@@ -80,7 +80,7 @@ impl Cuda {
     }
 
     /// An error if a graph is being captured or updated (`what` is not allowed then).
-    pub(super) fn not_in_graph(&self, what: &str) -> Result<()> {
+    pub(crate) fn not_in_graph(&self, what: &str) -> Result<()> {
         if self.graph_busy() {
             return Err(Error::msg(format!("CUDA: {what} while capturing or updating a step graph")));
         }

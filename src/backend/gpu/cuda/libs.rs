@@ -46,8 +46,12 @@ fn cublas_present() -> bool {
     // SAFETY: as above.
     unsafe { blas_sys::is_culib_present() }
 }
+fn nccl_present() -> bool {
+    // SAFETY: as above.
+    unsafe { cudarc::nccl::sys::is_culib_present() }
+}
 
-const FAMILIES: [LibFamily; 3] = [
+const FAMILIES: [LibFamily; 4] = [
     LibFamily {
         files: &[("libcuda.so.1", ""), ("libcuda.so", "")],
         present: driver_present,
@@ -66,6 +70,8 @@ const FAMILIES: [LibFamily; 3] = [
         present: cublas_present,
         from_toolkit: true,
     },
+    // Only with several GPUs (data parallel); missing, it is an error only then.
+    LibFamily { files: &[("libnccl.so.2", "")], present: nccl_present, from_toolkit: true },
 ];
 
 /// Makes the CUDA libraries findable by cudarc (see the module docs); runs once per process and

@@ -1,0 +1,130 @@
+//! NCCL for data parallel over several GPUs: the gradients of the ranks summed on the devices
+//! (`ncclAllReduce` on each rank's stream) instead of through the host. Communicators come from
+//! `ncclCommInitAll` for the GPUs of one process, or from `ncclCommInitRank` with the unique id
+//! rank 0 sends at the rendezvous (one process per GPU, any number of machines). `libnccl.so.2` is
+//! loaded at run time like the other CUDA libraries (`NLI_BERT_CUDA_LIB_DIR`, the PyPI wheels'
+//! `nvidia/nccl/lib`); it is needed only when more than one GPU takes part.
+
+use std::ffi::c_void;
+
+use cudarc::nccl::{result as nccl, sys as nccl_sys};
+
+use super::libs::{missing_library_error, preload_libraries};
+use super::{bind, Cuda};
+use crate::backend::gpu::device::DevPtr;
+use crate::error::{Error, Result};
+
+/// One rank's NCCL communicator.
+pub struct NcclComm {
+    comm: nccl_sys::ncclComm_t,
+    /// The rank in the communicator.
+    pub rank: usize,
+    /// Ranks in the communicator.
+    pub world: usize,
+}
+
+// SAFETY: an NCCL communicator may be used from any thread, one collective at a time, which the
+// rank's own thread guarantees (each rank uses only its own communicator).
+unsafe impl Send for NcclComm {}
+// SAFETY: as above; shared references only read the handle.
+unsafe impl Sync for NcclComm {}
+
+impl Drop for NcclComm {
+    fn drop(&mut self) {
+        if !self.comm.is_null() {
+            // SAFETY: created by ncclCommInitAll / ncclCommInitRank, destroyed once.
+            let _ = unsafe { nccl::comm_destroy(self.comm) };
+        }
+    }
+}
+
+fn nccl_err(what: &str) -> impl FnOnce(nccl::NcclError) -> Error + '_ {
+    move |e| Error::msg(format!("NCCL {what}: {e:?}"))
+}
+
+/// Whether NCCL can be loaded; the error says where we looked and how to get it.
+pub fn nccl_available() -> Result<()> {
+    preload_libraries();
+    // SAFETY: only tries to dlopen the library by its usual names.
+    if unsafe { nccl_sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(missing_library_error(
+            "NCCL",
+            "libnccl.so.2",
+            "pip install nvidia-nccl-cu13 (its nvidia/nccl/lib), or NLI_BERT_NCCL=0 to sum the gradients \
+             through the host (slow); NCCL is needed only with more than one GPU",
+        ))
+    }
+}
+
+/// Communicators for the GPUs `ordinals` of this process, rank `i` on `ordinals[i]`.
+pub fn init_all(ordinals: &[usize]) -> Result<Vec<NcclComm>> {
+    nccl_available()?;
+    let devs: Vec<i32> = ordinals.iter().map(|&o| o as i32).collect();
+    let mut comms: Vec<nccl_sys::ncclComm_t> = vec![std::ptr::null_mut(); devs.len()];
+    // SAFETY: `comms` has room for one communicator per device of `devs`.
+    unsafe { nccl::comm_init_all(comms.as_mut_ptr(), devs.len() as i32, devs.as_ptr()) }
+        .map_err(nccl_err("ncclCommInitAll"))?;
+    let world = comms.len();
+    Ok(comms.into_iter().enumerate().map(|(rank, comm)| NcclComm { comm, rank, world }).collect())
+}
+
+/// A new unique id (rank 0 of a multi-process run; the rendezvous carries it to the others).
+pub fn unique_id() -> Result<Vec<u8>> {
+    nccl_available()?;
+    let id = nccl::get_uniqueid().map_err(nccl_err("ncclGetUniqueId"))?;
+    Ok(id.internal.iter().map(|&c| c as u8).collect())
+}
+
+impl Cuda {
+    /// Rank `rank` of `world` on this GPU, in the communicator of unique id `id`.
+    pub fn nccl_init_rank(&self, world: usize, rank: usize, id: &[u8]) -> Result<NcclComm> {
+        nccl_available()?;
+        let mut uid = nccl_sys::ncclUniqueId { internal: [0; 128] };
+        if id.len() != uid.internal.len() {
+            return Err(Error::msg(format!("NCCL: a unique id of {} bytes (expected 128)", id.len())));
+        }
+        for (d, &s) in uid.internal.iter_mut().zip(id) {
+            *d = s as _;
+        }
+        bind(self.ctx)?;
+        let mut comm: nccl_sys::ncclComm_t = std::ptr::null_mut();
+        // SAFETY: the context of this GPU is current; `comm` receives the new communicator.
+        unsafe { nccl::comm_init_rank(&mut comm, world as i32, uid, rank as i32) }
+            .map_err(nccl_err("ncclCommInitRank"))?;
+        Ok(NcclComm { comm, rank, world })
+    }
+
+    /// `n` elements (bf16 or f32) at `ptr` summed in place over the ranks of `comm`, on this
+    /// GPU's stream.
+    ///
+    /// # Safety
+    /// `ptr .. ptr + n` elements lie in a live allocation of this GPU.
+    pub(crate) unsafe fn nccl_all_reduce(
+        &self,
+        comm: &NcclComm,
+        ptr: DevPtr,
+        n: usize,
+        bf16: bool,
+    ) -> Result<()> {
+        self.not_in_graph("an NCCL all-reduce")?;
+        bind(self.ctx)?;
+        let ty =
+            if bf16 { nccl_sys::ncclDataType_t::ncclBfloat16 } else { nccl_sys::ncclDataType_t::ncclFloat32 };
+        // SAFETY: forwarded from the caller; the stream belongs to this GPU's context.
+        unsafe {
+            nccl::all_reduce(
+                ptr as *const c_void,
+                ptr as *mut c_void,
+                n,
+                ty,
+                nccl_sys::ncclRedOp_t::ncclSum,
+                comm.comm,
+                self.stream as nccl_sys::cudaStream_t,
+            )
+        }
+        .map(|_| ())
+        .map_err(nccl_err("ncclAllReduce"))
+    }
+}
