@@ -644,6 +644,23 @@ run() {
         fi
     fi
 
+    # ---- dp: --device cuda:0 and --device cuda (every GPU: data parallel with NCCL when there
+    # are several) on the same run; on one GPU the two must print the same epochs
+    if want learn && [ -f "$data/sick_train.tsv" ] && [ "$dev" = cuda ] && [ "$dry" != 1 ]; then
+        local d same
+        for d in cuda:0 cuda; do
+            sub "dp-${d/:/}" 60 "$bin" finetune --model scratch --data "$data/sick_train.tsv" \
+                --test-data "$data/sick_test.tsv" --batch-size 32 --lr 3e-4 --epochs 2 --device "$d" \
+                --out "$work/ft-dp-${d/:/}"
+        done
+        same=no
+        cmp -s <(grep -o '"loss":[^,]*' "$work/ft-dp-cuda0/metrics.jsonl" 2>/dev/null) \
+            <(grep -o '"loss":[^,]*' "$work/ft-dp-cuda/metrics.jsonl" 2>/dev/null) && same=yes
+        same="$(nvidia-smi -L 2>/dev/null | wc -l) GPU(s); same losses: $same; cuda:0: $(epoch_line "$logs/dp-cuda0.log"); cuda: $(epoch_line "$logs/dp-cuda.log")"
+        note dp "$same"
+        say "dp: $same"
+    fi
+
     # ---- e2e: 5 epochs over a 550k-pair SNLI-format file, tested on snli_dev (~10k pairs), wall
     # time from process start to exit
     if want e2e && [ -f "$data/snli_dev.tsv" ]; then
@@ -820,6 +837,7 @@ summarize() {
     [ -z "$(get eval_saved_model)" ] || echo "  eval of the saved f32 model on sick_test: $(get eval_saved_model)"
     [ -z "$(get learn)" ] || echo "  scratch on SICK (batch 32, lr 3e-4): $(get learn)"
     [ -z "$(get learn_bf16)" ] || echo "  the same in bf16: $(get learn_bf16)"
+    [ -z "$(get dp)" ] || echo "  --device cuda:0 vs cuda (issue 14): $(get dp)"
     [ -z "$(get ours_bench)" ] || echo "  $(get ours_bench)"
     [ -z "$(get e2e)" ] || echo "  end to end: $(get e2e_wall_s) s wall; $(get e2e)"
     echo
