@@ -310,3 +310,38 @@ fn ranks_that_disagree_on_sizes_are_refused() {
     .unwrap();
     assert!(sums.iter().all(|v| v == &vec![6.0, 4.0]), "{sums:?}");
 }
+
+#[test]
+fn backward_announces_each_group_when_its_gradients_are_final() {
+    // Data parallel sums a group of gradients while the layers below run their backward: the
+    // gradients of each announced range must already be final, and the ranges come in
+    // grad_stages' order (the head, then the blocks from the top).
+    for d2l in [true, false] {
+        let cfg = tiny(d2l);
+        let host = init_params(&ParamLayout::new(&cfg), 5);
+        let be = Cpu::<f64>::new(1).unwrap();
+        let mut model = Model::from_host(&be, cfg.clone(), &host).unwrap();
+        let mut acts = Acts::new(&be, &cfg).unwrap();
+        let db = nli_bert::model::bert::upload_batch(&be, &batches()[0]).unwrap();
+        model.forward(&be, &mut acts, &db, mode(0)).unwrap();
+        let mut seen: Vec<(std::ops::Range<usize>, Vec<f64>)> = Vec::new();
+        model
+            .backward_with(&be, &mut acts, &db, mode(0), &mut |be, g, r| {
+                seen.push((r.clone(), be.download(be.slice(g, r))?));
+                Ok(())
+            })
+            .unwrap();
+        let stages = model.grad_stages();
+        assert_eq!(stages.len(), cfg.layers + 1, "the head and every block are contiguous");
+        assert_eq!(seen.iter().map(|s| s.0.clone()).collect::<Vec<_>>(), stages);
+        let grads = model.grads_host(&be).unwrap();
+        for (r, snap) in &seen {
+            assert_eq!(
+                snap,
+                &grads[r.clone()],
+                "d2l {d2l}: gradients of {r:?} changed after they were announced"
+            );
+            assert!(snap.iter().any(|&x| x != 0.0));
+        }
+    }
+}

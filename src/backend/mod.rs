@@ -230,6 +230,11 @@ pub trait Backend {
         let _ = (buf, comm);
         Ok(false)
     }
+    /// Later ops wait for the sums [`Backend::device_all_reduce`] issued (which may run beside
+    /// the backward); a no-op where they are synchronous.
+    fn collectives_wait(&self) -> Result<()> {
+        Ok(())
+    }
     /// Copies `host` into the elements of `dst` (same length; rounded to a bf16 view's storage).
     fn upload_into(&self, dst: Self::SliceMut<'_>, host: &[Self::F]) -> Result<()>;
     /// A device copy of integer data.

@@ -22,6 +22,7 @@ use crate::float::Float;
 use crate::model::config::BertConfig;
 use crate::model::params::ParamLayout;
 use crate::rng::{site, Dropout, HostRng};
+use std::ops::Range;
 
 /// The model's parameters and their gradients on a backend.
 pub struct Model<B: Backend> {
@@ -115,6 +116,10 @@ pub struct Acts<B: Backend> {
     dpool_pre: B::Buf,
     dlogits: B::Buf,
 }
+
+/// What [`Model::backward_with`] calls with the gradient buffer and a range of it whose
+/// gradients are final.
+pub type GradsReady<'a, B> = dyn FnMut(&B, &mut <B as Backend>::Buf, Range<usize>) -> Result<()> + 'a;
 
 /// Forward-pass settings.
 #[derive(Clone, Copy, Debug)]
@@ -440,6 +445,56 @@ impl<B: Backend> Model<B> {
     /// Backward pass of `Σ losses` through the activations of the last forward; gradients of the
     /// parameters accumulate into `self.grads`.
     pub fn backward(&mut self, be: &B, acts: &mut Acts<B>, batch: &DeviceBatch<B>, mode: Mode) -> Result<()> {
+        self.backward_with(be, acts, batch, mode, &mut |_, _, _| Ok(()))
+    }
+
+    /// The parameter ranges whose gradients [`Model::backward_with`] completes one after the
+    /// other: the classifier head, then the blocks from the last to the first (each a contiguous
+    /// run of the flat buffer; a group that is not is left out, to be taken with the rest).
+    pub fn grad_stages(&self) -> Vec<Range<usize>> {
+        let r = &self.layout.ranges;
+        let span = |rs: &[&Range<usize>]| -> Option<Range<usize>> {
+            let lo = rs.iter().map(|x| x.start).min()?;
+            let hi = rs.iter().map(|x| x.end).max()?;
+            (rs.iter().map(|x| x.len()).sum::<usize>() == hi - lo).then_some(lo..hi)
+        };
+        let mut v: Vec<Range<usize>> =
+            span(&[&r.pool_weight, &r.pool_bias, &r.out_weight, &r.out_bias]).into_iter().collect();
+        for b in r.blocks.iter().rev() {
+            v.extend(span(&[
+                &b.qkv_weight,
+                &b.qkv_bias,
+                &b.o_weight,
+                &b.o_bias,
+                &b.ln1_weight,
+                &b.ln1_bias,
+                &b.fc1_weight,
+                &b.fc1_bias,
+                &b.fc2_weight,
+                &b.fc2_bias,
+                &b.ln2_weight,
+                &b.ln2_bias,
+            ]));
+        }
+        v
+    }
+
+    /// [`Model::backward`], calling `ready(be, grads, range)` as soon as the gradients of each
+    /// range of [`Model::grad_stages`] are complete, in that order (data parallel sums them while
+    /// the layers below run their backward).
+    pub fn backward_with(
+        &mut self,
+        be: &B,
+        acts: &mut Acts<B>,
+        batch: &DeviceBatch<B>,
+        mode: Mode,
+        ready: &mut GradsReady<'_, B>,
+    ) -> Result<()> {
+        // The ranges are announced only when every group is contiguous (always, with this
+        // module's layout); otherwise the caller takes all of them after the backward.
+        let stages = self.grad_stages();
+        let head_ok = self.cfg.layers + 1 == stages.len();
+        let mut stage = stages.into_iter();
         let cfg = self.cfg.clone();
         let (c, f, nh, k) = (cfg.hidden, cfg.ffn, cfg.heads, cfg.num_labels);
         let (t, nb) = (batch.layout.t(), batch.layout.examples());
@@ -512,6 +567,11 @@ impl<B: Backend> Model<B> {
                 c,
                 c,
             );
+        }
+        if head_ok {
+            if let Some(s) = stage.next() {
+                ready(be, g, s)?;
+            }
         }
         // ∂L/∂(last block output): zero except the <cls> rows.
         be.cls_backward(be.slice_mut(&mut acts.dx_a, tc.clone()), be.slice(&acts.dcls, bc.clone()), batch, c);
@@ -634,6 +694,11 @@ impl<B: Backend> Model<B> {
                     c,
                     3 * c,
                 );
+            }
+            if head_ok {
+                if let Some(s) = stage.next() {
+                    ready(be, g, s)?;
+                }
             }
             // dx_b = ∂L/∂x is the next (lower) block's ∂L/∂out.
             std::mem::swap(&mut acts.dx_a, &mut acts.dx_b);

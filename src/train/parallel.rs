@@ -399,12 +399,43 @@ impl<B: Backend> Model<B> {
         comm.all_reduce_host(&mut m)?;
         let out = Output { loss_sum: m[0], correct: m[1] as usize, n: m[2] as usize };
         if out.loss_sum.is_finite() {
-            if let Some(db) = &device_batch {
-                self.backward(be, acts, db, mode)?;
+            // Each group of gradients is summed as soon as the backward has completed it (the
+            // head, then the blocks from the top), the rest (the embeddings) at the end: every
+            // rank issues the same collectives in the same order, an empty shard included.
+            let trainable = self.layout.trainable_ranges();
+            let stages = self.grad_stages();
+            let stages = if stages.len() == self.cfg.layers + 1 { stages } else { Vec::new() };
+            let reduce = |be: &B, grads: &mut B::Buf, r: Range<usize>| -> Result<()> {
+                let parts: Vec<Range<usize>> = trainable
+                    .iter()
+                    .map(|t| t.start.max(r.start)..t.end.min(r.end))
+                    .filter(|x| x.start < x.end)
+                    .collect();
+                for b in gradient_buckets(&parts, BUCKET_ELEMS) {
+                    comm.all_reduce_sum(be, be.slice_mut(grads, b))?;
+                }
+                Ok(())
+            };
+            match &device_batch {
+                Some(db) => self.backward_with(be, acts, db, mode, &mut |be, g, r| reduce(be, g, r))?,
+                None => {
+                    for r in stages.iter().cloned() {
+                        reduce(be, &mut self.grads, r)?;
+                    }
+                }
             }
-            for r in gradient_buckets(&self.layout.trainable_ranges(), BUCKET_ELEMS) {
-                comm.all_reduce_sum(be, be.slice_mut(&mut self.grads, r))?;
+            // What no stage covered, in buffer order.
+            let mut covered = stages.clone();
+            covered.sort_by_key(|r| r.start);
+            let mut at = 0;
+            let total = self.layout.total;
+            for r in covered.iter().cloned().chain(std::iter::once(total..total)) {
+                if at < r.start {
+                    reduce(be, &mut self.grads, at..r.start)?;
+                }
+                at = at.max(r.end);
             }
+            be.collectives_wait()?;
             opt.step_batch(be, self, &batch.tokens);
         }
         Ok(out)

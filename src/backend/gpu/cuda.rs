@@ -501,6 +501,10 @@ impl Device for Cuda {
         Ok(true)
     }
 
+    fn collectives_wait(&self) -> Result<()> {
+        self.nccl_wait()
+    }
+
     unsafe fn gemm_lt(&self, g: &Gemm, math: GemmMath, ep: Epilogue) -> Result<bool> {
         // SAFETY: forwarded.
         unsafe { self.blas_gemm_lt(g, math, ep) }

@@ -301,6 +301,11 @@ pub trait Device: Send + Sync + 'static {
         let _ = (comm, ptr, n, bf16);
         Ok(false)
     }
+    /// Makes later work wait for the collectives [`Device::all_reduce_nccl`] issued (they may run
+    /// beside the stream's work).
+    fn collectives_wait(&self) -> Result<()> {
+        Ok(())
+    }
     /// Whether [`Device::gemm_lt`] can run fused products at all (cuBLASLt loaded).
     fn has_fused_gemms(&self) -> bool;
     /// Per epilogue, how many products ran fused out of those asked (`bias 120/120, …`), where

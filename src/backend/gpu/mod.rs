@@ -355,6 +355,13 @@ impl<D: Device> Backend for Gpu<D> {
         Ok(done)
     }
 
+    fn collectives_wait(&self) -> Result<()> {
+        if let Some(e) = self.sticky_error() {
+            return Err(e);
+        }
+        self.dev.collectives_wait()
+    }
+
     fn upload_into(&self, dst: GViewMut<'_>, host: &[f32]) -> Result<()> {
         if let Some(e) = self.sticky_error() {
             return Err(e);

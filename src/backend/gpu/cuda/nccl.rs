@@ -7,6 +7,7 @@
 
 use std::ffi::c_void;
 
+use cudarc::driver::{result as drv, sys};
 use cudarc::nccl::{result as nccl, sys as nccl_sys};
 
 use super::libs::{missing_library_error, preload_libraries};
@@ -96,11 +97,14 @@ impl Cuda {
         Ok(NcclComm { comm, rank, world })
     }
 
-    /// `n` elements (bf16 or f32) at `ptr` summed in place over the ranks of `comm`, on this
-    /// GPU's stream.
+    /// `n` elements (bf16 or f32) at `ptr` summed in place over the ranks of `comm`. The
+    /// collective runs on the side stream once the work issued so far on the main stream (which
+    /// computed these gradients) is done, so the backward of the layers below goes on meanwhile;
+    /// [`Cuda::nccl_wait`] joins the two before anything reads the sums.
     ///
     /// # Safety
-    /// `ptr .. ptr + n` elements lie in a live allocation of this GPU.
+    /// `ptr .. ptr + n` elements lie in a live allocation of this GPU, which the main stream does
+    /// not write until [`Cuda::nccl_wait`].
     pub(crate) unsafe fn nccl_all_reduce(
         &self,
         comm: &NcclComm,
@@ -110,6 +114,7 @@ impl Cuda {
     ) -> Result<()> {
         self.not_in_graph("an NCCL all-reduce")?;
         bind(self.ctx)?;
+        self.stream_waits_for(self.side, self.stream)?;
         let ty =
             if bf16 { nccl_sys::ncclDataType_t::ncclBfloat16 } else { nccl_sys::ncclDataType_t::ncclFloat32 };
         // SAFETY: forwarded from the caller; the stream belongs to this GPU's context.
@@ -121,10 +126,33 @@ impl Cuda {
                 ty,
                 nccl_sys::ncclRedOp_t::ncclSum,
                 comm.comm,
-                self.stream as nccl_sys::cudaStream_t,
+                self.side as nccl_sys::cudaStream_t,
             )
         }
         .map(|_| ())
         .map_err(nccl_err("ncclAllReduce"))
+    }
+
+    /// The main stream waits for the collectives issued so far (on the side stream).
+    pub(crate) fn nccl_wait(&self) -> Result<()> {
+        bind(self.ctx)?;
+        self.stream_waits_for(self.stream, self.side)
+    }
+
+    /// `waiter` runs nothing issued after this call until the work issued so far on `signaller`
+    /// is done.
+    fn stream_waits_for(&self, waiter: sys::CUstream, signaller: sys::CUstream) -> Result<()> {
+        let ev = drv::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+            .map_err(|e| Error::msg(format!("cuEventCreate: {e}")))?;
+        // SAFETY: both streams and the event belong to this GPU's context, which is current;
+        // destroying an event that a stream still waits on is allowed (released when done).
+        let r = unsafe {
+            drv::event::record(ev, signaller).and_then(|()| {
+                drv::stream::wait_event(waiter, ev, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT)
+            })
+        };
+        // SAFETY: created above, destroyed once.
+        let _ = unsafe { drv::event::destroy(ev) };
+        r.map_err(|e| Error::msg(format!("ordering the NCCL stream: {e}")))
     }
 }
