@@ -323,6 +323,16 @@ fn cuda_nccl_one_rank_all_reduces() {
     assert!(be.view(&h).is_bf16());
     assert!(be.device_all_reduce(be.view_mut(&mut h), &comms[0]).unwrap());
     assert_eq!(be.download(be.view(&h)).unwrap(), x, "bf16 values exact in bf16 stay");
+    // The engine's path: a unique id, then ncclCommInitRank from the rank's thread.
     let id = cuda::nccl::unique_id().expect("a unique id");
     assert_eq!(id.len(), 128);
+    let c = be.device().nccl_init_rank(1, 0, &id).expect("ncclCommInitRank");
+    let mut f = be.upload(&x).unwrap();
+    assert!(be.device_all_reduce(be.view_mut(&mut f), &c).unwrap());
+    be.collectives_wait().unwrap();
+    assert_eq!(be.download(be.view(&f)).unwrap(), x);
+    // an aborted communicator refuses further sums with an error, not a hang
+    c.abort_handle().abort();
+    let mut f = be.upload(&x).unwrap();
+    assert!(be.device_all_reduce(be.view_mut(&mut f), &c).is_err());
 }

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::model::config::Precision;
 use crate::train::dist::{DistEnv, Rendezvous};
 use crate::train::parallel::{rank_timeout, run_local_ranks, AnyComm, Communicator};
+use std::sync::Mutex;
 
 /// Where computation runs (`--device`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -184,57 +185,77 @@ impl Engine {
             let rz = Rendezvous::meet(&env, fingerprint, &payload, rank_timeout())?;
             let id = rz.payload.clone();
             let host = AnyComm::Tcp(rz.into_comm());
-            let be = match self.open(slot) {
-                Ok(be) => be,
-                Err(e) => {
-                    <AnyComm as Communicator<Cpu<f64>>>::abort(&host, &e.to_string());
-                    return Err(e);
-                }
-            };
-            let comm = match (&be, nccl_rank) {
-                (AnyBackend::Cuda(g), true) => match g.device().nccl_init_rank(env.world, env.rank, &id) {
-                    Ok(c) => AnyComm::Nccl(c, Box::new(host)),
-                    Err(e) => {
-                        <AnyComm as Communicator<Cpu<f64>>>::abort(&host, &e.to_string());
-                        return Err(e);
-                    }
-                },
-                _ => host,
-            };
-            let r = on_slot(work, be, Some(&comm), env.rank, env.world);
-            if let Err(e) = &r {
-                <AnyComm as Communicator<Cpu<f64>>>::abort(&comm, &e.to_string());
-            }
-            return r;
+            let aborts = Mutex::new(Vec::new());
+            return self.rank(work, slot, host, (env.rank, env.world), nccl_rank.then_some(&id[..]), &aborts);
         }
         let slots = self.slots()?;
         if slots.len() == 1 {
-            return on_slot(work, self.open(slots[0])?, None, 0, 1);
+            return on_slot(work, &self.open(slots[0])?, None, 0, 1);
         }
         let world = slots.len();
-        // Several GPUs of this process: one NCCL communicator each (ncclCommInitAll).
-        let gpus: Vec<usize> =
-            slots.iter().filter_map(|s| if let Slot::Cuda(n) = s { Some(*n) } else { None }).collect();
-        let nccl = if nccl_ok && gpus.len() == world {
-            Some(std::sync::Mutex::new(nccl::init_all(&gpus)?.into_iter().map(Some).collect::<Vec<_>>()))
+        // Several GPUs of this process: one thread and NCCL communicator each (ncclCommInitRank
+        // from each rank's thread, its GPU current; the id never touches CUDA).
+        let id = if nccl_ok && slots.iter().all(|s| matches!(s, Slot::Cuda(_))) {
+            Some(nccl::unique_id()?)
         } else {
             None
         };
+        let aborts = Mutex::new(Vec::new());
         let outs = run_local_ranks(world, rank_timeout(), |rank, comm| {
-            let comm = AnyComm::Local(comm);
-            let comm = match &nccl {
-                Some(m) => {
-                    let c = m.lock().unwrap_or_else(|p| p.into_inner())[rank].take();
-                    AnyComm::Nccl(
-                        c.ok_or_else(|| Error::msg("internal: NCCL communicator taken twice"))?,
-                        Box::new(comm),
-                    )
-                }
-                None => comm,
-            };
-            on_slot(work, self.open(slots[rank])?, Some(&comm), rank, world)
+            self.rank(work, slots[rank], AnyComm::Local(comm), (rank, world), id.as_deref(), &aborts)
         })?;
         outs.into_iter().next().ok_or_else(|| Error::msg("internal: no rank returned"))
+    }
+
+    /// One rank: opens its device, confirms with the others (a host all-reduce) that every rank
+    /// did, joins the NCCL communicator of unique id `nccl_id` on a GPU, and runs `work`. A rank
+    /// that fails tells the others through `host` and aborts every NCCL communicator of the
+    /// process (`aborts`), so that no rank waits in a collective of a rank that is gone.
+    fn rank<W: OnRanks>(
+        &self,
+        work: &W,
+        slot: Slot,
+        host: AnyComm,
+        (rank, world): (usize, usize),
+        nccl_id: Option<&[u8]>,
+        aborts: &Mutex<Vec<nccl::NcclAbort>>,
+    ) -> Result<W::Out> {
+        let abort_all = |why: &str, comm: &AnyComm| {
+            <AnyComm as Communicator<Cpu<f64>>>::abort(comm, why);
+            for a in aborts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                a.abort();
+            }
+        };
+        let be = match self.open(slot) {
+            Ok(be) => be,
+            Err(e) => {
+                abort_all(&e.to_string(), &host);
+                return Err(e);
+            }
+        };
+        // Everyone has its device before anyone blocks in NCCL's initialisation.
+        <AnyComm as Communicator<Cpu<f64>>>::all_reduce_host(&host, &mut [1.0])?;
+        let comm = match (&be, nccl_id) {
+            (AnyBackend::Cuda(g), Some(id)) => match g.device().nccl_init_rank(world, rank, id) {
+                Ok(c) => {
+                    aborts.lock().unwrap_or_else(|p| p.into_inner()).push(c.abort_handle());
+                    AnyComm::Nccl(c, Box::new(host))
+                }
+                Err(e) => {
+                    abort_all(&e.to_string(), &host);
+                    return Err(e);
+                }
+            },
+            _ => host,
+        };
+        let r = on_slot(work, &be, Some(&comm), rank, world);
+        if let Err(e) = &r {
+            abort_all(&e.to_string(), &comm);
+        }
+        // `comm` (the NCCL communicator) goes before the device it was made on.
+        drop(comm);
+        drop(be);
+        r
     }
 
     /// The devices of this process's ranks, in rank order.
@@ -346,16 +367,16 @@ impl Engine {
 /// Runs rank `rank` of `work` on an opened backend.
 fn on_slot<W: OnRanks>(
     work: &W,
-    be: AnyBackend,
+    be: &AnyBackend,
     comm: Option<&AnyComm>,
     rank: usize,
     world: usize,
 ) -> Result<W::Out> {
     match be {
-        AnyBackend::CpuF32(be) => work.run_rank(&be, comm, rank, world),
-        AnyBackend::CpuF64(be) => work.run_rank(&be, comm, rank, world),
-        AnyBackend::Cuda(be) => work.run_rank(&be, comm, rank, world),
-        AnyBackend::Emu(be) => work.run_rank(&be, comm, rank, world),
+        AnyBackend::CpuF32(be) => work.run_rank(be, comm, rank, world),
+        AnyBackend::CpuF64(be) => work.run_rank(be, comm, rank, world),
+        AnyBackend::Cuda(be) => work.run_rank(be, comm, rank, world),
+        AnyBackend::Emu(be) => work.run_rank(be, comm, rank, world),
     }
 }
 

@@ -257,7 +257,10 @@ impl<B: Backend> Communicator<B> for AnyComm {
         match self {
             AnyComm::Local(c) => <LocalComm as Communicator<B>>::abort(c, why),
             AnyComm::Tcp(c) => <crate::train::dist::TcpComm as Communicator<B>>::abort(c, why),
-            AnyComm::Nccl(_, host) => <AnyComm as Communicator<B>>::abort(host, why),
+            AnyComm::Nccl(c, host) => {
+                c.abort_handle().abort();
+                <AnyComm as Communicator<B>>::abort(host, why)
+            }
         }
     }
 }

@@ -6,6 +6,8 @@
 //! `nvidia/nccl/lib`); it is needed only when more than one GPU takes part.
 
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use cudarc::driver::{result as drv, sys};
 use cudarc::nccl::{result as nccl, sys as nccl_sys};
@@ -17,26 +19,68 @@ use crate::error::{Error, Result};
 
 /// One rank's NCCL communicator.
 pub struct NcclComm {
-    comm: nccl_sys::ncclComm_t,
+    inner: Arc<Handle>,
     /// The rank in the communicator.
     pub rank: usize,
     /// Ranks in the communicator.
     pub world: usize,
 }
 
-// SAFETY: an NCCL communicator may be used from any thread, one collective at a time, which the
-// rank's own thread guarantees (each rank uses only its own communicator).
-unsafe impl Send for NcclComm {}
-// SAFETY: as above; shared references only read the handle.
-unsafe impl Sync for NcclComm {}
+/// The communicator handle, shared with [`NcclAbort`].
+struct Handle {
+    comm: nccl_sys::ncclComm_t,
+    aborted: AtomicBool,
+}
 
-impl Drop for NcclComm {
-    fn drop(&mut self) {
-        if !self.comm.is_null() {
-            // SAFETY: created by ncclCommInitAll / ncclCommInitRank, destroyed once.
-            let _ = unsafe { nccl::comm_destroy(self.comm) };
+// SAFETY: an NCCL communicator may be used from any thread, one collective at a time (each rank
+// uses only its own), and ncclCommAbort may be called from another thread to end a hung one.
+unsafe impl Send for Handle {}
+// SAFETY: as above.
+unsafe impl Sync for Handle {}
+
+/// Aborts a communicator from any thread (its pending collectives return): what a failed rank
+/// does to every communicator of the process, so that no rank waits for it forever.
+#[derive(Clone)]
+pub struct NcclAbort(Arc<Handle>);
+
+impl NcclAbort {
+    /// `ncclCommAbort`, once.
+    pub fn abort(&self) {
+        if !self.0.aborted.swap(true, Ordering::SeqCst) && !self.0.comm.is_null() {
+            // SAFETY: a live communicator, aborted once (it is freed by the call).
+            let _ = unsafe { nccl::comm_abort(self.0.comm) };
         }
     }
+}
+
+impl NcclComm {
+    /// A handle that aborts this communicator.
+    pub fn abort_handle(&self) -> NcclAbort {
+        NcclAbort(self.inner.clone())
+    }
+
+    fn raw(&self) -> Result<nccl_sys::ncclComm_t> {
+        if self.inner.aborted.load(Ordering::SeqCst) {
+            return Err(Error::msg("NCCL: the communicator was aborted (another rank failed)"));
+        }
+        Ok(self.inner.comm)
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if !self.comm.is_null() && !*self.aborted.get_mut() {
+            // SAFETY: a live communicator: its collectives are flushed, then it is freed once.
+            unsafe {
+                let _ = nccl::comm_finalize(self.comm);
+                let _ = nccl::comm_destroy(self.comm);
+            }
+        }
+    }
+}
+
+fn wrap(comm: nccl_sys::ncclComm_t, rank: usize, world: usize) -> NcclComm {
+    NcclComm { inner: Arc::new(Handle { comm, aborted: AtomicBool::new(false) }), rank, world }
 }
 
 fn nccl_err(what: &str) -> impl FnOnce(nccl::NcclError) -> Error + '_ {
@@ -59,7 +103,9 @@ pub fn nccl_available() -> Result<()> {
     }
 }
 
-/// Communicators for the GPUs `ordinals` of this process, rank `i` on `ordinals[i]`.
+/// Communicators for the GPUs `ordinals` of this process, rank `i` on `ordinals[i]`
+/// (`ncclCommInitAll`, from the calling thread: it may make GPU 0's context current there; the
+/// engine instead joins each rank from its own thread with [`Cuda::nccl_init_rank`]).
 pub fn init_all(ordinals: &[usize]) -> Result<Vec<NcclComm>> {
     nccl_available()?;
     let devs: Vec<i32> = ordinals.iter().map(|&o| o as i32).collect();
@@ -68,7 +114,7 @@ pub fn init_all(ordinals: &[usize]) -> Result<Vec<NcclComm>> {
     unsafe { nccl::comm_init_all(comms.as_mut_ptr(), devs.len() as i32, devs.as_ptr()) }
         .map_err(nccl_err("ncclCommInitAll"))?;
     let world = comms.len();
-    Ok(comms.into_iter().enumerate().map(|(rank, comm)| NcclComm { comm, rank, world }).collect())
+    Ok(comms.into_iter().enumerate().map(|(rank, comm)| wrap(comm, rank, world)).collect())
 }
 
 /// A new unique id (rank 0 of a multi-process run; the rendezvous carries it to the others).
@@ -94,7 +140,7 @@ impl Cuda {
         // SAFETY: the context of this GPU is current; `comm` receives the new communicator.
         unsafe { nccl::comm_init_rank(&mut comm, world as i32, uid, rank as i32) }
             .map_err(nccl_err("ncclCommInitRank"))?;
-        Ok(NcclComm { comm, rank, world })
+        Ok(wrap(comm, rank, world))
     }
 
     /// `n` elements (bf16 or f32) at `ptr` summed in place over the ranks of `comm`. The
@@ -125,7 +171,7 @@ impl Cuda {
                 n,
                 ty,
                 nccl_sys::ncclRedOp_t::ncclSum,
-                comm.comm,
+                comm.raw()?,
                 self.side as nccl_sys::cudaStream_t,
             )
         }
