@@ -403,7 +403,7 @@ impl OnRanks for Finetune<'_> {
         let (train, test) = (*train, *test);
         let root = rank == 0;
         let comm: Option<&dyn Communicator<B>> = comm.map(|c| c as &dyn Communicator<B>);
-        let mut device = if world > 1 { format!("{world}x {}", be.name()) } else { be.name() };
+        let mut device = if world > 1 { ranks_name(world, &be.name()) } else { be.name() };
         if comm.is_some() {
             if a.train.graphs == crate::train::step::GraphsSel::On {
                 return Err(Error::usage(
@@ -521,6 +521,17 @@ impl OnRanks for Finetune<'_> {
     }
 }
 
+/// The devices of a data-parallel run as the epoch line names them: `2x NVIDIA H200, bf16 ...`
+/// from rank 0's `cuda:0 (NVIDIA H200), bf16 ...` (the card without the ordinal), `2x emu, f32`.
+fn ranks_name(world: usize, rank0: &str) -> String {
+    let card = rank0
+        .strip_prefix("cuda:")
+        .and_then(|r| r.split_once(" ("))
+        .and_then(|(_, r)| r.split_once(')'))
+        .map(|(card, rest)| format!("{card}{rest}"));
+    format!("{world}x {}", card.unwrap_or_else(|| rank0.to_string()))
+}
+
 /// The title of curves.svg: the model and, for a finetune run, its data.
 fn curves_title(model: &str, run: Option<&RunSettings>) -> String {
     let name = |p: &str| {
@@ -532,5 +543,18 @@ fn curves_title(model: &str, run: Option<&RunSettings>) -> String {
             None => format!("{model} on {}", name(&r.data)),
         },
         None => model.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ranks_name_drops_the_ordinal() {
+        assert_eq!(
+            super::ranks_name(2, "cuda:0 (NVIDIA H200), bf16 activations and GEMMs"),
+            "2x NVIDIA H200, bf16 activations and GEMMs"
+        );
+        assert_eq!(super::ranks_name(3, "emu, f32"), "3x emu, f32");
+        assert_eq!(super::ranks_name(2, "cpu (1 thread), f32"), "2x cpu (1 thread), f32");
     }
 }
