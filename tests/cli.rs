@@ -17,10 +17,11 @@ fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("running nli-bert")
 }
 
-fn small_finetune(dir: &Path, out: &Path, precision: &str, extra: &[&str]) -> Output {
+/// The arguments of a small fine-tune (a one-block model on 90 generated pairs, tested on 30).
+fn small_args(dir: &Path, out: &Path, precision: &str) -> Vec<String> {
     let train = write_tsv(dir, "train.tsv", 90, 0);
     let test = write_tsv(dir, "test.tsv", 30, 1000);
-    let mut args = vec![
+    [
         "finetune",
         "--model",
         "scratch",
@@ -48,13 +49,20 @@ fn small_finetune(dir: &Path, out: &Path, precision: &str, extra: &[&str]) -> Ou
         precision,
         "--out",
         out.to_str().unwrap(),
-    ];
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn small_finetune(dir: &Path, out: &Path, precision: &str, extra: &[&str]) -> Output {
+    let mut args = small_args(dir, out, precision);
     if extra.contains(&"--epochs") {
-        let at = args.iter().position(|a| *a == "--epochs").unwrap();
+        let at = args.iter().position(|a| a == "--epochs").unwrap();
         args.drain(at..at + 2);
     }
-    args.extend_from_slice(extra);
-    run(&args)
+    args.extend(extra.iter().map(|s| s.to_string()));
+    bin().args(&args).output().expect("running nli-bert")
 }
 
 #[test]
@@ -1034,40 +1042,9 @@ fn cli_finetune_as_two_processes_matches_one() {
     assert!(o.status.success(), "{:?}", text(&o));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
     let spawn = |rank: &str, out: &Path| {
-        let train = dir.path().join("train.tsv");
-        let test = dir.path().join("test.tsv");
         bin()
-            .args([
-                "finetune",
-                "--model",
-                "scratch",
-                "--data",
-                train.to_str().unwrap(),
-                "--test-data",
-                test.to_str().unwrap(),
-                "--hidden",
-                "16",
-                "--ffn",
-                "32",
-                "--heads",
-                "2",
-                "--layers",
-                "1",
-                "--epochs",
-                "2",
-                "--batch-size",
-                "16",
-                "--lr",
-                "1e-3",
-                "--threads",
-                "1",
-                "--precision",
-                "f32",
-                "--device",
-                "cpu",
-                "--out",
-                out.to_str().unwrap(),
-            ])
+            .args(small_args(dir.path(), out, "f32"))
+            .args(["--device", "cpu"])
             .env("RANK", rank)
             .env("WORLD_SIZE", "2")
             .env("MASTER_ADDR", "127.0.0.1")
