@@ -1103,3 +1103,33 @@ fn cli_resume_on_two_ranks_continues_the_run() {
         assert_eq!(x["examples"], y["examples"]);
     }
 }
+
+#[test]
+fn cli_ranks_with_other_settings_are_refused_at_start() {
+    // Two processes of one run whose flags differ (here the seed): rank 0 refuses rank 1
+    // at the rendezvous and both exit with an error that says so, before any training.
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let spawn = |rank: &str, seed: &str| {
+        bin()
+            .args(small_args(dir.path(), &dir.path().join(format!("out{rank}")), "f32"))
+            .args(["--device", "cpu", "--seed", seed])
+            .env("RANK", rank)
+            .env("WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", &port)
+            .env("NLI_BERT_RANK_TIMEOUT", "30")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (r0, r1) = (spawn("0", "1"), spawn("1", "2"));
+    for (rank, o) in [r0.wait_with_output().unwrap(), r1.wait_with_output().unwrap()].into_iter().enumerate()
+    {
+        let (stdout, stderr) = text(&o);
+        assert!(!o.status.success(), "rank {rank} must fail: {stdout}");
+        assert!(stderr.contains("rank 1 runs another model or other settings"), "rank {rank}: {stderr}");
+        assert!(!stdout.contains("epoch "), "rank {rank} trained: {stdout}");
+    }
+}
