@@ -1041,9 +1041,12 @@ fn cli_finetune_as_two_processes_matches_one() {
     let o = small_finetune(dir.path(), &one, "f32", &["--device", "cpu"]);
     assert!(o.status.success(), "{:?}", text(&o));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
-    let spawn = |rank: &str, out: &Path| {
+    // (the arguments first: writing them writes the data files, which must not change under a
+    // running rank)
+    let (a0, a1) = (small_args(dir.path(), &two, "f32"), small_args(dir.path(), &other, "f32"));
+    let spawn = |rank: &str, args: &[String]| {
         bin()
-            .args(small_args(dir.path(), out, "f32"))
+            .args(args)
             .args(["--device", "cpu"])
             .env("RANK", rank)
             .env("WORLD_SIZE", "2")
@@ -1055,7 +1058,7 @@ fn cli_finetune_as_two_processes_matches_one() {
             .spawn()
             .unwrap()
     };
-    let (r0, r1) = (spawn("0", &two), spawn("1", &other));
+    let (r0, r1) = (spawn("0", &a0), spawn("1", &a1));
     let (o0, o1) = (r0.wait_with_output().unwrap(), r1.wait_with_output().unwrap());
     assert!(o0.status.success(), "rank 0: {:?}", text(&o0));
     assert!(o1.status.success(), "rank 1: {:?}", text(&o1));
@@ -1110,9 +1113,10 @@ fn cli_ranks_with_other_settings_are_refused_at_start() {
     // at the rendezvous and both exit with an error that says so, before any training.
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let args = small_args(dir.path(), &dir.path().join("out"), "f32");
     let spawn = |rank: &str, seed: &str| {
         bin()
-            .args(small_args(dir.path(), &dir.path().join(format!("out{rank}")), "f32"))
+            .args(&args)
             .args(["--device", "cpu", "--seed", seed])
             .env("RANK", rank)
             .env("WORLD_SIZE", "2")
@@ -1131,5 +1135,71 @@ fn cli_ranks_with_other_settings_are_refused_at_start() {
         assert!(!o.status.success(), "rank {rank} must fail: {stdout}");
         assert!(stderr.contains("rank 1 runs another model or other settings"), "rank {rank}: {stderr}");
         assert!(!stdout.contains("epoch "), "rank {rank} trained: {stdout}");
+    }
+}
+
+#[test]
+fn cli_two_processes_resume_from_rank_0s_checkpoint() {
+    // Two CPU processes stopped by --max-steps, then both resumed from rank 0's directory (a
+    // shared file system): the uninterrupted two-process run's metrics.
+    let dir = tempfile::tempdir().unwrap();
+    let run2 = |args: &dyn Fn(&str) -> Vec<String>| -> (Output, Output) {
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+        // (the arguments first: writing them writes the data files, which must not change under
+        // a running rank)
+        let (a0, a1) = (args("0"), args("1"));
+        let spawn = |rank: &str| {
+            bin()
+                .args(if rank == "0" { &a0 } else { &a1 })
+                .env("RANK", rank)
+                .env("WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .env("NLI_BERT_RANK_TIMEOUT", "60")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn("0"), spawn("1"));
+        (a.wait_with_output().unwrap(), b.wait_with_output().unwrap())
+    };
+    let (full, cut) = (dir.path().join("full"), dir.path().join("cut"));
+    let out =
+        |base: &Path, rank: &str| if rank == "0" { base.to_path_buf() } else { base.with_extension("rank1") };
+    let small = |base: &Path, extra: &[&str]| {
+        let (d, base, extra) = (
+            dir.path().to_path_buf(),
+            base.to_path_buf(),
+            extra.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        );
+        move |rank: &str| {
+            let mut a = small_args(&d, &out(&base, rank), "f32");
+            a.extend(["--device".to_string(), "cpu".to_string()]);
+            a.extend(extra.iter().cloned());
+            a
+        }
+    };
+    let (o0, o1) = run2(&small(&full, &[]));
+    assert!(o0.status.success() && o1.status.success(), "{:?} {:?}", text(&o0), text(&o1));
+    let (o0, o1) = run2(&small(&cut, &["--max-steps", "4"]));
+    assert!(o0.status.success() && o1.status.success(), "{:?} {:?}", text(&o0), text(&o1));
+    let resume = |_rank: &str| -> Vec<String> {
+        ["finetune", "--resume", cut.to_str().unwrap(), "--threads", "1", "--device", "cpu"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let (o0, o1) = run2(&resume);
+    assert!(o0.status.success(), "rank 0: {:?}", text(&o0));
+    assert!(o1.status.success(), "rank 1: {:?}", text(&o1));
+    let (a, b) = (read_metrics(&full), read_metrics(&cut));
+    assert_eq!(a.len(), 2);
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        let (lx, ly) = (x["loss"].as_f64().unwrap(), y["loss"].as_f64().unwrap());
+        assert!((lx - ly).abs() <= 1e-5 * lx.abs(), "loss whole run {lx} vs resumed {ly}");
+        assert_eq!(x["steps"], y["steps"]);
     }
 }
