@@ -108,6 +108,9 @@ pub struct Cuda {
     cc: (i32, i32),
     /// Null until retained (partial construction is cleaned up by `Drop`).
     ctx: sys::CUcontext,
+    /// Whether NCCL collectives have been issued on the side stream (see
+    /// [`Cuda::no_collectives_in_flight`]).
+    nccl_used: std::sync::atomic::AtomicBool,
     stream: sys::CUstream,
     /// A second stream for zero-filling allocations made while the main stream is being
     /// captured into a step graph (the fill must happen now, once, not in the graph).
@@ -159,6 +162,7 @@ impl Cuda {
             name,
             cc,
             ctx: std::ptr::null_mut(),
+            nccl_used: std::sync::atomic::AtomicBool::new(false),
             stream: std::ptr::null_mut(),
             side: std::ptr::null_mut(),
             blas: Mutex::new(std::ptr::null_mut()),
@@ -366,6 +370,7 @@ impl Device for Cuda {
 
     fn alloc(&self, bytes: usize) -> Result<DevPtr> {
         bind(self.ctx)?;
+        self.no_collectives_in_flight();
         // SAFETY: a plain allocation in the current context; zero-filled on the stream below.
         let p = unsafe { drv::malloc_sync(bytes.max(1)) }
             .map_err(drv_err(format_args!("allocating {bytes} bytes on {}", self.name())))?;
@@ -400,6 +405,7 @@ impl Device for Cuda {
         if bind(self.ctx).is_ok() {
             // SAFETY: queued work may still use `ptr`: wait for it, then free (caller: `ptr`
             // came from `alloc` and is not used again).
+            self.no_collectives_in_flight();
             unsafe {
                 let _ = drv::stream::synchronize(self.stream);
                 let _ = drv::free_sync(ptr);

@@ -160,6 +160,7 @@ impl Cuda {
     ) -> Result<()> {
         self.not_in_graph("an NCCL all-reduce")?;
         bind(self.ctx)?;
+        self.nccl_used.store(true, std::sync::atomic::Ordering::Relaxed);
         self.stream_waits_for(self.side, self.stream)?;
         let ty =
             if bf16 { nccl_sys::ncclDataType_t::ncclBfloat16 } else { nccl_sys::ncclDataType_t::ncclFloat32 };
@@ -177,6 +178,18 @@ impl Cuda {
         }
         .map(|_| ())
         .map_err(nccl_err("ncclAllReduce"))
+    }
+
+    /// Before `cuMemAlloc` / `cuMemFree`, which may synchronize the device while holding the
+    /// driver's locks: waits until this GPU's collectives are done. Then no NCCL kernel of this
+    /// GPU waits for another rank while another rank's thread waits for those locks to launch
+    /// its part (the deadlock NCCL's documentation warns of for several GPUs in one process).
+    /// Allocations are rare: the pool reuses its blocks.
+    pub(crate) fn no_collectives_in_flight(&self) {
+        if self.nccl_used.load(std::sync::atomic::Ordering::Relaxed) {
+            // SAFETY: the side stream belongs to this GPU's context, which the caller made current.
+            let _ = unsafe { drv::stream::synchronize(self.side) };
+        }
     }
 
     /// The main stream waits for the collectives issued so far (on the side stream).
