@@ -1031,6 +1031,28 @@ fn cli_finetune_on_two_emulated_gpus_matches_one() {
     }
 }
 
+/// A free port on 127.0.0.1 for a rendezvous.
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string()
+}
+
+/// `nli-bert <args> <extra>` started as rank `rank` of a two-process run (torchrun's variables)
+/// meeting on `port`, its output captured.
+fn rank_of_two(rank: &str, port: &str, args: &[String], extra: &[&str]) -> std::process::Child {
+    bin()
+        .args(args)
+        .args(extra)
+        .env("RANK", rank)
+        .env("WORLD_SIZE", "2")
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port)
+        .env("NLI_BERT_RANK_TIMEOUT", "60")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn cli_finetune_as_two_processes_matches_one() {
     // torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) on two CPU processes:
@@ -1040,24 +1062,11 @@ fn cli_finetune_as_two_processes_matches_one() {
     let (one, two, other) = (dir.path().join("one"), dir.path().join("two"), dir.path().join("rank1"));
     let o = small_finetune(dir.path(), &one, "f32", &["--device", "cpu"]);
     assert!(o.status.success(), "{:?}", text(&o));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let port = free_port();
     // (the arguments first: writing them writes the data files, which must not change under a
     // running rank)
     let (a0, a1) = (small_args(dir.path(), &two, "f32"), small_args(dir.path(), &other, "f32"));
-    let spawn = |rank: &str, args: &[String]| {
-        bin()
-            .args(args)
-            .args(["--device", "cpu"])
-            .env("RANK", rank)
-            .env("WORLD_SIZE", "2")
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", &port)
-            .env("NLI_BERT_RANK_TIMEOUT", "60")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |rank: &str, args: &[String]| rank_of_two(rank, &port, args, &["--device", "cpu"]);
     let (r0, r1) = (spawn("0", &a0), spawn("1", &a1));
     let (o0, o1) = (r0.wait_with_output().unwrap(), r1.wait_with_output().unwrap());
     assert!(o0.status.success(), "rank 0: {:?}", text(&o0));
@@ -1112,22 +1121,10 @@ fn cli_ranks_with_other_settings_are_refused_at_start() {
     // Two processes of one run whose flags differ (here the seed): rank 0 refuses rank 1
     // at the rendezvous and both exit with an error that says so, before any training.
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let port = free_port();
     let args = small_args(dir.path(), &dir.path().join("out"), "f32");
-    let spawn = |rank: &str, seed: &str| {
-        bin()
-            .args(&args)
-            .args(["--device", "cpu", "--seed", seed])
-            .env("RANK", rank)
-            .env("WORLD_SIZE", "2")
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", &port)
-            .env("NLI_BERT_RANK_TIMEOUT", "30")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn =
+        |rank: &str, seed: &str| rank_of_two(rank, &port, &args, &["--device", "cpu", "--seed", seed]);
     let (r0, r1) = (spawn("0", "1"), spawn("1", "2"));
     for (rank, o) in [r0.wait_with_output().unwrap(), r1.wait_with_output().unwrap()].into_iter().enumerate()
     {
@@ -1144,24 +1141,11 @@ fn cli_two_processes_resume_from_rank_0s_checkpoint() {
     // shared file system): the uninterrupted two-process run's metrics.
     let dir = tempfile::tempdir().unwrap();
     let run2 = |args: &dyn Fn(&str) -> Vec<String>| -> (Output, Output) {
-        let port =
-            std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+        let port = free_port();
         // (the arguments first: writing them writes the data files, which must not change under
         // a running rank)
         let (a0, a1) = (args("0"), args("1"));
-        let spawn = |rank: &str| {
-            bin()
-                .args(if rank == "0" { &a0 } else { &a1 })
-                .env("RANK", rank)
-                .env("WORLD_SIZE", "2")
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", &port)
-                .env("NLI_BERT_RANK_TIMEOUT", "60")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        };
+        let spawn = |rank: &str| rank_of_two(rank, &port, if rank == "0" { &a0 } else { &a1 }, &[]);
         let (a, b) = (spawn("0"), spawn("1"));
         (a.wait_with_output().unwrap(), b.wait_with_output().unwrap())
     };

@@ -233,7 +233,7 @@ fn family_work(cfg: &BertConfig, batch: &Batch, ab: f64) -> Vec<(&'static str, f
     rows.dedup();
     let params = cfg.param_count().unwrap_or(0) as f64;
     let untouched = (cfg.vocab_size.saturating_sub(rows.len())) as f64 * c;
-    let adam = if ab < 4.0 { 30.0 } else { 28.0 } * (params - untouched).max(0.0);
+    let adam = adam_bytes(ab) * (params - untouched).max(0.0);
     vec![
         ("matmul", 6.0 * matmul_params(cfg) * t, 0.0),
         ("attention", att, 0.0),
@@ -263,6 +263,16 @@ impl StepReport {
     }
 }
 
+/// Bytes Adam moves per updated parameter: reads p, g, m, v and writes p, m, v (28), and with bf16
+/// storage (`ab` = 2 bytes per activation) the weight's bf16 copy (30).
+fn adam_bytes(ab: f64) -> f64 {
+    if ab < 4.0 {
+        30.0
+    } else {
+        28.0
+    }
+}
+
 /// Matmul parameters one token touches: `L·(4C² + 2CF)`.
 pub fn matmul_params(cfg: &BertConfig) -> f64 {
     let (c, f) = (cfg.hidden as f64, cfg.ffn as f64);
@@ -289,8 +299,7 @@ pub fn train_bytes(cfg: &BertConfig, batch: &Batch, ab: f64) -> f64 {
     rows.dedup();
     let params = cfg.param_count().unwrap_or(0) as f64;
     let untouched = (cfg.vocab_size.saturating_sub(rows.len())) as f64 * c;
-    let adam = if ab < 4.0 { 30.0 } else { 28.0 };
-    acts + weights + embed + adam * (params - untouched).max(0.0)
+    acts + weights + embed + adam_bytes(ab) * (params - untouched).max(0.0)
 }
 
 /// `n` random pairs with SNLI-like lengths (premise 8..=20 tokens, hypothesis 4..=12, so about

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use super::parallel::Communicator;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::float::Float;
 
 /// The default rendezvous port (torchrun's).
 pub const DEFAULT_PORT: u16 = 29500;
@@ -442,11 +441,7 @@ impl<B: Backend> Communicator<B> for TcpComm {
     }
 
     fn all_reduce_sum(&self, be: &B, buf: B::SliceMut<'_>) -> Result<()> {
-        let mut buf = buf;
-        let host: Vec<f64> = be.download(be.as_slice(&buf))?.iter().map(|x| x.to_f64()).collect();
-        let sum = self.reduce("a gradient all-reduce", &host)?;
-        let back: Vec<B::F> = sum.iter().map(|&x| <B::F as Float>::from_f64(x)).collect();
-        be.upload_into(be.reborrow_mut(&mut buf), &back)
+        super::parallel::sum_through_host(be, buf, |v| self.reduce("a gradient all-reduce", &v))
     }
 
     fn all_reduce_host(&self, v: &mut [f64]) -> Result<()> {

@@ -43,6 +43,20 @@ pub trait Communicator<B: Backend>: Send {
     fn abort(&self, why: &str);
 }
 
+/// `buf ← reduce(buf)` through the host: the view's values (as f64) to `reduce`, which returns
+/// the sum over the ranks, and back into the view. The collectives of [`LocalComm`] and
+/// [`crate::train::dist::TcpComm`].
+pub(crate) fn sum_through_host<B: Backend>(
+    be: &B,
+    buf: B::SliceMut<'_>,
+    reduce: impl FnOnce(Vec<f64>) -> Result<Vec<f64>>,
+) -> Result<()> {
+    let mut buf = buf;
+    let host: Vec<f64> = be.download(be.as_slice(&buf))?.iter().map(|x| x.to_f64()).collect();
+    let back: Vec<B::F> = reduce(host)?.iter().map(|&x| <B::F as Float>::from_f64(x)).collect();
+    be.upload_into(be.reborrow_mut(&mut buf), &back)
+}
+
 /// How long a rank waits for the others in a collective before it gives up (seconds), unless
 /// `NLI_BERT_RANK_TIMEOUT` says otherwise.
 pub const DEFAULT_TIMEOUT_S: u64 = 300;
@@ -185,15 +199,9 @@ impl<B: Backend> Communicator<B> for LocalComm {
     }
 
     fn all_reduce_sum(&self, be: &B, buf: B::SliceMut<'_>) -> Result<()> {
-        let mut buf = buf;
-        let host = be.download(be.as_slice(&buf))?;
-        let sum = self.group.reduce(
-            self.rank,
-            "a gradient all-reduce",
-            host.iter().map(|x| x.to_f64()).collect(),
-        )?;
-        let back: Vec<B::F> = sum.iter().map(|&x| <B::F as Float>::from_f64(x)).collect();
-        be.upload_into(be.reborrow_mut(&mut buf), &back)
+        sum_through_host(be, buf, |v| {
+            self.group.reduce(self.rank, "a gradient all-reduce", v).map(|s| s.to_vec())
+        })
     }
 
     fn all_reduce_host(&self, v: &mut [f64]) -> Result<()> {
@@ -321,37 +329,34 @@ pub fn run_local_ranks<T: Send>(
 /// the sequences whose middle falls in `[r·T/world, (r+1)·T/world)`. A shard may be empty (a batch
 /// with fewer sequences than ranks). Each comes with its [`Origin`] in the whole batch.
 pub fn shard_batch(batch: &Batch, world: usize) -> Vec<(Batch, Origin)> {
+    (0..world).map(|r| shard_of(batch, world, r)).collect()
+}
+
+/// Rank `rank`'s shard of [`shard_batch`] alone (what each rank builds at every step).
+pub fn shard_of(batch: &Batch, world: usize, rank: usize) -> (Batch, Origin) {
     let t: usize = batch.lens.iter().sum();
-    let mut owner = Vec::with_capacity(batch.lens.len());
-    let mut start = 0usize;
-    for &len in &batch.lens {
-        // twice the middle, to stay in integers: (2·start + len) / 2T · world
-        let r = if t == 0 { 0 } else { ((2 * start + len) * world / (2 * t)).min(world - 1) };
-        owner.push(r);
+    // The owner of each sequence, from twice its middle to stay in integers: (2·start + len) / 2T
+    // · world; non-decreasing along the batch.
+    let (mut start, mut origin, mut seqs) = (0usize, Origin::default(), 0..0);
+    for (i, &len) in batch.lens.iter().enumerate() {
+        let owner = if t == 0 { 0 } else { ((2 * start + len) * world / (2 * t)).min(world - 1) };
+        if owner < rank {
+            origin = Origin { rows: origin.rows + len, seqs: i + 1, att: origin.att + len * len };
+        } else if owner == rank {
+            seqs = if seqs.is_empty() { i..i + 1 } else { seqs.start..i + 1 };
+        }
         start += len;
     }
-    let mut shards = Vec::with_capacity(world);
-    let (mut seq, mut row, mut att) = (0usize, 0usize, 0usize);
-    for r in 0..world {
-        let first = seq;
-        while seq < owner.len() && owner[seq] == r {
-            seq += 1;
-        }
-        let seqs: Range<usize> = first..seq;
-        let rows: usize = batch.lens[seqs.clone()].iter().sum();
-        let origin = Origin { rows: row, seqs: first, att };
-        let shard = Batch {
-            tokens: batch.tokens[row..row + rows].to_vec(),
-            segments: batch.segments[row..row + rows].to_vec(),
-            positions: batch.positions[row..row + rows].to_vec(),
-            lens: batch.lens[seqs.clone()].to_vec(),
-            labels: batch.labels[seqs.clone()].to_vec(),
-        };
-        att += batch.lens[seqs].iter().map(|l| l * l).sum::<usize>();
-        row += rows;
-        shards.push((shard, origin));
-    }
-    shards
+    let seqs = if seqs.is_empty() { origin.seqs..origin.seqs } else { seqs };
+    let rows = origin.rows..origin.rows + batch.lens[seqs.clone()].iter().sum::<usize>();
+    let shard = Batch {
+        tokens: batch.tokens[rows.clone()].to_vec(),
+        segments: batch.segments[rows.clone()].to_vec(),
+        positions: batch.positions[rows].to_vec(),
+        lens: batch.lens[seqs.clone()].to_vec(),
+        labels: batch.labels[seqs].to_vec(),
+    };
+    (shard, origin)
 }
 
 /// The gradient buckets: the trainable ranges, last parameters first (the order the backward
@@ -386,7 +391,7 @@ impl<B: Backend> Model<B> {
         comm: &dyn Communicator<B>,
     ) -> Result<Output> {
         let world = comm.world();
-        let (shard, origin) = shard_batch(batch, world).swap_remove(comm.rank());
+        let (shard, origin) = shard_of(batch, world, comm.rank());
         opt.zero_grad(be, self);
         let device_batch = if shard.lens.is_empty() {
             None

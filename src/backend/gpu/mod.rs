@@ -327,7 +327,7 @@ impl<D: Device> Backend for Gpu<D> {
         }
         let b = self.alloc_typed::<f32>(host.len(), DType::Bf16)?;
         if !host.is_empty() {
-            let bits: Vec<u16> = host.iter().map(|&x| crate::backend::cpu::convert::f32_to_bf16(x)).collect();
+            let bits = bf16_bits(host);
             // SAFETY: the buffer was just allocated with host.len() bf16 elements.
             unsafe { self.dev.copy_htod(b.ptr, bytemuck::cast_slice(&bits))? };
             self.profile_mark("upload");
@@ -377,7 +377,7 @@ impl<D: Device> Backend for Gpu<D> {
             return Ok(());
         }
         if dst.is_bf16() {
-            let bits: Vec<u16> = host.iter().map(|&x| crate::backend::cpu::convert::f32_to_bf16(x)).collect();
+            let bits = bf16_bits(host);
             // SAFETY: the view lies inside a live buffer of `dst.len` bf16 elements.
             unsafe { self.dev.copy_htod(dst.ptr, bytemuck::cast_slice(&bits))? };
         } else {
@@ -385,8 +385,7 @@ impl<D: Device> Backend for Gpu<D> {
             unsafe { self.dev.copy_htod(dst.ptr, bytemuck::cast_slice(host))? };
             if dst.shadow != 0 {
                 // Parameters keep their bf16 copy current.
-                let bits: Vec<u16> =
-                    host.iter().map(|&x| crate::backend::cpu::convert::f32_to_bf16(x)).collect();
+                let bits = bf16_bits(host);
                 // SAFETY: the copy holds `dst.len` bf16 elements at the view's place.
                 unsafe { self.dev.copy_htod(dst.shadow, bytemuck::cast_slice(&bits))? };
             }
@@ -807,4 +806,9 @@ impl<D: Device> Backend for Gpu<D> {
     fn zero_rows(&self, buf: GViewMut<'_>, rows: &[u32], row_len: usize) {
         adam::zero_rows(self, buf, rows, row_len);
     }
+}
+
+/// `host` rounded to bf16 bits (nearest even), as bf16 buffers store them.
+fn bf16_bits(host: &[f32]) -> Vec<u16> {
+    host.iter().map(|&x| crate::backend::cpu::convert::f32_to_bf16(x)).collect()
 }
